@@ -1,0 +1,81 @@
+//! Tunables, validated once at startup.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Configuration of a Raft node. Times in the core are counted in ticks; the node turns
+/// `tick_interval` of wall time into one tick.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Wall time of one tick (node only; the core never reads a clock).
+    pub tick_interval: Duration,
+    /// Lower bound of the randomized election timeout, in ticks (section 5.2).
+    pub election_timeout_min: u64,
+    /// Upper bound (exclusive) of the randomized election timeout, in ticks.
+    pub election_timeout_max: u64,
+    /// Ticks between heartbeats from the leader. Must be well below the election timeout.
+    pub heartbeat_interval: u64,
+    /// Most entries in one AppendEntries.
+    pub max_entries_per_append: usize,
+    /// Approximate most payload bytes in one AppendEntries (one entry is always allowed).
+    pub max_bytes_per_append: usize,
+    /// Most AppendEntries in flight to one follower in replicate state (pipelining window).
+    pub max_inflight: usize,
+    /// Run a PreVote round before raising the term (dissertation 9.6).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout steps down, and
+    /// followers that hear from a leader ignore vote requests for that long (dissertation 6.2).
+    pub check_quorum: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tick_interval: Duration::from_millis(50),
+            election_timeout_min: 10,
+            election_timeout_max: 20,
+            heartbeat_interval: 2,
+            max_entries_per_append: 1024,
+            max_bytes_per_append: 1 << 20,
+            max_inflight: 64,
+            pre_vote: true,
+            check_quorum: true,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings against each other; the node refuses to start otherwise.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |reason: String| Err(ConfigError { reason });
+        if self.tick_interval.is_zero() {
+            return bad("tick_interval must be greater than zero".into());
+        }
+        if self.election_timeout_min < 2 {
+            return bad(format!(
+                "election_timeout_min is {} ticks; use at least 2",
+                self.election_timeout_min
+            ));
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return bad(format!(
+                "election_timeout_max ({}) must exceed election_timeout_min ({}) so timeouts are randomized",
+                self.election_timeout_max, self.election_timeout_min
+            ));
+        }
+        if self.heartbeat_interval == 0 || self.heartbeat_interval >= self.election_timeout_min {
+            return bad(format!(
+                "heartbeat_interval ({}) must be at least 1 and below election_timeout_min ({})",
+                self.heartbeat_interval, self.election_timeout_min
+            ));
+        }
+        if self.max_entries_per_append == 0 || self.max_bytes_per_append == 0 {
+            return bad("max_entries_per_append and max_bytes_per_append must be at least 1".into());
+        }
+        if self.max_inflight == 0 {
+            return bad("max_inflight must be at least 1".into());
+        }
+        Ok(())
+    }
+}

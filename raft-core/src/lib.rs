@@ -1,0 +1,30 @@
+//! # raft-core
+//!
+//! The Raft consensus algorithm as a sans-IO core ([`RaftCore`]), the four seams through
+//! which it meets the world ([`LogStore`], [`SnapshotStore`], [`StateMachine`],
+//! [`Transport`]), and an async node on tokio ([`RaftNode`]) that drives a core with them.
+//!
+//! The core is synchronous and deterministic: it takes time as ticks and randomness from a
+//! seeded RNG, and returns [`Action`]s instead of doing I/O. Every Raft rule lives there.
+//! The node executes those actions: it persists, sends, applies, and answers clients.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod error;
+mod log;
+pub mod message;
+mod progress;
+mod quorum;
+pub mod raft;
+pub mod read;
+pub mod types;
+
+pub use config::Config;
+pub use error::{ConfigError, RaftError, StateMachineError, StorageError};
+pub use message::{Message, MessageBody};
+pub use progress::ReplicationState;
+pub use raft::{Action, CoreStatus, InitialState, NotLeader, PersistOp, RaftCore, WriteId};
+pub use read::ReadId;
+pub use types::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
+};

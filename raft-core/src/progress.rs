@@ -1,0 +1,147 @@
+//! What a leader knows about each follower's log (etcd's "progress").
+
+use std::collections::VecDeque;
+
+use crate::types::LogIndex;
+
+/// How the leader currently sends entries to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// The follower's match point is unknown: one AppendEntries at a time, waiting for each
+    /// answer before the next.
+    Probe,
+    /// The follower matches up to `match_index`: AppendEntries are pipelined, bounded by
+    /// the in-flight window.
+    Replicate,
+    /// The follower needs a snapshot because the entries it lacks were compacted.
+    Snapshot,
+}
+
+/// Per-follower replication state kept by the leader.
+#[derive(Clone, Debug)]
+pub(crate) struct Progress {
+    /// Highest index known to be replicated (and durable) on the follower.
+    pub match_index: LogIndex,
+    /// Index of the next entry to send.
+    pub next_index: LogIndex,
+    /// Probe, replicate or snapshot.
+    pub state: ReplicationState,
+    /// In probe state: a probe is outstanding, wait for its answer (or a heartbeat tick).
+    pub probe_sent: bool,
+    /// Last index of each in-flight AppendEntries, oldest first.
+    inflight: VecDeque<LogIndex>,
+    /// Whether the follower answered since the last CheckQuorum round.
+    pub recent_active: bool,
+    /// Highest AppendEntries `seq` the follower has answered in this term (ReadIndex).
+    pub acked_seq: u64,
+    /// Heartbeats sent while entries were in flight and `match_index` did not move.
+    stalled_heartbeats: u32,
+}
+
+/// Heartbeat intervals without progress after which a pipeline is presumed to have lost
+/// messages and falls back to probing.
+const STALL_LIMIT: u32 = 3;
+
+impl Progress {
+    /// A follower about which nothing is known yet: probe from just after our last entry.
+    pub fn new(next_index: LogIndex) -> Progress {
+        Progress {
+            match_index: LogIndex(0),
+            next_index,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            recent_active: true,
+            acked_seq: 0,
+            stalled_heartbeats: 0,
+        }
+    }
+
+    /// Whether another AppendEntries with entries may be sent now.
+    pub fn can_send(&self, max_inflight: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe => !self.probe_sent,
+            ReplicationState::Replicate => self.inflight.len() < max_inflight,
+            ReplicationState::Snapshot => false,
+        }
+    }
+
+    /// Records an AppendEntries whose last entry is `last`.
+    pub fn sent(&mut self, last: LogIndex) {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Replicate => {
+                self.next_index = last.next();
+                self.inflight.push_back(last);
+            }
+            ReplicationState::Snapshot => {}
+        }
+    }
+
+    /// The follower matches up to `index`. Returns whether `match_index` advanced.
+    pub fn ack(&mut self, index: LogIndex) -> bool {
+        self.probe_sent = false;
+        while self.inflight.front().is_some_and(|&i| i <= index) {
+            self.inflight.pop_front();
+        }
+        if index <= self.match_index {
+            return false;
+        }
+        self.match_index = index;
+        self.stalled_heartbeats = 0;
+        self.next_index = self.next_index.max(index.next());
+        if self.state == ReplicationState::Probe {
+            self.become_replicate();
+        }
+        true
+    }
+
+    /// A rejection of the AppendEntries whose prev index was `rejected_prev`, with the next
+    /// index to try. Returns false if the rejection is stale and was ignored.
+    pub fn reject(&mut self, rejected_prev: LogIndex, retry_at: LogIndex) -> bool {
+        let old_next = self.next_index;
+        match self.state {
+            ReplicationState::Replicate => {
+                if rejected_prev <= self.match_index {
+                    return false; // stale: answers a request older than the match point
+                }
+                self.become_probe();
+            }
+            ReplicationState::Probe => {
+                if rejected_prev != self.next_index.prev() {
+                    return false; // stale: answers an older probe
+                }
+            }
+            ReplicationState::Snapshot => return false,
+        }
+        self.probe_sent = false;
+        self.next_index = retry_at.max(self.match_index.next()).min(old_next);
+        true
+    }
+
+    /// Called at each heartbeat: whether the pipeline has stalled with entries up to
+    /// `last_index` outstanding.
+    pub fn heartbeat_stalled(&mut self, last_index: LogIndex) -> bool {
+        if self.inflight.is_empty() || self.match_index >= last_index {
+            self.stalled_heartbeats = 0;
+            return false;
+        }
+        self.stalled_heartbeats += 1;
+        self.stalled_heartbeats >= STALL_LIMIT
+    }
+
+    fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.next_index = self.match_index.next();
+        self.inflight.clear();
+    }
+
+    /// Back to probing from just after the match point.
+    pub fn become_probe(&mut self) {
+        self.state = ReplicationState::Probe;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.stalled_heartbeats = 0;
+        self.inflight.clear();
+    }
+}

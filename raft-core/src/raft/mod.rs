@@ -1,0 +1,513 @@
+//! The sans-IO Raft core: a deterministic state machine from inputs to [`Action`]s.
+//!
+//! Inputs are method calls: [`RaftCore::tick`], [`RaftCore::step`] (a received message),
+//! [`RaftCore::propose`], [`RaftCore::read_index`], [`RaftCore::persisted`] (a storage
+//! completion) and [`RaftCore::applied`]. Outputs accumulate and are taken with
+//! [`RaftCore::take_actions`]. Nothing here blocks, awaits, reads a clock or does I/O.
+//!
+//! Durability is ordered by [`WriteId`]: every [`PersistOp`] gets the next id, the driver
+//! executes them in order and reports the highest finished id with
+//! [`RaftCore::persisted`]. Messages that promise durable state (vote grants, append
+//! acknowledgements, anything sent after a term change) are held inside the core until the
+//! writes issued before them are reported durable, so a driver cannot break the rule by
+//! sending too early.
+
+mod election;
+mod replication;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Config;
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody};
+use crate::progress::{Progress, ReplicationState};
+use crate::read::{ReadId, ReadQueue};
+use crate::types::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta,
+    Term,
+};
+
+/// Orders writes: the driver must make writes durable in increasing `WriteId` order.
+pub type WriteId = u64;
+
+/// A write the driver must make durable, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistOp {
+    /// Save the term and vote.
+    HardState(HardState),
+    /// Remove log entries from this index on (a conflicting suffix).
+    Truncate(LogIndex),
+    /// Append these contiguous entries after the current last entry.
+    Append(Vec<Entry>),
+}
+
+/// Something the driver must do on the core's behalf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make `op` durable, after every lower id, then report it with [`RaftCore::persisted`].
+    Persist {
+        /// The write's position in the durability order.
+        id: WriteId,
+        /// The write itself.
+        op: PersistOp,
+    },
+    /// Send a message. It may be sent at once: the core holds back messages that must wait.
+    Send(Message),
+    /// Apply these committed, durable entries to the state machine, in order, then report
+    /// progress with [`RaftCore::applied`].
+    Apply(Vec<Entry>),
+    /// The read may be served once the state machine has applied `index`.
+    ReadReady {
+        /// The caller's id for the read.
+        id: ReadId,
+        /// The read index: serve the read once `applied >= index`.
+        index: LogIndex,
+    },
+    /// The read cannot be served here: leadership was lost or never held.
+    ReadFailed {
+        /// The caller's id for the read.
+        id: ReadId,
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The follower `to` needs entries that were compacted into a snapshot: stream the
+    /// latest snapshot to it as InstallSnapshot chunks.
+    SendSnapshot {
+        /// The follower.
+        to: NodeId,
+    },
+}
+
+/// What a freshly started core is restored from.
+#[derive(Clone, Debug, Default)]
+pub struct InitialState {
+    /// The persisted term and vote.
+    pub hard_state: HardState,
+    /// The latest snapshot's metadata, if there is one.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Every persisted entry after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+    /// The state machine's last applied index (entries up to it are not applied again).
+    pub applied: LogIndex,
+    /// The configuration to use when neither the snapshot nor the log holds one (a new
+    /// cluster). Every founding member must be given the same one.
+    pub bootstrap: Membership,
+}
+
+/// A snapshot of the core's state, for status reports and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// Whom it voted for in `term`.
+    pub voted_for: Option<NodeId>,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit_index: LogIndex,
+    /// Highest index handed to the state machine.
+    pub applied_index: LogIndex,
+    /// The last entry of the log.
+    pub last_log_id: LogId,
+    /// The first index still in the log.
+    pub first_log_index: LogIndex,
+    /// The last index known durable locally.
+    pub stable_index: LogIndex,
+    /// The effective configuration.
+    pub membership: Membership,
+    /// On a leader: each follower's match index and replication state.
+    pub peers: BTreeMap<NodeId, (LogIndex, ReplicationState)>,
+}
+
+/// Why a proposal or read was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotLeader {
+    /// The leader this node knows of, if any.
+    pub leader_hint: Option<NodeId>,
+}
+
+/// The Raft algorithm for one node, without I/O.
+#[derive(Debug)]
+pub struct RaftCore {
+    id: NodeId,
+    cfg: Config,
+    role: Role,
+    hard: HardState,
+    leader: Option<NodeId>,
+    log: RaftLog,
+    /// Configurations found in the log after the snapshot, by index (the last one rules).
+    config_log: Vec<(LogIndex, Membership)>,
+    /// The configuration at the snapshot (or the bootstrap one).
+    base_config: Membership,
+    rng: ChaCha8Rng,
+    election_elapsed: u64,
+    heartbeat_elapsed: u64,
+    randomized_timeout: u64,
+    votes: BTreeMap<NodeId, bool>,
+    progress: BTreeMap<NodeId, Progress>,
+    /// Sequence number stamped on every AppendEntries this leader sends (ReadIndex).
+    seq: u64,
+    reads: ReadQueue,
+    apply_sent: LogIndex,
+    applied: LogIndex,
+    last_write: WriteId,
+    persisted_write: WriteId,
+    /// Appends in flight to storage: when `WriteId` is durable, so is the `LogId`.
+    pending_stable: VecDeque<(WriteId, LogId)>,
+    /// Messages waiting for the writes issued before them to become durable.
+    held: VecDeque<(WriteId, Message)>,
+    actions: Vec<Action>,
+}
+
+impl RaftCore {
+    /// A core restored from `init`. `seed` drives every random choice (election jitter).
+    pub fn new(id: NodeId, cfg: Config, init: InitialState, seed: u64) -> RaftCore {
+        let snapshot_last = init
+            .snapshot
+            .as_ref()
+            .map(|s| s.last_log_id)
+            .unwrap_or_default();
+        let base_config = init
+            .snapshot
+            .map(|s| s.membership)
+            .unwrap_or(init.bootstrap);
+        let config_log = init
+            .entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some((e.index(), m.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut log = RaftLog::restore(snapshot_last, init.entries);
+        // Entries the state machine already applied are committed.
+        let applied = init.applied.max(snapshot_last.index).min(log.last_index());
+        log.committed = applied;
+        let mut core = RaftCore {
+            id,
+            role: Role::Follower,
+            hard: init.hard_state,
+            leader: None,
+            log,
+            config_log,
+            base_config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_timeout: cfg.election_timeout_min,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            seq: 0,
+            reads: ReadQueue::default(),
+            apply_sent: applied,
+            applied,
+            last_write: 0,
+            persisted_write: 0,
+            pending_stable: VecDeque::new(),
+            held: VecDeque::new(),
+            actions: Vec::new(),
+            cfg,
+        };
+        core.role = core.follower_role();
+        core.reset_election_timer();
+        core
+    }
+
+    // ----- inputs ---------------------------------------------------------------------
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+    }
+
+    /// Handles a message received from a peer.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.id || msg.from == self.id {
+            return;
+        }
+        if !self.step_term(&msg) {
+            return;
+        }
+        match self.role {
+            Role::Leader => self.step_leader(msg),
+            Role::Candidate | Role::PreCandidate => self.step_candidate(msg),
+            Role::Follower | Role::Learner => self.step_follower(msg),
+        }
+    }
+
+    /// Appends client commands to the log (leader only) and starts replicating them.
+    /// Returns the id of the last new entry.
+    pub fn propose(
+        &mut self,
+        commands: impl IntoIterator<Item = Bytes>,
+    ) -> Result<LogId, NotLeader> {
+        self.propose_payloads(commands.into_iter().map(EntryPayload::Command))
+    }
+
+    /// Starts a linearizable read; the answer comes as [`Action::ReadReady`] or
+    /// [`Action::ReadFailed`].
+    pub fn read_index(&mut self, id: ReadId) -> Result<(), NotLeader> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        if !self.committed_in_current_term() {
+            self.reads.defer(id);
+            return Ok(());
+        }
+        self.register_read(id);
+        Ok(())
+    }
+
+    /// The driver finished every write up to and including `upto`.
+    pub fn persisted(&mut self, upto: WriteId) {
+        if upto <= self.persisted_write {
+            return;
+        }
+        debug_assert!(upto <= self.last_write, "invariant: only issued writes persist");
+        self.persisted_write = upto;
+        while let Some(&(id, log_id)) = self.pending_stable.front() {
+            if id > upto {
+                break;
+            }
+            self.log.mark_stable(log_id);
+            self.pending_stable.pop_front();
+        }
+        while self.held.front().is_some_and(|(id, _)| *id <= upto) {
+            if let Some((_, msg)) = self.held.pop_front() {
+                self.actions.push(Action::Send(msg));
+            }
+        }
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+        self.maybe_apply();
+    }
+
+    /// The state machine has applied every entry up to `index`.
+    pub fn applied(&mut self, index: LogIndex) {
+        self.applied = self.applied.max(index.min(self.apply_sent));
+    }
+
+    /// Takes the actions produced so far, in the order they must be carried out.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    // ----- queries --------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.committed
+    }
+
+    /// The effective configuration (the latest one in the log).
+    pub fn membership(&self) -> &Membership {
+        self.config_log
+            .last()
+            .map(|(_, m)| m)
+            .unwrap_or(&self.base_config)
+    }
+
+    /// The entry at `index`, if still held by the core.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.get(index)
+    }
+
+    /// The id of the last log entry.
+    pub fn last_log_id(&self) -> LogId {
+        self.log.last_log_id()
+    }
+
+    /// A full status report.
+    pub fn status(&self) -> CoreStatus {
+        CoreStatus {
+            id: self.id,
+            role: self.role,
+            term: self.hard.term,
+            voted_for: self.hard.voted_for,
+            leader: self.leader,
+            commit_index: self.log.committed,
+            applied_index: self.applied,
+            last_log_id: self.log.last_log_id(),
+            first_log_index: self.log.first_index(),
+            stable_index: self.log.stable,
+            membership: self.membership().clone(),
+            peers: self
+                .progress
+                .iter()
+                .map(|(&id, p)| (id, (p.match_index, p.state)))
+                .collect(),
+        }
+    }
+
+    // ----- shared machinery -----------------------------------------------------------
+
+    fn not_leader(&self) -> NotLeader {
+        NotLeader {
+            leader_hint: self.leader.filter(|&l| l != self.id),
+        }
+    }
+
+    /// Follower, or learner when this node has no vote in the configuration.
+    fn follower_role(&self) -> Role {
+        if self.membership().is_voter(self.id) {
+            Role::Follower
+        } else {
+            Role::Learner
+        }
+    }
+
+    /// Every other member that receives the log.
+    fn peers(&self) -> Vec<NodeId> {
+        let me = self.id;
+        self.membership()
+            .members()
+            .into_iter()
+            .filter(|&id| id != me)
+            .collect()
+    }
+
+    /// Every other voter.
+    fn voter_peers(&self) -> Vec<NodeId> {
+        let me = self.id;
+        let m = self.membership();
+        m.members()
+            .into_iter()
+            .filter(|&id| id != me && m.is_voter(id))
+            .collect()
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        // Section 5.2: randomized election timeouts make split votes rare.
+        self.randomized_timeout = self
+            .rng
+            .gen_range(self.cfg.election_timeout_min..self.cfg.election_timeout_max);
+    }
+
+    /// Issues a write; returns its id.
+    fn persist(&mut self, op: PersistOp) -> WriteId {
+        self.last_write += 1;
+        let id = self.last_write;
+        if let PersistOp::Append(entries) = &op {
+            if let Some(last) = entries.last() {
+                self.pending_stable.push_back((id, last.log_id));
+            }
+        }
+        self.actions.push(Action::Persist { id, op });
+        id
+    }
+
+    fn save_hard_state(&mut self, hard: HardState) {
+        if hard != self.hard {
+            self.hard = hard;
+            self.persist(PersistOp::HardState(hard));
+        }
+    }
+
+    /// Sends a message stamped with our current term.
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let term = self.hard.term;
+        self.send_with_term(to, term, body);
+    }
+
+    /// Figure 2, "Persistent state": updated on stable storage before responding to RPCs.
+    /// Only a leader's AppendEntries may overtake its own pending writes: the leader counts
+    /// itself toward a commit only once its log is durable.
+    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        let msg = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        let may_overtake = matches!(msg.body, MessageBody::AppendEntries(_));
+        if may_overtake || self.persisted_write == self.last_write {
+            self.actions.push(Action::Send(msg));
+        } else {
+            self.held.push_back((self.last_write, msg));
+        }
+    }
+
+    /// Hands newly committed and locally durable entries to the state machine.
+    fn maybe_apply(&mut self) {
+        let upto = self.log.committed.min(self.log.stable);
+        if upto > self.apply_sent {
+            let entries = self.log.range(self.apply_sent.next(), upto);
+            debug_assert_eq!(entries.len() as u64, upto.0 - self.apply_sent.0);
+            self.apply_sent = upto;
+            self.actions.push(Action::Apply(entries));
+        }
+    }
+
+    /// Appends entries to our log as a follower or leader and records configurations.
+    fn note_appended(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.config_log.push((e.index(), m.clone()));
+            }
+        }
+    }
+
+    /// Forgets configurations whose entries were truncated away.
+    fn note_truncated(&mut self, from: LogIndex) {
+        self.config_log.retain(|(i, _)| *i < from);
+    }
+
+    fn fail_pending_reads(&mut self) {
+        let leader_hint = self.leader.filter(|&l| l != self.id);
+        for id in self.reads.drain() {
+            self.actions.push(Action::ReadFailed { id, leader_hint });
+        }
+    }
+
+    /// Becomes a follower in `term` (raising the term clears the vote).
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.hard.term {
+            self.save_hard_state(HardState {
+                term,
+                voted_for: None,
+            });
+        }
+        let was_leader = self.role == Role::Leader;
+        self.role = self.follower_role();
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        if was_leader {
+            self.fail_pending_reads();
+        }
+        self.reset_election_timer();
+    }
+}

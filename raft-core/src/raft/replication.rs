@@ -1,0 +1,294 @@
+//! Log replication (section 5.3), commitment (section 5.4.2) and ReadIndex confirmation.
+
+use super::{Action, NotLeader, PersistOp, RaftCore};
+use crate::message::{AppendEntries, AppendOutcome, AppendResponse, Message, MessageBody};
+use crate::progress::ReplicationState;
+use crate::quorum;
+use crate::read::ReadId;
+use crate::types::{EntryPayload, LogId, LogIndex, NodeId, Role, Term};
+
+impl RaftCore {
+    pub(super) fn propose_payloads(
+        &mut self,
+        payloads: impl Iterator<Item = EntryPayload>,
+    ) -> Result<LogId, NotLeader> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        let payloads: Vec<EntryPayload> = payloads.collect();
+        if payloads.is_empty() {
+            return Ok(self.log.last_log_id());
+        }
+        Ok(self.append_own(payloads))
+    }
+
+    /// Leader ticks: heartbeats, stalled pipelines and CheckQuorum.
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_interval {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+        self.check_quorum_tick();
+    }
+
+    /// Messages to a leader.
+    pub(super) fn step_leader(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::AppendResponse(resp) => self.handle_append_response(msg.from, resp),
+            MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
+            MessageBody::AppendEntries(_) => {
+                // Election Safety makes this impossible; never act on it.
+                tracing::error!(node = %self.id, from = %msg.from, term = %msg.term, "second leader in one term");
+            }
+            _ => {}
+        }
+    }
+
+    /// Messages to a follower or learner.
+    pub(super) fn step_follower(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::AppendEntries(req) => {
+                self.leader = Some(msg.from);
+                self.election_elapsed = 0;
+                self.handle_append_entries(msg.from, req);
+            }
+            MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
+            MessageBody::TimeoutNow => {
+                if self.membership().is_voter(self.id) {
+                    // Leadership transfer: campaign at once, skipping PreVote.
+                    self.campaign(false, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append_entries(&mut self, leader: NodeId, req: AppendEntries) {
+        // Figure 2, AppendEntries rule 2: reply false if the log has no entry at prevLogIndex
+        // whose term matches prevLogTerm.
+        if let Some(hint) = self.log.check_prev(req.prev_log_id) {
+            let body = MessageBody::AppendResponse(AppendResponse {
+                seq: req.seq,
+                outcome: AppendOutcome::Conflict {
+                    rejected_prev: req.prev_log_id.index,
+                    conflict_term: hint.term,
+                    conflict_index: hint.index,
+                },
+            });
+            self.send(leader, body);
+            return;
+        }
+        let last_new = req
+            .entries
+            .last()
+            .map(|e| e.index())
+            .unwrap_or(req.prev_log_id.index);
+        let merge = self.log.merge(req.entries);
+        if let Some(from) = merge.truncated_from {
+            self.note_truncated(from);
+            self.persist(PersistOp::Truncate(from));
+        }
+        if !merge.appended.is_empty() {
+            self.note_appended(&merge.appended);
+            self.persist(PersistOp::Append(merge.appended));
+        }
+        // Figure 2, AppendEntries rule 5: commitIndex = min(leaderCommit, index of last new entry).
+        let commit = req.leader_commit.min(last_new);
+        if commit > self.log.committed {
+            self.log.committed = commit;
+        }
+        let body = MessageBody::AppendResponse(AppendResponse {
+            seq: req.seq,
+            outcome: AppendOutcome::Success {
+                match_index: last_new,
+            },
+        });
+        // Held until the writes above are durable (see `send_with_term`).
+        self.send(leader, body);
+        self.maybe_apply();
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, resp: AppendResponse) {
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        pr.acked_seq = pr.acked_seq.max(resp.seq);
+        match resp.outcome {
+            AppendOutcome::Success { match_index } => {
+                if pr.ack(match_index) {
+                    self.maybe_commit();
+                }
+            }
+            AppendOutcome::Conflict {
+                rejected_prev,
+                conflict_term,
+                conflict_index,
+            } => {
+                let retry_at = self
+                    .backtrack(conflict_term, conflict_index)
+                    .min(rejected_prev);
+                let pr = self.progress.get_mut(&from).expect("invariant: checked above");
+                if !pr.reject(rejected_prev, retry_at) {
+                    self.confirm_reads();
+                    return;
+                }
+            }
+        }
+        self.confirm_reads();
+        self.send_append(from, false);
+    }
+
+    /// Fast backtracking (section 5.3, "the leader can decrement nextIndex to bypass all of
+    /// the conflicting entries in that term"): skip a whole conflicting term per round trip.
+    fn backtrack(&self, conflict_term: Option<Term>, conflict_index: LogIndex) -> LogIndex {
+        match conflict_term.and_then(|t| self.log.last_index_of_term(t)) {
+            // We hold entries of that term: the follower can match up to our last one of it.
+            Some(last) => last.next(),
+            // We have none of that term: skip all of the follower's entries of it.
+            None => conflict_index,
+        }
+    }
+
+    /// Sends each follower what it is missing.
+    pub(super) fn broadcast_append(&mut self) {
+        for peer in self.peers() {
+            self.send_append(peer, false);
+        }
+    }
+
+    /// Heartbeats: an empty AppendEntries at the match point of replicating followers, and a
+    /// resent probe to probing ones. Also restarts pipelines that stopped making progress.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        for peer in self.peers() {
+            let last = self.log.last_index();
+            if let Some(pr) = self.progress.get_mut(&peer) {
+                match pr.state {
+                    ReplicationState::Probe => pr.probe_sent = false,
+                    // Lost pipelined messages leave entries outstanding with nothing to
+                    // trigger a rejection: probe again from the match point.
+                    ReplicationState::Replicate => {
+                        if pr.heartbeat_stalled(last) {
+                            pr.become_probe();
+                        }
+                    }
+                    ReplicationState::Snapshot => {}
+                }
+            }
+            self.send_append(peer, true);
+        }
+    }
+
+    /// Sends an AppendEntries to `to` if its progress allows; `heartbeat` sends one even with
+    /// nothing new.
+    pub(super) fn send_append(&mut self, to: NodeId, heartbeat: bool) {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        let state = pr.state;
+        let replicating = state == ReplicationState::Replicate;
+        let (prev_index, entries) = if pr.can_send(max_inflight) {
+            let entries = self.log.slice(
+                pr.next_index,
+                self.cfg.max_entries_per_append,
+                self.cfg.max_bytes_per_append,
+            );
+            match (entries.is_empty(), replicating) {
+                (false, _) | (true, false) => (pr.next_index.prev(), entries),
+                // Nothing new: a heartbeat at the match point, which the follower surely has.
+                (true, true) if heartbeat => (pr.match_index, entries),
+                (true, true) => return,
+            }
+        } else if heartbeat && replicating {
+            (pr.match_index, Vec::new())
+        } else {
+            return;
+        };
+        let Some(prev_log_id) = self.log.log_id_at(prev_index) else {
+            // The entries this follower needs were compacted away.
+            if let Some(pr) = self.progress.get_mut(&to) {
+                pr.state = ReplicationState::Snapshot;
+            }
+            self.actions.push(Action::SendSnapshot { to });
+            return;
+        };
+        let last = entries.last().map(|e| e.index());
+        let pr = self.progress.get_mut(&to).expect("invariant: checked above");
+        if let Some(last) = last {
+            pr.sent(last);
+        } else if state == ReplicationState::Probe {
+            pr.sent(prev_index);
+        }
+        let body = MessageBody::AppendEntries(AppendEntries {
+            prev_log_id,
+            entries,
+            leader_commit: self.log.committed,
+            seq: self.seq,
+        });
+        self.send(to, body);
+    }
+
+    /// Advances the commit index to what a quorum has durably stored.
+    pub(super) fn maybe_commit(&mut self) {
+        let me = self.id;
+        let stable = self.log.stable;
+        let candidate = quorum::committed_index(self.membership(), |id| {
+            if id == me {
+                stable
+            } else {
+                self.progress
+                    .get(&id)
+                    .map(|p| p.match_index)
+                    .unwrap_or_default()
+            }
+        });
+        if candidate <= self.log.committed {
+            return;
+        }
+        // Section 5.4.2: only entries of the leader's current term are committed by counting
+        // replicas; earlier ones commit indirectly with them (Figure 8).
+        if self.log.term_at(candidate) != Some(self.hard.term) {
+            return;
+        }
+        let first_commit_in_term = !self.committed_in_current_term();
+        self.log.committed = candidate;
+        if first_commit_in_term {
+            for id in self.reads.take_deferred() {
+                self.register_read(id);
+            }
+        }
+        self.maybe_apply();
+    }
+
+    /// Whether this leader has committed an entry of its own term.
+    pub(super) fn committed_in_current_term(&self) -> bool {
+        self.log.term_at(self.log.committed) == Some(self.hard.term)
+    }
+
+    /// Records a read at the current commit index and starts the confirming round.
+    pub(super) fn register_read(&mut self, id: ReadId) {
+        self.seq += 1;
+        self.reads.register(id, self.log.committed, self.seq);
+        if !self.confirm_reads() {
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Releases the reads a quorum has confirmed. Returns whether every read is released.
+    fn confirm_reads(&mut self) -> bool {
+        let me = self.id;
+        let m = self.membership().clone();
+        let progress = &self.progress;
+        let ready = self.reads.confirm(|seq| {
+            quorum::has_quorum(&m, |id| {
+                id == me || progress.get(&id).is_some_and(|p| p.acked_seq >= seq)
+            })
+        });
+        for (id, index) in ready {
+            self.actions.push(Action::ReadReady { id, index });
+        }
+        self.reads.is_empty()
+    }
+}
