@@ -1,0 +1,730 @@
+//! A deterministic simulator: many `RaftCore`s, simulated disks that persist only when the
+//! simulator says so, and a simulated network that loses, delays, reorders and duplicates.
+//! Everything random comes from one seed. Raft's safety properties are checked after every
+//! step; a violation panics with the seed and step so the run replays exactly.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use raft_core::{
+    Action, Config, Entry, EntryPayload, HardState, InitialState, LogId, LogIndex, Membership,
+    Message, NodeId, PersistOp, RaftCore, Role, Term, WriteId,
+};
+
+/// Fault rates for a run. All probabilities are per step (or per message).
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Delivery delay in steps, uniformly in `1..=max_delay` (reordering follows from it).
+    pub max_delay: u64,
+    /// Probability per step of a new partition.
+    pub partition: f64,
+    /// Probability per step of healing every partition.
+    pub heal: f64,
+    /// Probability per step of crashing a node.
+    pub crash: f64,
+    /// Probability per step of restarting a crashed node.
+    pub restart: f64,
+    /// Probability per step that a pending disk write completes.
+    pub disk: f64,
+    /// Probability per step of a client proposal to the leader.
+    pub propose: f64,
+    /// Probability per step of a ReadIndex read at a leader.
+    pub read: f64,
+}
+
+impl Faults {
+    /// No faults at all; every write completes in the step it is issued.
+    pub fn none() -> Faults {
+        Faults {
+            loss: 0.0,
+            duplicate: 0.0,
+            max_delay: 1,
+            partition: 0.0,
+            heal: 0.0,
+            crash: 0.0,
+            restart: 0.0,
+            disk: 1.0,
+            propose: 0.0,
+            read: 0.0,
+        }
+    }
+
+    /// Faults drawn at random from `rng`: every run sees a different mix.
+    pub fn random(rng: &mut ChaCha8Rng) -> Faults {
+        Faults {
+            loss: rng.gen_range(0.0..0.15),
+            duplicate: rng.gen_range(0.0..0.05),
+            max_delay: rng.gen_range(1..=6),
+            partition: rng.gen_range(0.0..0.02),
+            heal: rng.gen_range(0.02..0.1),
+            crash: rng.gen_range(0.0..0.01),
+            restart: rng.gen_range(0.02..0.1),
+            disk: rng.gen_range(0.3..1.0),
+            propose: rng.gen_range(0.05..0.5),
+            read: rng.gen_range(0.0..0.1),
+        }
+    }
+}
+
+/// What survives a crash.
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    pub hard: HardState,
+    pub log: Vec<Entry>,
+}
+
+impl Disk {
+    fn apply(&mut self, op: &PersistOp) {
+        match op {
+            PersistOp::HardState(h) => self.hard = *h,
+            PersistOp::Truncate(from) => self.log.truncate(from.0 as usize - 1),
+            PersistOp::Append(entries) => {
+                for e in entries {
+                    assert_eq!(e.index().0 as usize, self.log.len() + 1, "disk append has a gap");
+                    self.log.push(e.clone());
+                }
+            }
+        }
+    }
+}
+
+/// One simulated server.
+pub struct SimNode {
+    pub core: Option<RaftCore>,
+    pub disk: Disk,
+    pending: VecDeque<(WriteId, PersistOp)>,
+    /// Entries applied since the last restart (the state machine is volatile here).
+    pub applied: Vec<Entry>,
+    restarts: u64,
+}
+
+impl SimNode {
+    pub fn core(&self) -> &RaftCore {
+        self.core.as_ref().expect("node is up")
+    }
+    pub fn is_up(&self) -> bool {
+        self.core.is_some()
+    }
+}
+
+struct InFlight {
+    at: u64,
+    msg: Message,
+}
+
+/// A client read waiting for its answer, with the commit it must reflect.
+struct PendingRead {
+    node: NodeId,
+    must_see: LogIndex,
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    pub seed: u64,
+    pub step: u64,
+    pub cfg: Config,
+    pub faults: Faults,
+    pub rng: ChaCha8Rng,
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    membership: Membership,
+    net: Vec<InFlight>,
+    /// Links that drop everything: (from, to).
+    pub blocked: BTreeSet<(NodeId, NodeId)>,
+    // ----- what the checker remembers -----
+    leaders: BTreeMap<Term, NodeId>,
+    leader_logs: BTreeMap<NodeId, (Term, Vec<LogId>)>,
+    /// Every entry ever seen in any log: its payload and the term of the entry before it.
+    seen: HashMap<LogId, (EntryPayload, Term)>,
+    /// The one entry applied at each index, cluster-wide.
+    pub applied_at: BTreeMap<LogIndex, Entry>,
+    /// Proposals: (node, log id, payload); acknowledged once that node applied them.
+    proposals: Vec<(NodeId, LogId, Bytes)>,
+    pub acked: Vec<(LogId, Bytes)>,
+    reads: HashMap<u64, PendingRead>,
+    next_read: u64,
+    pub reads_served: u64,
+    next_command: u64,
+    /// Messages sent, by kind.
+    pub sent: BTreeMap<&'static str, u64>,
+}
+
+/// A broken safety property.
+#[derive(Debug)]
+pub struct Violation(pub String);
+
+impl Sim {
+    /// `n` nodes with ids 1..=n, all founding voters.
+    pub fn new(seed: u64, n: u64, cfg: Config, faults: Faults) -> Sim {
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let membership = Membership::new(ids.iter().copied());
+        let mut sim = Sim {
+            seed,
+            step: 0,
+            cfg,
+            faults,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            nodes: BTreeMap::new(),
+            membership,
+            net: Vec::new(),
+            blocked: BTreeSet::new(),
+            leaders: BTreeMap::new(),
+            leader_logs: BTreeMap::new(),
+            seen: HashMap::new(),
+            applied_at: BTreeMap::new(),
+            proposals: Vec::new(),
+            acked: Vec::new(),
+            reads: HashMap::new(),
+            next_read: 0,
+            reads_served: 0,
+            next_command: 0,
+            sent: BTreeMap::new(),
+        };
+        for id in ids {
+            sim.add_node(id, Disk::default());
+        }
+        sim
+    }
+
+    /// Adds (or replaces) a node that starts from `disk`.
+    pub fn add_node(&mut self, id: NodeId, disk: Disk) {
+        self.nodes.insert(
+            id,
+            SimNode {
+                core: None,
+                disk,
+                pending: VecDeque::new(),
+                applied: Vec::new(),
+                restarts: 0,
+            },
+        );
+        self.start(id);
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.restarts += 1;
+        let init = InitialState {
+            hard_state: node.disk.hard,
+            snapshot: None,
+            entries: node.disk.log.clone(),
+            applied: LogIndex(0),
+            bootstrap: self.membership.clone(),
+        };
+        let seed = self.seed ^ (id.0 << 32) ^ node.restarts;
+        node.applied.clear();
+        node.pending.clear();
+        node.core = Some(RaftCore::new(id, self.cfg.clone(), init, seed));
+        self.leader_logs.remove(&id);
+    }
+
+    /// Crashes a node: everything not on its disk is lost.
+    pub fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.core = None;
+        node.pending.clear();
+        self.leader_logs.remove(&id);
+        self.net.retain(|f| f.msg.to != id);
+    }
+
+    /// Restarts a crashed node from its disk.
+    pub fn restart(&mut self, id: NodeId) {
+        if !self.nodes[&id].is_up() {
+            self.start(id);
+        }
+    }
+
+    pub fn core(&self, id: u64) -> &RaftCore {
+        self.nodes[&NodeId(id)].core()
+    }
+
+    pub fn core_mut(&mut self, id: u64) -> &mut RaftCore {
+        self.nodes
+            .get_mut(&NodeId(id))
+            .and_then(|n| n.core.as_mut())
+            .expect("node is up")
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    // ----- partitions ---------------------------------------------------------------
+
+    /// Cuts `id` off from everyone, both ways.
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    /// Splits the cluster into `group` and the rest.
+    pub fn partition(&mut self, group: &[NodeId]) {
+        for a in self.ids() {
+            for b in self.ids() {
+                if group.contains(&a) != group.contains(&b) {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    // ----- driving ------------------------------------------------------------------
+
+    /// Runs the core's input, then carries out its actions.
+    pub fn with_core<R>(&mut self, id: NodeId, f: impl FnOnce(&mut RaftCore) -> R) -> Option<R> {
+        let node = self.nodes.get_mut(&id)?;
+        let core = node.core.as_mut()?;
+        let was_leader = core.role() == Role::Leader;
+        let r = f(core);
+        let now_leader = core.role() == Role::Leader;
+        if now_leader && !was_leader {
+            self.on_new_leader(id);
+        }
+        self.drain(id);
+        // A perfect disk finishes writes at once (after the batch, so actions keep order).
+        if self.faults.disk >= 1.0 && !self.nodes[&id].pending.is_empty() {
+            self.complete_writes(id, usize::MAX);
+        }
+        Some(r)
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        loop {
+            let actions = match self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+                Some(core) => core.take_actions(),
+                None => return,
+            };
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                self.act(id, a);
+            }
+        }
+    }
+
+    fn act(&mut self, id: NodeId, action: Action) {
+        match action {
+            Action::Persist { id: wid, op } => {
+                if let PersistOp::Append(entries) = &op {
+                    self.check_seen(id, entries);
+                }
+                let node = self.nodes.get_mut(&id).expect("known node");
+                node.pending.push_back((wid, op));
+            }
+            Action::Send(msg) => self.send(msg),
+            Action::Apply(entries) => self.on_apply(id, entries),
+            Action::ReadReady { id: rid, index } => {
+                if let Some(read) = self.reads.remove(&rid) {
+                    if index < read.must_see {
+                        self.fail(format!(
+                            "linearizability: read {rid} at {} served at index {} but {} was committed before it began",
+                            read.node, index.0, read.must_see.0
+                        ));
+                    }
+                    self.reads_served += 1;
+                }
+            }
+            Action::ReadFailed { id: rid, .. } => {
+                self.reads.remove(&rid);
+            }
+            Action::SendSnapshot { to } => {
+                self.fail(format!("{id} asked to send a snapshot to {to} without compaction"));
+            }
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        *self.sent.entry(msg.body.kind()).or_default() += 1;
+        if self.rng.gen_bool(self.faults.loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.faults.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.step + self.rng.gen_range(1..=self.faults.max_delay);
+            self.net.push(InFlight {
+                at,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    /// Completes up to `max` pending writes of `id`, in order.
+    pub fn complete_writes(&mut self, id: NodeId, max: usize) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let mut last = None;
+        for _ in 0..max {
+            let Some((wid, op)) = node.pending.pop_front() else {
+                break;
+            };
+            node.disk.apply(&op);
+            last = Some(wid);
+        }
+        if let Some(wid) = last {
+            self.with_core(id, |c| c.persisted(wid));
+        }
+    }
+
+    fn on_apply(&mut self, id: NodeId, entries: Vec<Entry>) {
+        for e in entries {
+            let expected = self.nodes[&id].applied.len() as u64 + 1;
+            if e.index().0 != expected {
+                self.fail(format!("{id} applied {} out of order (expected #{expected})", e.log_id));
+            }
+            self.nodes.get_mut(&id).expect("known node").applied.push(e.clone());
+            // State Machine Safety: no two nodes apply different entries at one index.
+            match self.applied_at.get(&e.index()) {
+                Some(prev) if prev != &e => {
+                    let msg = format!(
+                        "state machine safety: {id} applied {:?} at {} but {:?} was applied there before",
+                        e.payload, e.index(), prev.payload
+                    );
+                    self.fail(msg);
+                }
+                Some(_) => {}
+                None => {
+                    self.applied_at.insert(e.index(), e.clone());
+                }
+            }
+            if let EntryPayload::Command(data) = &e.payload {
+                if self
+                    .proposals
+                    .iter()
+                    .any(|(n, lid, _)| *n == id && *lid == e.log_id)
+                {
+                    self.acked.push((e.log_id, data.clone()));
+                    self.proposals.retain(|(n, lid, _)| !(*n == id && *lid == e.log_id));
+                }
+            }
+        }
+        let applied = LogIndex(self.nodes[&id].applied.len() as u64);
+        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            core.applied(applied);
+        }
+    }
+
+    /// Log Matching, checked as entries enter any log: an entry with a given (term, index)
+    /// always carries the same payload and follows the same previous term.
+    fn check_seen(&mut self, id: NodeId, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        let core = self.nodes[&id].core();
+        let mut prev_term = core
+            .entry(first.index().prev())
+            .map(|e| e.term())
+            .unwrap_or_default();
+        for e in entries {
+            let record = (e.payload.clone(), prev_term);
+            match self.seen.get(&e.log_id) {
+                Some(known) if *known != record => {
+                    let msg = format!(
+                        "log matching: {id} holds {} = {:?} after term {}, elsewhere {:?} after term {}",
+                        e.log_id, e.payload, prev_term.0, known.0, known.1 .0
+                    );
+                    self.fail(msg);
+                }
+                Some(_) => {}
+                None => {
+                    self.seen.insert(e.log_id, record);
+                }
+            }
+            prev_term = e.term();
+        }
+    }
+
+    fn on_new_leader(&mut self, id: NodeId) {
+        let term = self.nodes[&id].core().term();
+        // Election Safety: at most one leader per term.
+        if let Some(other) = self.leaders.insert(term, id) {
+            if other != id {
+                self.fail(format!("election safety: {other} and {id} both led term {}", term.0));
+            }
+        }
+        // Leader Completeness: the new leader holds every entry applied anywhere.
+        let missing = self.applied_at.iter().find(|(idx, e)| {
+            self.nodes[&id].core().entry(**idx).map(|x| x.log_id) != Some(e.log_id)
+        });
+        if let Some((idx, e)) = missing {
+            let msg = format!(
+                "leader completeness: {id} leads term {} without committed entry {} at {}",
+                term.0,
+                e.log_id,
+                idx.0
+            );
+            self.fail(msg);
+        }
+    }
+
+    /// Leader Append-Only: a leader's log only grows while it leads a term.
+    fn check_leaders_append_only(&mut self) {
+        for (&id, node) in &self.nodes {
+            let Some(core) = &node.core else { continue };
+            if core.role() != Role::Leader {
+                self.leader_logs.remove(&id);
+                continue;
+            }
+            let last = core.last_log_id().index.0;
+            let now: Vec<LogId> = (1..=last)
+                .filter_map(|i| core.entry(LogIndex(i)).map(|e| e.log_id))
+                .collect();
+            if let Some((term, before)) = self.leader_logs.get(&id) {
+                if *term == core.term() && !now.starts_with(before) {
+                    let msg = format!(
+                        "leader append-only: {id}'s log in term {} lost or changed entries",
+                        term.0
+                    );
+                    panic!("{}", self.report(&msg));
+                }
+            }
+            self.leader_logs.insert(id, (core.term(), now));
+        }
+    }
+
+    /// Log Matching over whole logs: if two logs hold an entry with the same id, they agree
+    /// on every entry before it.
+    pub fn check_log_matching(&self) {
+        let logs: Vec<(NodeId, Vec<LogId>)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| {
+                let core = n.core.as_ref()?;
+                let last = core.last_log_id().index.0;
+                Some((
+                    id,
+                    (1..=last)
+                        .filter_map(|i| core.entry(LogIndex(i)).map(|e| e.log_id))
+                        .collect(),
+                ))
+            })
+            .collect();
+        for (i, (a, la)) in logs.iter().enumerate() {
+            for (b, lb) in &logs[i + 1..] {
+                let common = la.iter().zip(lb).rposition(|(x, y)| x == y);
+                if let Some(k) = common {
+                    if la[..=k] != lb[..=k] {
+                        panic!(
+                            "{}",
+                            self.report(&format!("log matching: {a} and {b} share {} but differ before it", la[k]))
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, what: String) {
+        panic!("{}", self.report(&what));
+    }
+
+    fn report(&self, what: &str) -> String {
+        format!(
+            "SAFETY VIOLATION at step {} of seed {}: {what}\nrerun with RAFT_SIM_SEED={}",
+            self.step, self.seed, self.seed
+        )
+    }
+
+    /// Delivers every message due by now, in a random order.
+    pub fn deliver_due(&mut self) {
+        let now = self.step;
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            if self.net[i].at <= now {
+                due.push(self.net.swap_remove(i).msg);
+            } else {
+                i += 1;
+            }
+        }
+        // Order messages first so the shuffle is the seed's alone, not the Vec's history.
+        due.sort_by_key(|m| (m.to, m.from, m.term));
+        for k in (1..due.len()).rev() {
+            let j = self.rng.gen_range(0..=k);
+            due.swap(k, j);
+        }
+        for msg in due {
+            self.deliver(msg);
+        }
+    }
+
+    /// Delivers one message now, unless its link is cut or its recipient is down.
+    pub fn deliver(&mut self, msg: Message) {
+        if self.blocked.contains(&(msg.from, msg.to)) {
+            return;
+        }
+        let to = msg.to;
+        self.with_core(to, |c| c.step(msg));
+    }
+
+    /// Delivers messages until the network is empty (no loss applied beyond the links).
+    pub fn deliver_all(&mut self) {
+        for _ in 0..1000 {
+            if self.net.is_empty() {
+                return;
+            }
+            self.step += self.faults.max_delay;
+            self.deliver_due();
+        }
+    }
+
+    /// Ticks every live node once.
+    pub fn tick_all(&mut self) {
+        for id in self.ids() {
+            self.with_core(id, |c| c.tick());
+        }
+    }
+
+    /// The current leader with the highest term, if any node thinks it leads.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(&id, n)| n.core.as_ref().map(|c| (id, c)))
+            .filter(|(_, c)| c.role() == Role::Leader)
+            .max_by_key(|(_, c)| c.term())
+            .map(|(id, _)| id)
+    }
+
+    /// Proposes a fresh command at `id`; records it for the acknowledgement check.
+    pub fn propose(&mut self, id: NodeId) -> Option<LogId> {
+        self.next_command += 1;
+        let data = Bytes::from(format!("cmd-{}", self.next_command));
+        let result = self.with_core(id, |c| c.propose([data.clone()]))?;
+        let lid = result.ok()?;
+        self.proposals.push((id, lid, data));
+        Some(lid)
+    }
+
+    /// Starts a ReadIndex read at `id`.
+    pub fn read(&mut self, id: NodeId) {
+        self.next_read += 1;
+        let rid = self.next_read;
+        // A linearizable read must reflect everything committed before it began.
+        let must_see = self.applied_at.keys().next_back().copied().unwrap_or_default();
+        self.reads.insert(rid, PendingRead { node: id, must_see });
+        if self.with_core(id, |c| c.read_index(rid)).map(|r| r.is_err()) != Some(false) {
+            self.reads.remove(&rid);
+        }
+    }
+
+    /// One step: deliver due messages, complete some disk writes, tick, inject faults and
+    /// client requests; then check the invariants.
+    pub fn step_once(&mut self, inject_faults: bool) {
+        self.step += 1;
+        self.deliver_due();
+        for id in self.ids() {
+            if self.nodes[&id].is_up() && !self.nodes[&id].pending.is_empty() && self.rng.gen_bool(self.faults.disk) {
+                let n = self.rng.gen_range(1..=self.nodes[&id].pending.len());
+                self.complete_writes(id, n);
+            }
+        }
+        self.tick_all();
+        if inject_faults {
+            self.inject_faults();
+        }
+        if let Some(l) = self.leader() {
+            if self.rng.gen_bool(self.faults.propose) {
+                self.propose(l);
+            }
+            if self.rng.gen_bool(self.faults.read) {
+                self.read(l);
+            }
+        }
+        self.check_leaders_append_only();
+        if self.step % 64 == 0 {
+            self.check_log_matching();
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let ids = self.ids();
+        if self.rng.gen_bool(self.faults.partition) {
+            if self.rng.gen_bool(0.5) {
+                let k = self.rng.gen_range(1..ids.len());
+                let mut group = ids.clone();
+                for i in (1..group.len()).rev() {
+                    let j = self.rng.gen_range(0..=i);
+                    group.swap(i, j);
+                }
+                group.truncate(k);
+                self.partition(&group);
+            } else {
+                // One-way: a random link drops in one direction only.
+                let a = ids[self.rng.gen_range(0..ids.len())];
+                let b = ids[self.rng.gen_range(0..ids.len())];
+                if a != b {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+        if self.rng.gen_bool(self.faults.heal) {
+            self.heal();
+        }
+        if self.rng.gen_bool(self.faults.crash) {
+            let id = ids[self.rng.gen_range(0..ids.len())];
+            self.crash(id);
+        }
+        if self.rng.gen_bool(self.faults.restart) {
+            let down: Vec<NodeId> = ids.iter().copied().filter(|i| !self.nodes[i].is_up()).collect();
+            if !down.is_empty() {
+                let id = down[self.rng.gen_range(0..down.len())];
+                self.restart(id);
+            }
+        }
+    }
+
+    /// Ends the faults: heal, restart everyone, reliable network and disks.
+    pub fn calm(&mut self) {
+        self.heal();
+        for id in self.ids() {
+            self.restart(id);
+        }
+        self.faults.loss = 0.0;
+        self.faults.duplicate = 0.0;
+        self.faults.disk = 1.0;
+        self.faults.propose = 0.0;
+        self.faults.read = 0.0;
+        for id in self.ids() {
+            self.complete_writes(id, usize::MAX);
+        }
+    }
+
+    /// Steps without faults until a leader exists and every node has applied every
+    /// acknowledged command; returns the steps it took, or a description of what is stuck.
+    pub fn converge(&mut self, max_steps: u64) -> Result<u64, String> {
+        for k in 0..max_steps {
+            self.step_once(false);
+            if self.leader().is_some() && self.all_acked_applied() {
+                self.check_log_matching();
+                return Ok(k);
+            }
+        }
+        Err(self.report(&format!(
+            "liveness: no convergence {max_steps} steps after faults stopped (leader {:?}, acked {}, applied {:?})",
+            self.leader(),
+            self.acked.len(),
+            self.nodes.values().map(|n| n.applied.len()).collect::<Vec<_>>()
+        )))
+    }
+
+    fn all_acked_applied(&self) -> bool {
+        self.nodes.values().all(|n| {
+            self.acked.iter().all(|(lid, data)| {
+                n.applied
+                    .get(lid.index.0 as usize - 1)
+                    .is_some_and(|e| e.payload == EntryPayload::Command(data.clone()))
+            })
+        })
+    }
+}
