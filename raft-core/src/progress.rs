@@ -38,9 +38,6 @@ pub(crate) struct Progress {
     stalled_heartbeats: u32,
 }
 
-/// Heartbeat intervals without progress after which a pipeline is presumed to have lost
-/// messages and falls back to probing.
-const STALL_LIMIT: u32 = 3;
 
 impl Progress {
     /// A follower about which nothing is known yet: probe from just after our last entry.
@@ -102,8 +99,11 @@ impl Progress {
         let old_next = self.next_index;
         match self.state {
             ReplicationState::Replicate => {
-                if rejected_prev <= self.match_index {
-                    return false; // stale: answers a request older than the match point
+                // Stale: answers a request older than the match point. A rejection exactly at
+                // the match point is not: a request overtook the one that established the
+                // match and its entries were never stored.
+                if rejected_prev < self.match_index {
+                    return false;
                 }
                 self.become_probe();
             }
@@ -119,15 +119,15 @@ impl Progress {
         true
     }
 
-    /// Called at each heartbeat: whether the pipeline has stalled with entries up to
-    /// `last_index` outstanding.
-    pub fn heartbeat_stalled(&mut self, last_index: LogIndex) -> bool {
+    /// Called at each heartbeat: whether the pipeline has stalled, with entries up to
+    /// `last_index` outstanding and no progress for `limit` heartbeats (a lost message).
+    pub fn heartbeat_stalled(&mut self, last_index: LogIndex, limit: u32) -> bool {
         if self.inflight.is_empty() || self.match_index >= last_index {
             self.stalled_heartbeats = 0;
             return false;
         }
         self.stalled_heartbeats += 1;
-        self.stalled_heartbeats >= STALL_LIMIT
+        self.stalled_heartbeats >= limit
     }
 
     fn become_replicate(&mut self) {

@@ -21,7 +21,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// Steps a quiet cluster may take to elect a leader and catch every node up.
-const CONVERGE_STEPS: u64 = 600;
+const CONVERGE_STEPS: u64 = 2000;
 
 struct Outcome {
     leaders: u64,
@@ -49,8 +49,12 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         sim.step_once(true);
     }
     sim.calm();
-    if let Err(stuck) = sim.converge(CONVERGE_STEPS) {
-        panic!("{stuck}");
+    match sim.converge(CONVERGE_STEPS) {
+        Ok(k) if std::env::var("RAFT_SIM_VERBOSE").is_ok() => {
+            println!("seed {seed}: converged in {k} steps; {:?} {:?}", sim.cfg, sim.faults)
+        }
+        Ok(_) => {}
+        Err(stuck) => panic!("{stuck}"),
     }
     Outcome {
         leaders: sim.nodes.len() as u64,

@@ -371,6 +371,19 @@ impl RaftCore {
         }
     }
 
+    /// Per-follower replication details, for diagnostics.
+    pub fn debug_progress(&self) -> String {
+        format!(
+            "{:?} held {} writes {}/{} election {}/{}",
+            self.progress,
+            self.held.len(),
+            self.persisted_write,
+            self.last_write,
+            self.election_elapsed,
+            self.randomized_timeout
+        )
+    }
+
     // ----- shared machinery -----------------------------------------------------------
 
     fn not_leader(&self) -> NotLeader {
@@ -430,10 +443,20 @@ impl RaftCore {
     }
 
     fn save_hard_state(&mut self, hard: HardState) {
-        if hard != self.hard {
-            self.hard = hard;
-            self.persist(PersistOp::HardState(hard));
+        if hard == self.hard {
+            return;
         }
+        self.hard = hard;
+        // A term change and a vote in the same step share one write.
+        if let Some(Action::Persist {
+            op: PersistOp::HardState(pending),
+            ..
+        }) = self.actions.last_mut()
+        {
+            *pending = hard;
+            return;
+        }
+        self.persist(PersistOp::HardState(hard));
     }
 
     /// Sends a message stamped with our current term.

@@ -161,6 +161,8 @@ impl RaftCore {
     /// Heartbeats: an empty AppendEntries at the match point of replicating followers, and a
     /// resent probe to probing ones. Also restarts pipelines that stopped making progress.
     pub(super) fn broadcast_heartbeat(&mut self) {
+        // A pipeline silent for an election timeout has lost a message.
+        let stall_limit = (self.cfg.election_timeout_min / self.cfg.heartbeat_interval).max(2) as u32;
         for peer in self.peers() {
             let last = self.log.last_index();
             if let Some(pr) = self.progress.get_mut(&peer) {
@@ -169,7 +171,7 @@ impl RaftCore {
                     // Lost pipelined messages leave entries outstanding with nothing to
                     // trigger a rejection: probe again from the match point.
                     ReplicationState::Replicate => {
-                        if pr.heartbeat_stalled(last) {
+                        if pr.heartbeat_stalled(last, stall_limit) {
                             pr.become_probe();
                         }
                     }
@@ -180,12 +182,20 @@ impl RaftCore {
         }
     }
 
-    /// Sends an AppendEntries to `to` if its progress allows; `heartbeat` sends one even with
-    /// nothing new.
+    /// Sends `to` what it is missing, as many AppendEntries as its pipeline allows;
+    /// `heartbeat` sends one even with nothing new.
     pub(super) fn send_append(&mut self, to: NodeId, heartbeat: bool) {
+        if self.send_one_append(to, heartbeat) {
+            while self.send_one_append(to, false) {}
+        }
+    }
+
+    /// Sends one AppendEntries to `to` if its progress allows. Returns whether it sent one
+    /// carrying entries to a replicating follower (so another may follow).
+    fn send_one_append(&mut self, to: NodeId, heartbeat: bool) -> bool {
         let max_inflight = self.cfg.max_inflight;
         let Some(pr) = self.progress.get(&to) else {
-            return;
+            return false;
         };
         let state = pr.state;
         let replicating = state == ReplicationState::Replicate;
@@ -199,12 +209,12 @@ impl RaftCore {
                 (false, _) | (true, false) => (pr.next_index.prev(), entries),
                 // Nothing new: a heartbeat at the match point, which the follower surely has.
                 (true, true) if heartbeat => (pr.match_index, entries),
-                (true, true) => return,
+                (true, true) => return false,
             }
         } else if heartbeat && replicating {
             (pr.match_index, Vec::new())
         } else {
-            return;
+            return false;
         };
         let Some(prev_log_id) = self.log.log_id_at(prev_index) else {
             // The entries this follower needs were compacted away.
@@ -212,7 +222,7 @@ impl RaftCore {
                 pr.state = ReplicationState::Snapshot;
             }
             self.actions.push(Action::SendSnapshot { to });
-            return;
+            return false;
         };
         let last = entries.last().map(|e| e.index());
         let pr = self.progress.get_mut(&to).expect("invariant: checked above");
@@ -228,6 +238,7 @@ impl RaftCore {
             seq: self.seq,
         });
         self.send(to, body);
+        replicating && last.is_some()
     }
 
     /// Advances the commit index to what a quorum has durably stored.

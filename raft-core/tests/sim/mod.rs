@@ -150,6 +150,8 @@ pub struct Sim {
     reads: HashMap<u64, PendingRead>,
     next_read: u64,
     pub reads_served: u64,
+    /// Every read's outcome: the read index, or `None` when it failed.
+    pub read_results: BTreeMap<u64, Option<LogIndex>>,
     next_command: u64,
     /// Messages sent, by kind.
     pub sent: BTreeMap<&'static str, u64>,
@@ -183,6 +185,7 @@ impl Sim {
             reads: HashMap::new(),
             next_read: 0,
             reads_served: 0,
+            read_results: BTreeMap::new(),
             next_command: 0,
             sent: BTreeMap::new(),
         };
@@ -329,6 +332,7 @@ impl Sim {
             Action::Send(msg) => self.send(msg),
             Action::Apply(entries) => self.on_apply(id, entries),
             Action::ReadReady { id: rid, index } => {
+                self.read_results.insert(rid, Some(index));
                 if let Some(read) = self.reads.remove(&rid) {
                     if index < read.must_see {
                         self.fail(format!(
@@ -340,6 +344,7 @@ impl Sim {
                 }
             }
             Action::ReadFailed { id: rid, .. } => {
+                self.read_results.insert(rid, None);
                 self.reads.remove(&rid);
             }
             Action::SendSnapshot { to } => {
@@ -607,7 +612,7 @@ impl Sim {
     }
 
     /// Starts a ReadIndex read at `id`.
-    pub fn read(&mut self, id: NodeId) {
+    pub fn read(&mut self, id: NodeId) -> u64 {
         self.next_read += 1;
         let rid = self.next_read;
         // A linearizable read must reflect everything committed before it began.
@@ -616,6 +621,7 @@ impl Sim {
         if self.with_core(id, |c| c.read_index(rid)).map(|r| r.is_err()) != Some(false) {
             self.reads.remove(&rid);
         }
+        rid
     }
 
     /// One step: deliver due messages, complete some disk writes, tick, inject faults and
@@ -638,7 +644,7 @@ impl Sim {
                 self.propose(l);
             }
             if self.rng.gen_bool(self.faults.read) {
-                self.read(l);
+                let _ = self.read(l);
             }
         }
         self.check_leaders_append_only();
@@ -710,12 +716,24 @@ impl Sim {
                 return Ok(k);
             }
         }
-        Err(self.report(&format!(
+        Err(self.report(&(format!(
             "liveness: no convergence {max_steps} steps after faults stopped (leader {:?}, acked {}, applied {:?})",
             self.leader(),
             self.acked.len(),
             self.nodes.values().map(|n| n.applied.len()).collect::<Vec<_>>()
-        )))
+        ) + &self.describe())))
+    }
+
+    /// Every node's status, for failure reports.
+    pub fn describe(&self) -> String {
+        let mut out = format!("\n  in flight: {:?}", self.net.iter().map(|f| (f.at, f.msg.from, f.msg.to, f.msg.body.kind())).collect::<Vec<_>>());
+        for (id, n) in &self.nodes {
+            match &n.core {
+                Some(c) => out += &format!("\n  {id}: {:?}\n  {}", c.status(), c.debug_progress()),
+                None => out += &format!("\n  {id}: down"),
+            }
+        }
+        out
     }
 
     fn all_acked_applied(&self) -> bool {
@@ -727,4 +745,119 @@ impl Sim {
             })
         })
     }
+}
+
+// ----- helpers for scripted scenarios ----------------------------------------------------
+
+/// A disk holding entries of the given terms at indexes 1, 2, ... and the given hard state.
+pub fn disk(term: u64, entry_terms: &[u64]) -> Disk {
+    Disk {
+        hard: HardState {
+            term: Term(term),
+            voted_for: None,
+        },
+        log: entry_terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry {
+                log_id: LogId::new(t, i as u64 + 1),
+                payload: EntryPayload::Command(Bytes::from(format!("t{t}i{}", i + 1))),
+            })
+            .collect(),
+    }
+}
+
+impl Sim {
+    /// A cluster of `disks.len()` nodes (ids 1..) started from the given disks.
+    pub fn from_disks(seed: u64, cfg: Config, disks: Vec<Disk>) -> Sim {
+        let mut sim = Sim::new(seed, disks.len() as u64, cfg, Faults::none());
+        for (i, d) in disks.into_iter().enumerate() {
+            sim.add_node(NodeId(i as u64 + 1), d);
+        }
+        sim
+    }
+
+    /// Makes `id` campaign at once (as on a leadership transfer) and delivers everything.
+    pub fn elect(&mut self, id: u64) {
+        self.campaign(id);
+        self.deliver_all();
+    }
+
+    /// Makes `id` campaign at once, without delivering anything.
+    pub fn campaign(&mut self, id: u64) {
+        let id = NodeId(id);
+        let term = self.nodes[&id].core().term();
+        let from = self.ids().into_iter().find(|&o| o != id).unwrap_or(NodeId(0));
+        let timeout_now = Message {
+            from,
+            to: id,
+            term,
+            body: raft_core::MessageBody::TimeoutNow,
+        };
+        self.with_core(id, |c| c.step(timeout_now));
+    }
+
+    /// Messages on the wire, oldest first.
+    pub fn in_flight(&self) -> Vec<&Message> {
+        self.net.iter().map(|f| &f.msg).collect()
+    }
+
+    /// Removes and returns every message on the wire.
+    pub fn take_in_flight(&mut self) -> Vec<Message> {
+        self.net.drain(..).map(|f| f.msg).collect()
+    }
+
+    /// Delivers messages until none is left, one at a time, dropping those `keep` refuses
+    /// and calling `check` after each delivery.
+    pub fn deliver_filtered(
+        &mut self,
+        mut keep: impl FnMut(&Message) -> bool,
+        mut check: impl FnMut(&Sim),
+    ) {
+        for _ in 0..100_000 {
+            if self.net.is_empty() {
+                return;
+            }
+            let msg = self.net.remove(0).msg;
+            if keep(&msg) {
+                self.deliver(msg);
+                check(self);
+            }
+        }
+    }
+
+    /// The log ids of `id`'s log.
+    pub fn log(&self, id: u64) -> Vec<LogId> {
+        let core = self.core(id);
+        (1..=core.last_log_id().index.0)
+            .filter_map(|i| core.entry(LogIndex(i)).map(|e| e.log_id))
+            .collect()
+    }
+
+    /// Ticks `id` `n` times, delivering everything after each tick.
+    pub fn tick_node(&mut self, id: u64, n: u64) {
+        for _ in 0..n {
+            self.with_core(NodeId(id), |c| c.tick());
+            self.deliver_all();
+        }
+    }
+
+    /// Ticks every node `n` times, delivering everything after each round.
+    pub fn run_ticks(&mut self, n: u64) {
+        for _ in 0..n {
+            self.tick_all();
+            self.deliver_all();
+        }
+    }
+
+    /// Count of messages of a kind sent so far.
+    pub fn count(&self, kind: &str) -> u64 {
+        self.sent.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Pending (not yet durable) writes of a node.
+    pub fn pending_writes(&self, id: u64) -> usize {
+        self.nodes[&NodeId(id)].pending.len()
+    }
+
 }

@@ -1,0 +1,789 @@
+//! Rule tests on the sans-IO core: each rule of Figure 2, the logs of Figure 7, the commit
+//! hazard of Figure 8, PreVote, CheckQuorum and ReadIndex. References are to the extended
+//! Raft paper (Ongaro & Ousterhout) and Ongaro's dissertation.
+
+mod sim;
+
+use bytes::Bytes;
+use raft_core::message::{AppendEntries, AppendOutcome, RequestVote, VoteResponse};
+use raft_core::{
+    Action, Config, EntryPayload, LogId, LogIndex, Message, MessageBody, NodeId, PersistOp, Role,
+    Term,
+};
+use sim::{disk, Faults, Sim};
+
+fn cfg() -> Config {
+    Config::default()
+}
+
+fn plain_cfg() -> Config {
+    Config {
+        pre_vote: false,
+        check_quorum: false,
+        ..Config::default()
+    }
+}
+
+fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term),
+        body,
+    }
+}
+
+fn vote_request(last: LogId) -> MessageBody {
+    MessageBody::RequestVote(RequestVote {
+        last_log_id: last,
+        pre_vote: false,
+        transfer: false,
+    })
+}
+
+fn append(prev: LogId, entries: &[(u64, u64)], commit: u64) -> MessageBody {
+    MessageBody::AppendEntries(AppendEntries {
+        prev_log_id: prev,
+        entries: entries
+            .iter()
+            .map(|&(t, i)| raft_core::Entry {
+                log_id: LogId::new(t, i),
+                payload: EntryPayload::Command(Bytes::from(format!("t{t}i{i}"))),
+            })
+            .collect(),
+        leader_commit: LogIndex(commit),
+        seq: 0,
+    })
+}
+
+/// Delivers `m` to its recipient and returns what the recipient sent back to `m.from`.
+fn exchange(sim: &mut Sim, m: Message) -> Vec<MessageBody> {
+    let from = m.from;
+    sim.take_in_flight();
+    sim.deliver(m);
+    sim.take_in_flight()
+        .into_iter()
+        .filter(|r| r.to == from)
+        .map(|r| r.body)
+        .collect()
+}
+
+fn granted(replies: &[MessageBody]) -> bool {
+    matches!(replies, [MessageBody::VoteResponse(VoteResponse { granted: true, .. })])
+}
+
+fn three() -> Sim {
+    Sim::new(1, 3, plain_cfg(), Faults::none())
+}
+
+// ----- Figure 2, Rules for All Servers --------------------------------------------------
+
+#[test]
+fn higher_term_in_a_response_makes_a_leader_step_down() {
+    // Reference: Figure 2, Rules for All Servers, "If RPC request or response contains term
+    // T > currentTerm: set currentTerm = T, convert to follower".
+    let mut sim = three();
+    sim.elect(1);
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    let term = sim.core(1).term().0;
+    sim.deliver(msg(
+        2,
+        1,
+        term + 5,
+        MessageBody::AppendResponse(raft_core::message::AppendResponse {
+            seq: 0,
+            outcome: AppendOutcome::Success {
+                match_index: LogIndex(0),
+            },
+        }),
+    ));
+    assert_eq!(sim.core(1).role(), Role::Follower);
+    assert_eq!(sim.core(1).term(), Term(term + 5));
+}
+
+#[test]
+fn applied_entries_are_applied_in_log_order_exactly_once() {
+    // Reference: Figure 2, "If commitIndex > lastApplied: increment lastApplied, apply".
+    let mut sim = three();
+    sim.elect(1);
+    for _ in 0..5 {
+        sim.propose(NodeId(1));
+    }
+    sim.run_ticks(4);
+    for id in 1..=3 {
+        let applied: Vec<u64> = sim.nodes[&NodeId(id)].applied.iter().map(|e| e.index().0).collect();
+        assert_eq!(applied, (1..=6).collect::<Vec<_>>(), "node {id}");
+    }
+}
+
+// ----- Figure 2, RequestVote RPC -----------------------------------------------------------
+
+#[test]
+fn vote_rejected_for_candidate_with_stale_term() {
+    // Reference: Figure 2, RequestVote rule 1: reply false if term < currentTerm.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(5, &[]), disk(5, &[]), disk(5, &[])]);
+    let replies = exchange(&mut sim, msg(2, 1, 4, vote_request(LogId::default())));
+    assert!(!granted(&replies));
+    assert_eq!(sim.core(1).status().voted_for, None);
+}
+
+#[test]
+fn at_most_one_vote_per_term() {
+    // Reference: Figure 2, RequestVote rule 2: votedFor is null or candidateId.
+    let mut sim = three();
+    assert!(granted(&exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())))));
+    assert!(!granted(&exchange(&mut sim, msg(3, 1, 1, vote_request(LogId::default())))));
+    // The same candidate asking again (a retransmission) gets the same answer.
+    assert!(granted(&exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())))));
+}
+
+#[test]
+fn vote_denied_to_candidate_with_less_up_to_date_log() {
+    // Reference: section 5.4.1: compare the last entries' terms, then the logs' lengths.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(3, &[1, 3]), disk(3, &[]), disk(3, &[])]);
+    assert!(!granted(&exchange(&mut sim, msg(2, 1, 4, vote_request(LogId::new(2, 1))))));
+    assert!(!granted(&exchange(&mut sim, msg(3, 1, 5, vote_request(LogId::new(3, 1))))));
+    assert!(granted(&exchange(&mut sim, msg(2, 1, 6, vote_request(LogId::new(3, 2))))));
+}
+
+#[test]
+fn vote_granted_to_candidate_with_higher_last_term_and_shorter_log() {
+    // Reference: section 5.4.1: the later term is more up-to-date, whatever the lengths.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(3, &[1, 1, 1, 1]), disk(3, &[]), disk(3, &[])]);
+    assert!(granted(&exchange(&mut sim, msg(2, 1, 4, vote_request(LogId::new(2, 1))))));
+}
+
+#[test]
+fn vote_is_not_sent_until_the_vote_is_durable() {
+    // Reference: Figure 2, "Persistent state ... updated on stable storage before
+    // responding to RPCs".
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    let replies = exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())));
+    assert!(replies.is_empty(), "vote sent before it was durable: {replies:?}");
+    assert_eq!(sim.pending_writes(1), 1);
+    sim.complete_writes(NodeId(1), usize::MAX);
+    let replies: Vec<MessageBody> = sim.take_in_flight().into_iter().map(|m| m.body).collect();
+    assert!(granted(&replies));
+    assert_eq!(sim.nodes[&NodeId(1)].disk.hard.voted_for, Some(NodeId(2)));
+}
+
+// ----- Figure 2, AppendEntries RPC ---------------------------------------------------------
+
+#[test]
+fn follower_rejects_append_from_stale_term() {
+    // Reference: Figure 2, AppendEntries rule 1: reply false if term < currentTerm.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(5, &[]), disk(5, &[]), disk(5, &[])]);
+    let replies = exchange(&mut sim, msg(2, 1, 4, append(LogId::default(), &[(4, 1)], 0)));
+    assert!(matches!(
+        replies.as_slice(),
+        [MessageBody::AppendResponse(r)] if matches!(r.outcome, AppendOutcome::Conflict { .. })
+    ));
+    assert!(sim.log(1).is_empty());
+}
+
+#[test]
+fn follower_rejects_append_when_prev_entry_is_missing() {
+    // Reference: Figure 2, AppendEntries rule 2 (log too short): the hint is our last + 1.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(2, &[1, 1]), disk(2, &[]), disk(2, &[])]);
+    let replies = exchange(&mut sim, msg(2, 1, 2, append(LogId::new(2, 5), &[(2, 6)], 0)));
+    let [MessageBody::AppendResponse(r)] = replies.as_slice() else {
+        panic!("expected one response, got {replies:?}")
+    };
+    assert_eq!(
+        r.outcome,
+        AppendOutcome::Conflict {
+            rejected_prev: LogIndex(5),
+            conflict_term: None,
+            conflict_index: LogIndex(3)
+        }
+    );
+}
+
+#[test]
+fn follower_rejects_append_when_prev_term_differs_and_hints_the_term_start() {
+    // Reference: Figure 2, AppendEntries rule 2, with the section 5.3 optimization: the
+    // rejection names the conflicting term and the first index we hold of it.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(4, &[1, 2, 2, 2]), disk(4, &[]), disk(4, &[])]);
+    let replies = exchange(&mut sim, msg(2, 1, 4, append(LogId::new(3, 4), &[], 0)));
+    let [MessageBody::AppendResponse(r)] = replies.as_slice() else {
+        panic!("expected one response, got {replies:?}")
+    };
+    assert_eq!(
+        r.outcome,
+        AppendOutcome::Conflict {
+            rejected_prev: LogIndex(4),
+            conflict_term: Some(Term(2)),
+            conflict_index: LogIndex(2)
+        }
+    );
+}
+
+#[test]
+fn conflicting_suffix_is_truncated_and_replaced() {
+    // Reference: Figure 2, AppendEntries rules 3 and 4.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(3, &[1, 2, 2, 2]), disk(3, &[]), disk(3, &[])]);
+    exchange(&mut sim, msg(2, 1, 3, append(LogId::new(1, 1), &[(3, 2)], 0)));
+    assert_eq!(sim.log(1), vec![LogId::new(1, 1), LogId::new(3, 2)]);
+    let disk_ids: Vec<LogId> = sim.nodes[&NodeId(1)].disk.log.iter().map(|e| e.log_id).collect();
+    assert_eq!(disk_ids, vec![LogId::new(1, 1), LogId::new(3, 2)], "truncation reached the disk");
+}
+
+#[test]
+fn stale_append_does_not_truncate_matching_entries() {
+    // Reference: Figure 2, AppendEntries rule 3 truncates only on a *conflict*: a delayed
+    // AppendEntries carrying a prefix must not remove later entries.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(2, &[1, 2, 2, 2]), disk(2, &[]), disk(2, &[])]);
+    let replies = exchange(&mut sim, msg(2, 1, 2, append(LogId::new(1, 1), &[(2, 2)], 0)));
+    assert_eq!(sim.log(1).len(), 4);
+    assert!(matches!(
+        replies.as_slice(),
+        [MessageBody::AppendResponse(r)] if r.outcome == AppendOutcome::Success { match_index: LogIndex(2) }
+    ));
+}
+
+#[test]
+fn commit_index_is_min_of_leader_commit_and_last_new_entry() {
+    // Reference: Figure 2, AppendEntries rule 5.
+    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(2, &[1, 1, 1, 1]), disk(2, &[]), disk(2, &[])]);
+    // Our entries 3..4 are not known to match the leader's: commit stops at 2.
+    exchange(&mut sim, msg(2, 1, 2, append(LogId::new(1, 1), &[(1, 2)], 4)));
+    assert_eq!(sim.core(1).commit_index(), LogIndex(2));
+    exchange(&mut sim, msg(2, 1, 2, append(LogId::new(1, 2), &[(1, 3), (1, 4)], 3)));
+    assert_eq!(sim.core(1).commit_index(), LogIndex(3));
+}
+
+#[test]
+fn append_is_not_acknowledged_until_durable() {
+    // Reference: Figure 2, "Persistent state": log[] is on stable storage before replying.
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    let replies = exchange(&mut sim, msg(2, 1, 1, append(LogId::default(), &[(1, 1)], 0)));
+    assert!(replies.is_empty(), "acknowledged before durable: {replies:?}");
+    sim.complete_writes(NodeId(1), usize::MAX);
+    let replies: Vec<MessageBody> = sim.take_in_flight().into_iter().map(|m| m.body).collect();
+    assert!(matches!(
+        replies.as_slice(),
+        [MessageBody::AppendResponse(r)] if r.outcome == AppendOutcome::Success { match_index: LogIndex(1) }
+    ));
+}
+
+// ----- Figure 2, Rules for Followers and Candidates ----------------------------------------
+
+#[test]
+fn follower_campaigns_after_its_election_timeout() {
+    // Reference: section 5.2, and Figure 2, Rules for Followers.
+    let mut sim = three();
+    for _ in 0..cfg().election_timeout_min - 1 {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    assert_eq!(sim.core(1).role(), Role::Follower);
+    for _ in 0..cfg().election_timeout_max - cfg().election_timeout_min {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    assert_eq!(sim.core(1).role(), Role::Candidate);
+    assert_eq!(sim.core(1).term(), Term(1));
+    assert_eq!(sim.core(1).status().voted_for, Some(NodeId(1)));
+}
+
+#[test]
+fn election_timeouts_are_randomized_per_node() {
+    // Reference: section 5.2: randomized election timeouts make split votes rare.
+    let first_timeout = |seed| {
+        let mut sim = Sim::new(seed, 3, plain_cfg(), Faults::none());
+        (1..=100)
+            .find(|_| {
+                sim.with_core(NodeId(1), |c| c.tick());
+                sim.core(1).role() == Role::Candidate
+            })
+            .expect("times out within 100 ticks")
+    };
+    let timeouts: std::collections::BTreeSet<u64> = (0..20).map(first_timeout).collect();
+    assert!(timeouts.len() > 3, "timeouts barely vary: {timeouts:?}");
+    assert!(timeouts.iter().all(|&t| (10..20).contains(&t)), "{timeouts:?}");
+}
+
+#[test]
+fn candidate_with_a_majority_becomes_leader_and_appends_a_noop() {
+    // Reference: section 5.2; the no-op of section 8.
+    let mut sim = three();
+    sim.elect(2);
+    assert_eq!(sim.core(2).role(), Role::Leader);
+    assert_eq!(sim.log(2), vec![LogId::new(1, 1)]);
+    assert_eq!(sim.core(2).entry(LogIndex(1)).map(|e| &e.payload), Some(&EntryPayload::Blank));
+    sim.run_ticks(2);
+    assert_eq!(sim.core(1).leader(), Some(NodeId(2)));
+    assert_eq!(sim.core(3).commit_index(), LogIndex(1));
+}
+
+#[test]
+fn candidate_without_a_majority_does_not_lead() {
+    let mut sim = three();
+    sim.isolate(NodeId(1));
+    sim.elect(1);
+    assert_eq!(sim.core(1).role(), Role::Candidate);
+}
+
+#[test]
+fn candidate_steps_down_on_append_from_leader_of_its_term() {
+    // Reference: section 5.2: "If the leader's term is at least as large as the
+    // candidate's current term, the candidate recognizes the leader as legitimate".
+    let mut sim = three();
+    sim.isolate(NodeId(1));
+    sim.elect(1);
+    sim.heal();
+    exchange(&mut sim, msg(2, 1, 1, append(LogId::default(), &[], 0)));
+    assert_eq!(sim.core(1).role(), Role::Follower);
+    assert_eq!(sim.core(1).leader(), Some(NodeId(2)));
+}
+
+#[test]
+fn candidate_restarts_the_election_in_a_new_term_after_a_split_vote() {
+    let mut sim = three();
+    sim.isolate(NodeId(1));
+    sim.elect(1);
+    assert_eq!(sim.core(1).term(), Term(1));
+    sim.tick_node(1, cfg().election_timeout_max);
+    assert_eq!(sim.core(1).role(), Role::Candidate);
+    assert_eq!(sim.core(1).term(), Term(2));
+}
+
+// ----- Figure 2, Rules for Leaders ---------------------------------------------------------
+
+#[test]
+fn leader_sends_heartbeats_while_idle() {
+    let mut sim = three();
+    sim.elect(1);
+    let before = sim.count("AppendEntries");
+    sim.tick_node(1, cfg().heartbeat_interval * 5);
+    let sent = sim.count("AppendEntries") - before;
+    assert_eq!(sent, 2 * 5, "one heartbeat per follower per interval");
+}
+
+#[test]
+fn leader_commits_an_entry_of_its_term_once_a_majority_stores_it() {
+    // Reference: Figure 2, Rules for Leaders, last rule.
+    let mut sim = three();
+    sim.elect(1);
+    sim.isolate(NodeId(3));
+    let lid = sim.propose(NodeId(1)).expect("leader accepts");
+    sim.deliver_all();
+    assert_eq!(sim.core(1).commit_index(), lid.index);
+}
+
+#[test]
+fn leader_does_not_commit_without_a_majority() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.isolate(NodeId(1));
+    let lid = sim.propose(NodeId(1)).expect("leader accepts");
+    sim.run_ticks(5);
+    assert!(sim.core(1).commit_index() < lid.index);
+}
+
+#[test]
+fn leader_counts_itself_only_once_its_own_log_is_durable() {
+    // The leader writes its log while followers write theirs, but never counts an entry it
+    // could still lose in a crash.
+    let mut sim = Sim::new(1, 1, plain_cfg(), Faults::none());
+    sim.elect(1);
+    sim.faults.disk = 0.0;
+    let lid = sim.propose(NodeId(1)).expect("leader accepts");
+    assert!(sim.core(1).commit_index() < lid.index);
+    sim.complete_writes(NodeId(1), usize::MAX);
+    assert_eq!(sim.core(1).commit_index(), lid.index);
+}
+
+#[test]
+fn proposal_on_a_follower_fails_with_the_leader_hint() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(1);
+    let err = sim
+        .with_core(NodeId(2), |c| c.propose([Bytes::from_static(b"x")]))
+        .expect("node is up")
+        .expect_err("followers refuse proposals");
+    assert_eq!(err.leader_hint, Some(NodeId(1)));
+}
+
+#[test]
+fn proposals_are_batched_up_to_the_entry_limit() {
+    let mut sim = Sim::new(
+        1,
+        3,
+        Config {
+            max_entries_per_append: 4,
+            ..plain_cfg()
+        },
+        Faults::none(),
+    );
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.isolate(NodeId(2)); // only node 3 receives
+    let cmds: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("c{i}"))).collect();
+    sim.with_core(NodeId(1), |c| c.propose(cmds)).expect("up").expect("leader");
+    let sizes: Vec<usize> = sim
+        .in_flight()
+        .iter()
+        .filter(|m| m.to == NodeId(3))
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries(a) => Some(a.entries.len()),
+            _ => None,
+        })
+        .collect();
+    // Pipelined: three AppendEntries of at most four entries, all sent before any answer.
+    assert_eq!(sizes, vec![4, 4, 2]);
+}
+
+#[test]
+fn pipeline_is_bounded_by_the_inflight_window() {
+    let mut sim = Sim::new(
+        1,
+        3,
+        Config {
+            max_entries_per_append: 1,
+            max_inflight: 3,
+            ..plain_cfg()
+        },
+        Faults::none(),
+    );
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.take_in_flight();
+    let cmds: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("c{i}"))).collect();
+    sim.with_core(NodeId(1), |c| c.propose(cmds)).expect("up").expect("leader");
+    let to3 = sim.in_flight().iter().filter(|m| m.to == NodeId(3)).count();
+    assert_eq!(to3, 3);
+    sim.deliver_all();
+    assert_eq!(sim.core(3).last_log_id().index, LogIndex(11), "the window refills as acks arrive");
+}
+
+#[test]
+fn lost_pipelined_appends_are_resent_after_the_pipeline_stalls() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    sim.take_in_flight(); // every AppendEntries carrying the entry is lost
+    sim.run_ticks(cfg().election_timeout_min + cfg().heartbeat_interval * 2);
+    assert_eq!(sim.core(2).last_log_id().index, LogIndex(2));
+    assert_eq!(sim.core(1).commit_index(), LogIndex(2));
+}
+
+// ----- Figure 7 ----------------------------------------------------------------------------
+
+#[test]
+fn figure_7_follower_logs_converge_to_the_leaders() {
+    // Reference: section 5.3, Figure 7: the leader for term 8 and followers (a)-(f).
+    let leader = &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let followers: [&[u64]; 6] = [
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6],
+        &[1, 1, 1, 4],
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+        &[1, 1, 1, 4, 4, 4, 4],
+        &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],
+    ];
+    let mut disks = vec![disk(7, leader)];
+    disks.extend(followers.iter().map(|f| disk(7, f)));
+    let mut sim = Sim::from_disks(7, plain_cfg(), disks);
+    sim.elect(1);
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    assert_eq!(sim.core(1).term(), Term(8));
+    sim.tick_node(1, cfg().heartbeat_interval * 2);
+    let expected = sim.log(1);
+    assert_eq!(expected.len(), 11);
+    for id in 2..=7 {
+        assert_eq!(sim.log(id), expected, "follower ({})", (b'a' + id as u8 - 2) as char);
+        assert_eq!(sim.core(id).commit_index(), LogIndex(11));
+    }
+}
+
+#[test]
+fn fast_backtracking_needs_one_round_trip_per_conflicting_term() {
+    // Reference: section 5.3: with the conflict hint, one rejection per term, not per entry.
+    let mut disks = vec![disk(7, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6])];
+    disks.push(disk(7, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3])); // Figure 7 (f)
+    disks.push(disk(7, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]));
+    let mut sim = Sim::from_disks(1, plain_cfg(), disks);
+    sim.elect(1);
+    let mut rejections = 0;
+    sim.deliver_filtered(
+        |m| {
+            if let MessageBody::AppendResponse(r) = &m.body {
+                if m.from == NodeId(2) && matches!(r.outcome, AppendOutcome::Conflict { .. }) {
+                    rejections += 1;
+                }
+            }
+            true
+        },
+        |_| {},
+    );
+    assert_eq!(sim.log(2), sim.log(1));
+    // Entry-by-entry backup would need 8 rejections (indexes 11 down to 4).
+    assert!(rejections <= 3, "{rejections} rejections");
+}
+
+// ----- Figure 8 ----------------------------------------------------------------------------
+
+/// Figure 8 (c): S1 leads term 4 and holds index 2 from term 2; S5 holds index 2 from term 3.
+fn figure_8_state() -> Sim {
+    let disks = vec![
+        disk(3, &[1, 2]),
+        disk(3, &[1, 2]),
+        disk(3, &[1]),
+        disk(3, &[1]),
+        disk(3, &[1, 3]),
+    ];
+    let mut sim = Sim::from_disks(
+        8,
+        Config {
+            max_entries_per_append: 1,
+            ..plain_cfg()
+        },
+        disks,
+    );
+    sim.campaign(1);
+    // Only the election between S1..S4 gets through: S5 hears nothing, nothing replicates.
+    sim.deliver_filtered(
+        |m| m.to != NodeId(5) && matches!(m.body, MessageBody::RequestVote(_) | MessageBody::VoteResponse(_)),
+        |_| {},
+    );
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    assert_eq!(sim.core(1).term(), Term(4));
+    // The next heartbeat probes every follower again.
+    for _ in 0..cfg().heartbeat_interval {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    sim
+}
+
+/// Campaigns `id` until it leads (a first round may hit voters that voted in that term).
+fn elect_eventually(sim: &mut Sim, id: u64) {
+    for _ in 0..3 {
+        sim.elect(id);
+        if sim.core(id).role() == Role::Leader {
+            return;
+        }
+    }
+}
+
+#[test]
+fn figure_8_leader_does_not_commit_a_previous_term_entry_by_counting_replicas() {
+    // Reference: section 5.4.2, Figure 8.
+    let mut sim = figure_8_state();
+    let holds = |sim: &Sim, id: u64, lid: LogId| sim.core(id).entry(lid.index).map(|e| e.log_id) == Some(lid);
+    // S1 replicates index 2 (term 2) to S3 but not its own term-4 entry: its first probe
+    // (prev = index 2) is rejected by S3, which lacks index 2; the retry carries index 2;
+    // the follow-up carrying index 3 is lost. S2 takes everything, so index 2 is on S1, S2
+    // and S3 (a majority) while index 3 is on S1 and S2 only.
+    let term2 = LogId::new(2, 2);
+    let mut probes_after_2 = 0;
+    sim.deliver_filtered(
+        |m| match &m.body {
+            MessageBody::AppendEntries(a) if m.to == NodeId(3) => {
+                if a.prev_log_id == term2 {
+                    probes_after_2 += 1;
+                }
+                a.prev_log_id != term2 || probes_after_2 == 1
+            }
+            _ => m.to == NodeId(2) || m.from == NodeId(2) || m.from == NodeId(3),
+        },
+        |sim| {
+            assert!(
+                sim.core(1).commit_index() < LogIndex(2),
+                "index 2 committed while only replicas of a term-2 entry were counted"
+            );
+        },
+    );
+    assert!((1..=3).all(|id| holds(&sim, id, term2)), "a majority stores index 2 from term 2");
+    // Figure 8 (d): S1 crashes; S5 can still win (S2, S3, S4 find its log up to date) and
+    // overwrite index 2, which is why it must not have been committed.
+    sim.crash(NodeId(1));
+    sim.take_in_flight();
+    elect_eventually(&mut sim, 5);
+    assert_eq!(sim.core(5).role(), Role::Leader);
+    sim.tick_node(5, 4);
+    for id in 2..=4 {
+        assert_eq!(sim.core(id).entry(LogIndex(2)).map(|e| e.log_id), Some(LogId::new(3, 2)));
+    }
+}
+
+#[test]
+fn figure_8_entry_of_a_previous_term_commits_with_one_of_the_current_term() {
+    // Reference: Figure 8 (e): once the term-4 entry is on a majority, index 2 commits too,
+    // and S5 can no longer be elected.
+    let mut sim = figure_8_state();
+    sim.isolate(NodeId(5));
+    sim.tick_node(1, 2);
+    assert_eq!(sim.core(1).commit_index(), LogIndex(3));
+    sim.crash(NodeId(1));
+    sim.heal();
+    elect_eventually(&mut sim, 5);
+    assert_ne!(sim.core(5).role(), Role::Leader);
+    assert_eq!(sim.core(2).entry(LogIndex(2)).map(|e| e.log_id), Some(LogId::new(2, 2)));
+}
+
+// ----- PreVote and CheckQuorum -------------------------------------------------------------
+
+fn stable_leader(cfg: Config) -> Sim {
+    let mut sim = Sim::new(3, 3, cfg, Faults::none());
+    sim.run_ticks(cfg_max(&sim) * 3);
+    assert!(sim.leader().is_some(), "a leader emerges");
+    sim
+}
+
+fn cfg_max(sim: &Sim) -> u64 {
+    sim.cfg.election_timeout_max
+}
+
+#[test]
+fn pre_vote_stops_a_rejoining_partitioned_node_from_disrupting_the_leader() {
+    // Reference: dissertation 9.6.
+    let mut sim = stable_leader(cfg());
+    let leader = sim.leader().expect("leader");
+    let term = sim.core(leader.0).term();
+    let lonely = sim.ids().into_iter().find(|&i| i != leader).expect("a follower");
+    sim.isolate(lonely);
+    sim.run_ticks(cfg().election_timeout_max * 5);
+    assert_eq!(sim.core(lonely.0).term(), term, "PreVote keeps the isolated node's term");
+    sim.heal();
+    sim.run_ticks(cfg().election_timeout_max * 2);
+    assert_eq!(sim.leader(), Some(leader));
+    assert_eq!(sim.core(leader.0).term(), term);
+}
+
+#[test]
+fn without_pre_vote_a_rejoining_node_disrupts_the_leader() {
+    // The contrast that shows what PreVote prevents.
+    let mut sim = stable_leader(plain_cfg());
+    let leader = sim.leader().expect("leader");
+    let term = sim.core(leader.0).term();
+    let lonely = sim.ids().into_iter().find(|&i| i != leader).expect("a follower");
+    sim.isolate(lonely);
+    sim.run_ticks(plain_cfg().election_timeout_max * 5);
+    assert!(sim.core(lonely.0).term() > term);
+    sim.heal();
+    sim.run_ticks(plain_cfg().election_timeout_max * 2);
+    assert!(sim.core(leader.0).term() > term, "the leader's term was bumped");
+}
+
+#[test]
+fn check_quorum_makes_an_isolated_leader_step_down() {
+    // Reference: dissertation 6.2.
+    let mut sim = stable_leader(cfg());
+    let leader = sim.leader().expect("leader");
+    sim.isolate(leader);
+    sim.tick_node(leader.0, cfg().election_timeout_min * 2);
+    assert_ne!(sim.core(leader.0).role(), Role::Leader);
+}
+
+#[test]
+fn without_check_quorum_an_isolated_leader_keeps_leading() {
+    let mut sim = stable_leader(plain_cfg());
+    let leader = sim.leader().expect("leader");
+    sim.isolate(leader);
+    sim.tick_node(leader.0, cfg().election_timeout_min * 2);
+    assert_eq!(sim.core(leader.0).role(), Role::Leader);
+}
+
+#[test]
+fn check_quorum_followers_ignore_vote_requests_while_the_leader_is_heard() {
+    let mut sim = stable_leader(cfg());
+    let leader = sim.leader().expect("leader");
+    let follower = sim.ids().into_iter().find(|&i| i != leader).expect("a follower");
+    let other = sim.ids().into_iter().find(|&i| i != leader && i != follower).expect("other");
+    let term = sim.core(follower.0).term().0;
+    let last = sim.core(follower.0).last_log_id();
+    let replies = exchange(&mut sim, msg(other.0, follower.0, term + 1, vote_request(last)));
+    assert!(replies.is_empty());
+    assert_eq!(sim.core(follower.0).term().0, term, "the lease kept our term");
+}
+
+// ----- ReadIndex ---------------------------------------------------------------------------
+
+#[test]
+fn read_index_is_served_after_a_quorum_confirms_leadership() {
+    // Reference: dissertation 6.4.
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    let commit = sim.core(1).commit_index();
+    let read = sim.read(NodeId(1));
+    assert_eq!(sim.read_results.get(&read), None, "not before a quorum answered");
+    sim.deliver_all();
+    assert_eq!(sim.read_results.get(&read), Some(&Some(commit)));
+}
+
+#[test]
+fn read_index_waits_for_the_leaders_first_commit_in_its_term() {
+    // Reference: dissertation 6.4 step 1: until its no-op commits, a new leader does not know
+    // the commit index.
+    let mut sim = three();
+    sim.campaign(1);
+    sim.deliver_filtered(|m| !matches!(m.body, MessageBody::AppendEntries(_)), |_| {});
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    let read = sim.read(NodeId(1));
+    assert_eq!(sim.read_results.get(&read), None);
+    sim.run_ticks(2);
+    assert_eq!(sim.read_results.get(&read), Some(&Some(LogIndex(1))));
+}
+
+#[test]
+fn deposed_leader_serves_no_read_index_read() {
+    let mut sim = Sim::new(1, 5, plain_cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.partition(&[NodeId(1), NodeId(2)]);
+    sim.elect(3);
+    let new_commit = sim.propose(NodeId(3)).expect("new leader accepts");
+    sim.run_ticks(2);
+    assert_eq!(sim.core(1).role(), Role::Leader, "the old leader does not know yet");
+    let read = sim.read(NodeId(1));
+    sim.run_ticks(cfg().election_timeout_max * 2);
+    assert_eq!(sim.read_results.get(&read), None, "a deposed leader confirmed a read");
+    sim.heal();
+    sim.run_ticks(2);
+    assert_eq!(sim.read_results.get(&read), Some(&None), "the read fails on step-down");
+    assert!(sim.core(1).commit_index() >= new_commit.index);
+}
+
+#[test]
+fn read_index_on_a_follower_is_refused_with_the_leader_hint() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(1);
+    let err = sim
+        .with_core(NodeId(2), |c| c.read_index(7))
+        .expect("up")
+        .expect_err("followers refuse");
+    assert_eq!(err.leader_hint, Some(NodeId(1)));
+}
+
+// ----- Durability ordering across a crash -------------------------------------------------
+
+#[test]
+fn a_crash_before_the_vote_is_durable_loses_no_promise() {
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())));
+    sim.crash(NodeId(1));
+    sim.restart(NodeId(1));
+    // The vote was never sent, so voting for another candidate in term 1 is safe.
+    sim.faults.disk = 1.0;
+    assert!(granted(&exchange(&mut sim, msg(3, 1, 1, vote_request(LogId::default())))));
+}
+
+#[test]
+fn persist_actions_are_ordered_before_the_messages_that_depend_on_them() {
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    sim.with_core(NodeId(1), |c| {
+        c.step(msg(2, 1, 1, vote_request(LogId::default())));
+        let actions = c.take_actions();
+        assert!(matches!(actions.as_slice(), [Action::Persist { op: PersistOp::HardState(_), .. }]));
+    });
+}
