@@ -13,10 +13,14 @@ pub mod config;
 pub mod error;
 mod log;
 pub mod message;
+pub mod node;
 mod progress;
 mod quorum;
 pub mod raft;
 pub mod read;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
 pub mod types;
 
 pub use config::Config;
@@ -24,7 +28,11 @@ pub use error::{ConfigError, RaftError, StateMachineError, StorageError};
 pub use message::{Message, MessageBody};
 pub use progress::ReplicationState;
 pub use raft::{Action, CoreStatus, InitialState, NotLeader, PersistOp, RaftCore, WriteId};
+pub use node::{RaftNode, Seams, Status};
 pub use read::ReadId;
+pub use state_machine::StateMachine;
+pub use storage::{LogState, LogStore, SnapshotStore, SnapshotWriter};
+pub use transport::{Inbox, Transport};
 pub use types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
 };

@@ -119,6 +119,8 @@ pub struct CoreStatus {
     pub last_log_id: LogId,
     /// The first index still in the log.
     pub first_log_index: LogIndex,
+    /// The last index covered by the latest snapshot (0 without one).
+    pub snapshot_index: LogIndex,
     /// The last index known durable locally.
     pub stable_index: LogIndex,
     /// The effective configuration.
@@ -361,6 +363,7 @@ impl RaftCore {
             applied_index: self.applied,
             last_log_id: self.log.last_log_id(),
             first_log_index: self.log.first_index(),
+            snapshot_index: self.log.snapshot_last().index,
             stable_index: self.log.stable,
             membership: self.membership().clone(),
             peers: self

@@ -1,0 +1,270 @@
+//! The driver task: owns the core, feeds it inputs and carries out its actions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::tasks::{self, ApplyJob, Responder};
+use super::Request;
+use crate::error::{RaftError, StorageError};
+use crate::message::Message;
+use crate::raft::{Action, NotLeader, PersistOp, RaftCore, WriteId};
+use crate::read::ReadId;
+use crate::state_machine::StateMachine;
+use crate::storage::LogStore;
+use crate::transport::Transport;
+use crate::types::{Entry, LogId, LogIndex, Term};
+
+/// Most messages or requests handled before the driver carries out actions, so a flood of
+/// input still yields batched writes and sends.
+const MAX_INPUT_BATCH: usize = 512;
+
+pub(crate) struct Driver {
+    core: RaftCore,
+    tick: std::time::Duration,
+    transport: Arc<dyn Transport>,
+    writes: mpsc::UnboundedSender<(WriteId, PersistOp)>,
+    written: mpsc::UnboundedReceiver<Result<WriteId, StorageError>>,
+    apply: mpsc::UnboundedSender<ApplyJob>,
+    applied: mpsc::UnboundedReceiver<Result<LogIndex, RaftError>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Proposals waiting to be applied, by index, with the term they were proposed in.
+    proposals: BTreeMap<LogIndex, (Term, Responder)>,
+    /// Reads waiting for leadership confirmation.
+    reads: HashMap<ReadId, (Bytes, Responder)>,
+    next_read: ReadId,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        core: RaftCore,
+        tick: std::time::Duration,
+        log: Arc<dyn LogStore>,
+        state_machine: Box<dyn StateMachine>,
+        transport: Arc<dyn Transport>,
+        applied_index: LogIndex,
+    ) -> Driver {
+        let (writes, writes_rx) = mpsc::unbounded_channel();
+        let (written_tx, written) = mpsc::unbounded_channel();
+        let (apply, apply_rx) = mpsc::unbounded_channel();
+        let (applied_tx, applied) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(tasks::log_writer(log, writes_rx, written_tx)),
+            tokio::spawn(tasks::applier(
+                state_machine,
+                applied_index,
+                apply_rx,
+                applied_tx,
+            )),
+        ];
+        Driver {
+            core,
+            tick,
+            transport,
+            writes,
+            written,
+            apply,
+            applied,
+            tasks,
+            proposals: BTreeMap::new(),
+            reads: HashMap::new(),
+            next_read: 0,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut inbox: mpsc::Receiver<Message>,
+    ) {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick completes at once
+        let id = self.core.id();
+        let shutdown_reply = loop {
+            let outcome = tokio::select! {
+                _ = ticker.tick() => { self.core.tick(); Ok(None) }
+                Some(msg) = inbox.recv() => { self.on_messages(msg, &mut inbox); Ok(None) }
+                req = requests.recv() => match req {
+                    Some(req) => self.on_requests(req, &mut requests),
+                    None => break None, // every handle was dropped
+                },
+                Some(done) = self.written.recv() => done.map(|id| { self.core.persisted(id); None }).map_err(RaftError::from),
+                Some(applied) = self.applied.recv() => applied.map(|i| { self.core.applied(i); None }),
+                else => break None,
+            };
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(reply)) => break Some(reply),
+                Err(fatal) => {
+                    tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
+                    break None;
+                }
+            }
+            self.execute().await;
+        };
+        self.stop(shutdown_reply).await;
+    }
+
+    /// Steps a received message and whatever else is already queued.
+    fn on_messages(&mut self, first: Message, inbox: &mut mpsc::Receiver<Message>) {
+        self.core.step(first);
+        for _ in 0..MAX_INPUT_BATCH {
+            match inbox.try_recv() {
+                Ok(msg) => self.core.step(msg),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Handles client requests; consecutive proposals become one batch (one log write).
+    /// Returns the shutdown reply when asked to stop.
+    fn on_requests(
+        &mut self,
+        first: Request,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> Result<Option<tokio::sync::oneshot::Sender<()>>, RaftError> {
+        let mut batch: Vec<(Bytes, Responder)> = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(req) = next.take() {
+            match req {
+                Request::Propose(cmd, reply) => batch.push((cmd, reply)),
+                Request::Read(query, reply) => {
+                    self.propose(std::mem::take(&mut batch));
+                    self.read(query, reply);
+                }
+                Request::Status(reply) => {
+                    let _ = reply.send(self.core.status());
+                }
+                Request::Shutdown(reply) => {
+                    self.propose(batch);
+                    return Ok(Some(reply));
+                }
+            }
+            handled += 1;
+            if handled < MAX_INPUT_BATCH {
+                next = requests.try_recv().ok();
+            }
+        }
+        self.propose(batch);
+        Ok(None)
+    }
+
+    fn propose(&mut self, batch: Vec<(Bytes, Responder)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let (commands, replies): (Vec<Bytes>, Vec<Responder>) = batch.into_iter().unzip();
+        match self.core.propose(commands) {
+            Ok(last) => {
+                let first = last.index.0 + 1 - n;
+                for (i, reply) in replies.into_iter().enumerate() {
+                    self.proposals
+                        .insert(LogIndex(first + i as u64), (last.term, reply));
+                }
+            }
+            Err(NotLeader { leader_hint }) => {
+                for reply in replies {
+                    let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, query: Bytes, reply: Responder) {
+        self.next_read += 1;
+        let id = self.next_read;
+        match self.core.read_index(id) {
+            Ok(()) => {
+                self.reads.insert(id, (query, reply));
+            }
+            Err(NotLeader { leader_hint }) => {
+                let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+            }
+        }
+    }
+
+    /// Carries out the core's actions, in order.
+    async fn execute(&mut self) {
+        for action in self.core.take_actions() {
+            match action {
+                Action::Persist { id, op } => {
+                    let _ = self.writes.send((id, op));
+                }
+                Action::Send(msg) => self.transport.send(msg).await,
+                Action::Apply(entries) => self.apply(entries),
+                Action::ReadReady { id, index } => {
+                    if let Some((query, reply)) = self.reads.remove(&id) {
+                        let _ = self.apply.send(ApplyJob::Read {
+                            index,
+                            query,
+                            reply,
+                        });
+                    }
+                }
+                Action::ReadFailed { id, leader_hint } => {
+                    if let Some((_, reply)) = self.reads.remove(&id) {
+                        let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+                    }
+                }
+                Action::SendSnapshot { to } => {
+                    tracing::warn!(node = %self.core.id(), peer = %to, "follower needs a snapshot; snapshot streaming is not available in this version");
+                }
+            }
+        }
+    }
+
+    /// Pairs committed entries with the clients waiting for them and hands them over.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        let batch = entries
+            .into_iter()
+            .map(|e| {
+                let reply = match self.proposals.remove(&e.index()) {
+                    Some((term, reply)) if term == e.term() => Some(reply),
+                    Some((term, reply)) => {
+                        // Another leader's entry took this index: ours was never committed.
+                        let lost = LogId {
+                            term,
+                            index: e.index(),
+                        };
+                        let _ = reply.send(Err(RaftError::ProposalDropped(lost)));
+                        None
+                    }
+                    None => None,
+                };
+                (e, reply)
+            })
+            .collect();
+        let _ = self.apply.send(ApplyJob::Entries(batch));
+    }
+
+    /// Fails every waiting client, stops the helper tasks and waits for them.
+    async fn stop(mut self, reply: Option<tokio::sync::oneshot::Sender<()>>) {
+        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+            let _ = r.send(Err(RaftError::ShuttingDown));
+        }
+        for (_, (_, r)) in std::mem::take(&mut self.reads) {
+            let _ = r.send(Err(RaftError::ShuttingDown));
+        }
+        let Driver {
+            writes,
+            apply,
+            tasks,
+            ..
+        } = self;
+        drop(writes);
+        drop(apply);
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+}

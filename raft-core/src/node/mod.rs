@@ -1,0 +1,216 @@
+//! The async node: drives one [`RaftCore`] on tokio with the four seams.
+//!
+//! Three tasks cooperate:
+//! - the **driver** owns the core; it turns timer ticks, received messages and client
+//!   requests into core inputs and carries out the resulting actions;
+//! - the **log writer** makes writes durable in order, merging everything queued while the
+//!   previous write was in flight into the next one (group commit);
+//! - the **applier** feeds committed entries to the state machine and answers clients, so
+//!   replication never waits for the application.
+//!
+//! The seams are trait objects rather than generic parameters: the node makes one dynamic
+//! call per batch (never per entry), which is noise next to an fsync or a network round
+//! trip, and in exchange `RaftNode` is one concrete type that users can store, clone into
+//! handlers and pass around without carrying four type parameters.
+
+mod driver;
+mod tasks;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{RaftError, StorageError};
+use crate::raft::{CoreStatus, InitialState, RaftCore};
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStore, SnapshotStore};
+use crate::transport::{Inbox, Transport};
+use crate::types::{Membership, NodeId};
+
+/// A node's status: role, term, leader, commit and apply progress, and on a leader each
+/// follower's match index.
+pub type Status = CoreStatus;
+
+/// The implementations a node runs with.
+pub struct Seams {
+    /// The log and hard state.
+    pub log: Arc<dyn LogStore>,
+    /// Snapshots.
+    pub snapshots: Arc<dyn SnapshotStore>,
+    /// The application.
+    pub state_machine: Box<dyn StateMachine>,
+    /// The network.
+    pub transport: Arc<dyn Transport>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+
+pub(crate) enum Request {
+    Propose(Bytes, Reply<Bytes>),
+    Read(Bytes, Reply<Bytes>),
+    Status(oneshot::Sender<Status>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Capacity of a node's inbox of received messages; beyond it messages are dropped.
+const INBOX_CAPACITY: usize = 4096;
+/// Capacity of the client request queue; callers wait for room (back-pressure).
+const REQUEST_CAPACITY: usize = 4096;
+
+/// A handle to a running Raft node. Cheap to clone; every clone talks to the same node.
+#[derive(Clone)]
+pub struct RaftNode {
+    id: NodeId,
+    requests: mpsc::Sender<Request>,
+    inbox: Inbox,
+    driver: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode").field("id", &self.id).finish()
+    }
+}
+
+impl RaftNode {
+    /// Starts a node: validates `config`, restores state from the stores (resuming where a
+    /// previous run stopped), and spawns its tasks on the current tokio runtime.
+    ///
+    /// `bootstrap` is the founding configuration, used only when the stores hold none;
+    /// every founding member must be given the same one. `seed` makes election timing
+    /// reproducible; `None` draws one from the OS.
+    pub async fn start(
+        id: NodeId,
+        config: Config,
+        bootstrap: Membership,
+        seams: Seams,
+        seed: Option<u64>,
+    ) -> Result<RaftNode, RaftError> {
+        config.validate()?;
+        let Seams {
+            log,
+            snapshots,
+            state_machine,
+            transport,
+        } = seams;
+        let (init, state_machine) = restore(&*log, &*snapshots, state_machine, bootstrap).await?;
+        let applied = init.applied;
+        let seed = seed.unwrap_or_else(rand::random);
+        let core = RaftCore::new(id, config.clone(), init, seed);
+        let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
+        let (requests, requests_rx) = mpsc::channel(REQUEST_CAPACITY);
+        let driver = driver::Driver::new(core, config.tick_interval, log, state_machine, transport, applied);
+        let handle = tokio::spawn(driver.run(requests_rx, inbox_rx));
+        Ok(RaftNode {
+            id,
+            requests,
+            inbox,
+            driver: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where a transport delivers the messages it receives for this node.
+    pub fn inbox(&self) -> Inbox {
+        self.inbox.clone()
+    }
+
+    /// Replicates `command` and resolves to the state machine's response once it is
+    /// committed and applied. Fails with [`RaftError::NotLeader`] on a non-leader.
+    pub async fn propose(&self, command: Bytes) -> Result<Bytes, RaftError> {
+        self.call(|tx| Request::Propose(command, tx)).await?
+    }
+
+    /// A linearizable read: confirms leadership with a quorum (ReadIndex), waits until the
+    /// state machine has applied the read index, then runs `query` against it. Fails with
+    /// [`RaftError::NotLeader`] on a non-leader.
+    pub async fn read(&self, query: Bytes) -> Result<Bytes, RaftError> {
+        self.call(|tx| Request::Read(query, tx)).await?
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Result<Status, RaftError> {
+        self.call(Request::Status).await
+    }
+
+    /// Stops the node and waits until its tasks have finished (pending writes are completed
+    /// or abandoned, never half-done). Pending client requests fail with
+    /// [`RaftError::ShuttingDown`]. Calling it again is a no-op.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(handle) = self.driver.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| RaftError::ShuttingDown)?;
+        rx.await.map_err(|_| RaftError::ShuttingDown)
+    }
+}
+
+/// Reads everything the core needs from the stores, restoring the state machine from the
+/// latest snapshot when it is behind it.
+async fn restore(
+    log: &dyn LogStore,
+    snapshots: &dyn SnapshotStore,
+    mut state_machine: Box<dyn StateMachine>,
+    bootstrap: Membership,
+) -> Result<(InitialState, Box<dyn StateMachine>), RaftError> {
+    let hard_state = log.hard_state().await?;
+    let log_state = log.log_state().await?;
+    let snapshot = snapshots.latest().await?;
+    let base = snapshot
+        .as_ref()
+        .map(|s| s.last_log_id)
+        .unwrap_or_default();
+    if log_state.last_purged.index > base.index {
+        return Err(StorageError::Corrupt {
+            location: "log store".into(),
+            detail: format!(
+                "entries up to {} were purged but the latest snapshot only covers {}",
+                log_state.last_purged.index, base.index
+            ),
+        }
+        .into());
+    }
+    let from = base.index.next();
+    let entries = if log_state.last.index >= from {
+        log.entries(from..log_state.last.index.next(), usize::MAX)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let mut applied = state_machine.applied_index().await?;
+    if applied < base.index {
+        if let Some((meta, data)) = snapshots.read_latest().await? {
+            state_machine.restore(&meta, data).await?;
+            applied = meta.last_log_id.index;
+        }
+    }
+    let init = InitialState {
+        hard_state,
+        snapshot,
+        entries,
+        applied,
+        bootstrap,
+    };
+    Ok((init, state_machine))
+}

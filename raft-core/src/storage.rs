@@ -1,0 +1,101 @@
+//! The storage seams: [`LogStore`] for the log and hard state, [`SnapshotStore`] for
+//! snapshots. Reference implementations and a conformance suite live in `raft-storage`.
+//!
+//! Both traits take `&self`: implementations synchronize internally, so the node can read
+//! entries for a lagging follower while a write is in flight.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::StorageError;
+use crate::types::{Entry, HardState, LogId, LogIndex, SnapshotMeta};
+
+/// Where the stored log begins and ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The last entry removed by [`LogStore::purge`] (index 0 when nothing was purged).
+    pub last_purged: LogId,
+    /// The last entry in the log, or `last_purged` when the log is empty.
+    pub last: LogId,
+}
+
+impl LogState {
+    /// The first index still stored (`last_purged.index + 1`).
+    pub fn first_index(&self) -> LogIndex {
+        self.last_purged.index.next()
+    }
+}
+
+/// The replicated log and the hard state (current term and vote).
+///
+/// Every method that changes state is durable when it returns `Ok`: after a crash, the
+/// change is there. An `Err` means the change may or may not have happened; the node then
+/// stops, since continuing could break Raft's safety.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// The saved hard state, or the default (term 0, no vote) for a new store.
+    async fn hard_state(&self) -> Result<HardState, StorageError>;
+
+    /// Saves the hard state, replacing the previous one. Durable on return.
+    async fn save_hard_state(&self, hard_state: &HardState) -> Result<(), StorageError>;
+
+    /// First and last entries.
+    async fn log_state(&self) -> Result<LogState, StorageError>;
+
+    /// Appends contiguous entries directly after the last entry (or after `last_purged`
+    /// when empty). Durable on return, all or nothing. A gap or overlap is
+    /// [`StorageError::Invalid`]; to overwrite, [`truncate`](LogStore::truncate) first.
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError>;
+
+    /// Removes every entry with index `>= from` (a conflicting suffix). Durable on return.
+    /// `from` past the end is a no-op; `from` at or below `last_purged.index` is
+    /// [`StorageError::Invalid`] (committed entries are never truncated).
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError>;
+
+    /// Removes every entry up to and including `upto` (log compaction after a snapshot)
+    /// and remembers `upto` as `last_purged`. Purging past the last entry empties the log
+    /// and moves its start. Purging at or below `last_purged` is a no-op.
+    async fn purge(&self, upto: LogId) -> Result<(), StorageError>;
+
+    /// Entries in `range`, in order, stopping early once their encoded size passes
+    /// `max_bytes` (at least one entry is returned when the range is non-empty and stored).
+    /// Reading a purged index is [`StorageError::Invalid`]; the result ends early at the
+    /// end of the log.
+    async fn entries(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError>;
+
+    /// The term of the entry at `index`: `last_purged`'s term for the last purged index,
+    /// `None` past the end; a purged index below it is [`StorageError::Invalid`].
+    async fn term(&self, index: LogIndex) -> Result<Option<crate::types::Term>, StorageError>;
+}
+
+/// A snapshot being written; dropped without [`finish`](SnapshotWriter::finish) it is
+/// abandoned and the previous snapshot stays the latest.
+#[async_trait]
+pub trait SnapshotWriter: Send {
+    /// Appends the next chunk of the snapshot's bytes.
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError>;
+
+    /// Makes the snapshot durable and the latest, atomically: a crash before this returns
+    /// leaves the previous snapshot whole; after it returns, the new one is durable.
+    async fn finish(self: Box<Self>) -> Result<SnapshotMeta, StorageError>;
+}
+
+/// Point-in-time images of the state machine, each covered by a checksum.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Starts writing a snapshot described by `meta`.
+    async fn begin(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError>;
+
+    /// The latest finished snapshot's metadata, if any.
+    async fn latest(&self) -> Result<Option<SnapshotMeta>, StorageError>;
+
+    /// The latest snapshot's metadata and bytes, checksum verified. A mismatch is
+    /// [`StorageError::Corrupt`], never silently wrong data.
+    async fn read_latest(&self) -> Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
+}

@@ -1,0 +1,47 @@
+//! The network seam: one-way delivery of Raft messages.
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::message::Message;
+
+/// Sends Raft messages to peers.
+///
+/// Contract:
+/// - [`send`](Transport::send) hands the message over and returns without waiting for the
+///   peer: a slow or dead peer never blocks the node. When a queue is full the message is
+///   dropped (and counted); Raft retransmits what matters.
+/// - Messages may be lost, delayed, duplicated or reordered; Raft stays safe. Delivering
+///   them in order per peer keeps replication fast.
+/// - Received messages are handed to the destination node's [`Inbox`].
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Queues `msg` for delivery to `msg.to`.
+    async fn send(&self, msg: Message);
+}
+
+/// The receiving end a transport feeds: a bounded queue into one node.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    tx: mpsc::Sender<Message>,
+}
+
+impl Inbox {
+    /// An inbox and the node-side receiver, holding at most `capacity` messages.
+    pub fn channel(capacity: usize) -> (Inbox, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Inbox { tx }, rx)
+    }
+
+    /// Delivers a received message without waiting. Returns false when the node's queue is
+    /// full or the node has stopped (the message is dropped; Raft copes with loss).
+    pub fn deliver(&self, msg: Message) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
+
+    /// Delivers a received message, waiting for room (back-pressure for snapshot chunks).
+    /// Returns false when the node has stopped.
+    pub async fn deliver_wait(&self, msg: Message) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+}
