@@ -71,7 +71,9 @@ impl Config {
             ));
         }
         if self.max_entries_per_append == 0 || self.max_bytes_per_append == 0 {
-            return bad("max_entries_per_append and max_bytes_per_append must be at least 1".into());
+            return bad(
+                "max_entries_per_append and max_bytes_per_append must be at least 1".into(),
+            );
         }
         if self.max_inflight == 0 {
             return bad("max_inflight must be at least 1".into());

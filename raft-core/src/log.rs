@@ -138,8 +138,15 @@ impl RaftLog {
 
     /// Appends an entry created by this node as leader.
     pub fn push(&mut self, entry: Entry) {
-        debug_assert_eq!(entry.index(), self.last_index().next(), "invariant: contiguous");
-        debug_assert!(entry.term() >= self.last_log_id().term, "invariant: terms grow");
+        debug_assert_eq!(
+            entry.index(),
+            self.last_index().next(),
+            "invariant: contiguous"
+        );
+        debug_assert!(
+            entry.term() >= self.last_log_id().term,
+            "invariant: terms grow"
+        );
         self.entries.push_back(entry);
     }
 
@@ -185,7 +192,10 @@ impl RaftLog {
                 Some(_) => {
                     // Rule 3: an existing entry conflicts with a new one: delete it and all
                     // that follow it.
-                    debug_assert!(e.index() > self.committed, "invariant: never truncate committed");
+                    debug_assert!(
+                        e.index() > self.committed,
+                        "invariant: never truncate committed"
+                    );
                     self.truncate(e.index());
                     merge.truncated_from = Some(e.index());
                     new_from = Some(i);

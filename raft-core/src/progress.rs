@@ -38,7 +38,6 @@ pub(crate) struct Progress {
     stalled_heartbeats: u32,
 }
 
-
 impl Progress {
     /// A follower about which nothing is known yet: probe from just after our last entry.
     pub fn new(next_index: LogIndex) -> Progress {

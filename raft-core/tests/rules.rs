@@ -69,7 +69,13 @@ fn exchange(sim: &mut Sim, m: Message) -> Vec<MessageBody> {
 }
 
 fn granted(replies: &[MessageBody]) -> bool {
-    matches!(replies, [MessageBody::VoteResponse(VoteResponse { granted: true, .. })])
+    matches!(
+        replies,
+        [MessageBody::VoteResponse(VoteResponse {
+            granted: true,
+            ..
+        })]
+    )
 }
 
 fn three() -> Sim {
@@ -111,7 +117,11 @@ fn applied_entries_are_applied_in_log_order_exactly_once() {
     }
     sim.run_ticks(4);
     for id in 1..=3 {
-        let applied: Vec<u64> = sim.nodes[&NodeId(id)].applied.iter().map(|e| e.index().0).collect();
+        let applied: Vec<u64> = sim.nodes[&NodeId(id)]
+            .applied
+            .iter()
+            .map(|e| e.index().0)
+            .collect();
         assert_eq!(applied, (1..=6).collect::<Vec<_>>(), "node {id}");
     }
 }
@@ -121,7 +131,11 @@ fn applied_entries_are_applied_in_log_order_exactly_once() {
 #[test]
 fn vote_rejected_for_candidate_with_stale_term() {
     // Reference: Figure 2, RequestVote rule 1: reply false if term < currentTerm.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(5, &[]), disk(5, &[]), disk(5, &[])]);
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(5, &[]), disk(5, &[]), disk(5, &[])],
+    );
     let replies = exchange(&mut sim, msg(2, 1, 4, vote_request(LogId::default())));
     assert!(!granted(&replies));
     assert_eq!(sim.core(1).status().voted_for, None);
@@ -131,26 +145,55 @@ fn vote_rejected_for_candidate_with_stale_term() {
 fn at_most_one_vote_per_term() {
     // Reference: Figure 2, RequestVote rule 2: votedFor is null or candidateId.
     let mut sim = three();
-    assert!(granted(&exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())))));
-    assert!(!granted(&exchange(&mut sim, msg(3, 1, 1, vote_request(LogId::default())))));
+    assert!(granted(&exchange(
+        &mut sim,
+        msg(2, 1, 1, vote_request(LogId::default()))
+    )));
+    assert!(!granted(&exchange(
+        &mut sim,
+        msg(3, 1, 1, vote_request(LogId::default()))
+    )));
     // The same candidate asking again (a retransmission) gets the same answer.
-    assert!(granted(&exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())))));
+    assert!(granted(&exchange(
+        &mut sim,
+        msg(2, 1, 1, vote_request(LogId::default()))
+    )));
 }
 
 #[test]
 fn vote_denied_to_candidate_with_less_up_to_date_log() {
     // Reference: section 5.4.1: compare the last entries' terms, then the logs' lengths.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(3, &[1, 3]), disk(3, &[]), disk(3, &[])]);
-    assert!(!granted(&exchange(&mut sim, msg(2, 1, 4, vote_request(LogId::new(2, 1))))));
-    assert!(!granted(&exchange(&mut sim, msg(3, 1, 5, vote_request(LogId::new(3, 1))))));
-    assert!(granted(&exchange(&mut sim, msg(2, 1, 6, vote_request(LogId::new(3, 2))))));
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(3, &[1, 3]), disk(3, &[]), disk(3, &[])],
+    );
+    assert!(!granted(&exchange(
+        &mut sim,
+        msg(2, 1, 4, vote_request(LogId::new(2, 1)))
+    )));
+    assert!(!granted(&exchange(
+        &mut sim,
+        msg(3, 1, 5, vote_request(LogId::new(3, 1)))
+    )));
+    assert!(granted(&exchange(
+        &mut sim,
+        msg(2, 1, 6, vote_request(LogId::new(3, 2)))
+    )));
 }
 
 #[test]
 fn vote_granted_to_candidate_with_higher_last_term_and_shorter_log() {
     // Reference: section 5.4.1: the later term is more up-to-date, whatever the lengths.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(3, &[1, 1, 1, 1]), disk(3, &[]), disk(3, &[])]);
-    assert!(granted(&exchange(&mut sim, msg(2, 1, 4, vote_request(LogId::new(2, 1))))));
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(3, &[1, 1, 1, 1]), disk(3, &[]), disk(3, &[])],
+    );
+    assert!(granted(&exchange(
+        &mut sim,
+        msg(2, 1, 4, vote_request(LogId::new(2, 1)))
+    )));
 }
 
 #[test]
@@ -160,7 +203,10 @@ fn vote_is_not_sent_until_the_vote_is_durable() {
     let mut sim = three();
     sim.faults.disk = 0.0;
     let replies = exchange(&mut sim, msg(2, 1, 1, vote_request(LogId::default())));
-    assert!(replies.is_empty(), "vote sent before it was durable: {replies:?}");
+    assert!(
+        replies.is_empty(),
+        "vote sent before it was durable: {replies:?}"
+    );
     assert_eq!(sim.pending_writes(1), 1);
     sim.complete_writes(NodeId(1), usize::MAX);
     let replies: Vec<MessageBody> = sim.take_in_flight().into_iter().map(|m| m.body).collect();
@@ -173,8 +219,15 @@ fn vote_is_not_sent_until_the_vote_is_durable() {
 #[test]
 fn follower_rejects_append_from_stale_term() {
     // Reference: Figure 2, AppendEntries rule 1: reply false if term < currentTerm.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(5, &[]), disk(5, &[]), disk(5, &[])]);
-    let replies = exchange(&mut sim, msg(2, 1, 4, append(LogId::default(), &[(4, 1)], 0)));
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(5, &[]), disk(5, &[]), disk(5, &[])],
+    );
+    let replies = exchange(
+        &mut sim,
+        msg(2, 1, 4, append(LogId::default(), &[(4, 1)], 0)),
+    );
     assert!(matches!(
         replies.as_slice(),
         [MessageBody::AppendResponse(r)] if matches!(r.outcome, AppendOutcome::Conflict { .. })
@@ -185,8 +238,15 @@ fn follower_rejects_append_from_stale_term() {
 #[test]
 fn follower_rejects_append_when_prev_entry_is_missing() {
     // Reference: Figure 2, AppendEntries rule 2 (log too short): the hint is our last + 1.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(2, &[1, 1]), disk(2, &[]), disk(2, &[])]);
-    let replies = exchange(&mut sim, msg(2, 1, 2, append(LogId::new(2, 5), &[(2, 6)], 0)));
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(2, &[1, 1]), disk(2, &[]), disk(2, &[])],
+    );
+    let replies = exchange(
+        &mut sim,
+        msg(2, 1, 2, append(LogId::new(2, 5), &[(2, 6)], 0)),
+    );
     let [MessageBody::AppendResponse(r)] = replies.as_slice() else {
         panic!("expected one response, got {replies:?}")
     };
@@ -204,7 +264,11 @@ fn follower_rejects_append_when_prev_entry_is_missing() {
 fn follower_rejects_append_when_prev_term_differs_and_hints_the_term_start() {
     // Reference: Figure 2, AppendEntries rule 2, with the section 5.3 optimization: the
     // rejection names the conflicting term and the first index we hold of it.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(4, &[1, 2, 2, 2]), disk(4, &[]), disk(4, &[])]);
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(4, &[1, 2, 2, 2]), disk(4, &[]), disk(4, &[])],
+    );
     let replies = exchange(&mut sim, msg(2, 1, 4, append(LogId::new(3, 4), &[], 0)));
     let [MessageBody::AppendResponse(r)] = replies.as_slice() else {
         panic!("expected one response, got {replies:?}")
@@ -222,19 +286,42 @@ fn follower_rejects_append_when_prev_term_differs_and_hints_the_term_start() {
 #[test]
 fn conflicting_suffix_is_truncated_and_replaced() {
     // Reference: Figure 2, AppendEntries rules 3 and 4.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(3, &[1, 2, 2, 2]), disk(3, &[]), disk(3, &[])]);
-    exchange(&mut sim, msg(2, 1, 3, append(LogId::new(1, 1), &[(3, 2)], 0)));
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(3, &[1, 2, 2, 2]), disk(3, &[]), disk(3, &[])],
+    );
+    exchange(
+        &mut sim,
+        msg(2, 1, 3, append(LogId::new(1, 1), &[(3, 2)], 0)),
+    );
     assert_eq!(sim.log(1), vec![LogId::new(1, 1), LogId::new(3, 2)]);
-    let disk_ids: Vec<LogId> = sim.nodes[&NodeId(1)].disk.log.iter().map(|e| e.log_id).collect();
-    assert_eq!(disk_ids, vec![LogId::new(1, 1), LogId::new(3, 2)], "truncation reached the disk");
+    let disk_ids: Vec<LogId> = sim.nodes[&NodeId(1)]
+        .disk
+        .log
+        .iter()
+        .map(|e| e.log_id)
+        .collect();
+    assert_eq!(
+        disk_ids,
+        vec![LogId::new(1, 1), LogId::new(3, 2)],
+        "truncation reached the disk"
+    );
 }
 
 #[test]
 fn stale_append_does_not_truncate_matching_entries() {
     // Reference: Figure 2, AppendEntries rule 3 truncates only on a *conflict*: a delayed
     // AppendEntries carrying a prefix must not remove later entries.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(2, &[1, 2, 2, 2]), disk(2, &[]), disk(2, &[])]);
-    let replies = exchange(&mut sim, msg(2, 1, 2, append(LogId::new(1, 1), &[(2, 2)], 0)));
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(2, &[1, 2, 2, 2]), disk(2, &[]), disk(2, &[])],
+    );
+    let replies = exchange(
+        &mut sim,
+        msg(2, 1, 2, append(LogId::new(1, 1), &[(2, 2)], 0)),
+    );
     assert_eq!(sim.log(1).len(), 4);
     assert!(matches!(
         replies.as_slice(),
@@ -245,11 +332,21 @@ fn stale_append_does_not_truncate_matching_entries() {
 #[test]
 fn commit_index_is_min_of_leader_commit_and_last_new_entry() {
     // Reference: Figure 2, AppendEntries rule 5.
-    let mut sim = Sim::from_disks(1, plain_cfg(), vec![disk(2, &[1, 1, 1, 1]), disk(2, &[]), disk(2, &[])]);
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(2, &[1, 1, 1, 1]), disk(2, &[]), disk(2, &[])],
+    );
     // Our entries 3..4 are not known to match the leader's: commit stops at 2.
-    exchange(&mut sim, msg(2, 1, 2, append(LogId::new(1, 1), &[(1, 2)], 4)));
+    exchange(
+        &mut sim,
+        msg(2, 1, 2, append(LogId::new(1, 1), &[(1, 2)], 4)),
+    );
     assert_eq!(sim.core(1).commit_index(), LogIndex(2));
-    exchange(&mut sim, msg(2, 1, 2, append(LogId::new(1, 2), &[(1, 3), (1, 4)], 3)));
+    exchange(
+        &mut sim,
+        msg(2, 1, 2, append(LogId::new(1, 2), &[(1, 3), (1, 4)], 3)),
+    );
     assert_eq!(sim.core(1).commit_index(), LogIndex(3));
 }
 
@@ -258,8 +355,14 @@ fn append_is_not_acknowledged_until_durable() {
     // Reference: Figure 2, "Persistent state": log[] is on stable storage before replying.
     let mut sim = three();
     sim.faults.disk = 0.0;
-    let replies = exchange(&mut sim, msg(2, 1, 1, append(LogId::default(), &[(1, 1)], 0)));
-    assert!(replies.is_empty(), "acknowledged before durable: {replies:?}");
+    let replies = exchange(
+        &mut sim,
+        msg(2, 1, 1, append(LogId::default(), &[(1, 1)], 0)),
+    );
+    assert!(
+        replies.is_empty(),
+        "acknowledged before durable: {replies:?}"
+    );
     sim.complete_writes(NodeId(1), usize::MAX);
     let replies: Vec<MessageBody> = sim.take_in_flight().into_iter().map(|m| m.body).collect();
     assert!(matches!(
@@ -300,7 +403,10 @@ fn election_timeouts_are_randomized_per_node() {
     };
     let timeouts: std::collections::BTreeSet<u64> = (0..20).map(first_timeout).collect();
     assert!(timeouts.len() > 3, "timeouts barely vary: {timeouts:?}");
-    assert!(timeouts.iter().all(|&t| (10..20).contains(&t)), "{timeouts:?}");
+    assert!(
+        timeouts.iter().all(|&t| (10..20).contains(&t)),
+        "{timeouts:?}"
+    );
 }
 
 #[test]
@@ -310,7 +416,10 @@ fn candidate_with_a_majority_becomes_leader_and_appends_a_noop() {
     sim.elect(2);
     assert_eq!(sim.core(2).role(), Role::Leader);
     assert_eq!(sim.log(2), vec![LogId::new(1, 1)]);
-    assert_eq!(sim.core(2).entry(LogIndex(1)).map(|e| &e.payload), Some(&EntryPayload::Blank));
+    assert_eq!(
+        sim.core(2).entry(LogIndex(1)).map(|e| &e.payload),
+        Some(&EntryPayload::Blank)
+    );
     sim.run_ticks(2);
     assert_eq!(sim.core(1).leader(), Some(NodeId(2)));
     assert_eq!(sim.core(3).commit_index(), LogIndex(1));
@@ -422,7 +531,9 @@ fn proposals_are_batched_up_to_the_entry_limit() {
     sim.run_ticks(2);
     sim.isolate(NodeId(2)); // only node 3 receives
     let cmds: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("c{i}"))).collect();
-    sim.with_core(NodeId(1), |c| c.propose(cmds)).expect("up").expect("leader");
+    sim.with_core(NodeId(1), |c| c.propose(cmds))
+        .expect("up")
+        .expect("leader");
     let sizes: Vec<usize> = sim
         .in_flight()
         .iter()
@@ -452,11 +563,17 @@ fn pipeline_is_bounded_by_the_inflight_window() {
     sim.run_ticks(2);
     sim.take_in_flight();
     let cmds: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("c{i}"))).collect();
-    sim.with_core(NodeId(1), |c| c.propose(cmds)).expect("up").expect("leader");
+    sim.with_core(NodeId(1), |c| c.propose(cmds))
+        .expect("up")
+        .expect("leader");
     let to3 = sim.in_flight().iter().filter(|m| m.to == NodeId(3)).count();
     assert_eq!(to3, 3);
     sim.deliver_all();
-    assert_eq!(sim.core(3).last_log_id().index, LogIndex(11), "the window refills as acks arrive");
+    assert_eq!(
+        sim.core(3).last_log_id().index,
+        LogIndex(11),
+        "the window refills as acks arrive"
+    );
 }
 
 #[test]
@@ -495,7 +612,12 @@ fn figure_7_follower_logs_converge_to_the_leaders() {
     let expected = sim.log(1);
     assert_eq!(expected.len(), 11);
     for id in 2..=7 {
-        assert_eq!(sim.log(id), expected, "follower ({})", (b'a' + id as u8 - 2) as char);
+        assert_eq!(
+            sim.log(id),
+            expected,
+            "follower ({})",
+            (b'a' + id as u8 - 2) as char
+        );
         assert_eq!(sim.core(id).commit_index(), LogIndex(11));
     }
 }
@@ -547,7 +669,13 @@ fn figure_8_state() -> Sim {
     sim.campaign(1);
     // Only the election between S1..S4 gets through: S5 hears nothing, nothing replicates.
     sim.deliver_filtered(
-        |m| m.to != NodeId(5) && matches!(m.body, MessageBody::RequestVote(_) | MessageBody::VoteResponse(_)),
+        |m| {
+            m.to != NodeId(5)
+                && matches!(
+                    m.body,
+                    MessageBody::RequestVote(_) | MessageBody::VoteResponse(_)
+                )
+        },
         |_| {},
     );
     assert_eq!(sim.core(1).role(), Role::Leader);
@@ -573,7 +701,9 @@ fn elect_eventually(sim: &mut Sim, id: u64) {
 fn figure_8_leader_does_not_commit_a_previous_term_entry_by_counting_replicas() {
     // Reference: section 5.4.2, Figure 8.
     let mut sim = figure_8_state();
-    let holds = |sim: &Sim, id: u64, lid: LogId| sim.core(id).entry(lid.index).map(|e| e.log_id) == Some(lid);
+    let holds = |sim: &Sim, id: u64, lid: LogId| {
+        sim.core(id).entry(lid.index).map(|e| e.log_id) == Some(lid)
+    };
     // S1 replicates index 2 (term 2) to S3 but not its own term-4 entry: its first probe
     // (prev = index 2) is rejected by S3, which lacks index 2; the retry carries index 2;
     // the follow-up carrying index 3 is lost. S2 takes everything, so index 2 is on S1, S2
@@ -597,7 +727,10 @@ fn figure_8_leader_does_not_commit_a_previous_term_entry_by_counting_replicas() 
             );
         },
     );
-    assert!((1..=3).all(|id| holds(&sim, id, term2)), "a majority stores index 2 from term 2");
+    assert!(
+        (1..=3).all(|id| holds(&sim, id, term2)),
+        "a majority stores index 2 from term 2"
+    );
     // Figure 8 (d): S1 crashes; S5 can still win (S2, S3, S4 find its log up to date) and
     // overwrite index 2, which is why it must not have been committed.
     sim.crash(NodeId(1));
@@ -606,7 +739,10 @@ fn figure_8_leader_does_not_commit_a_previous_term_entry_by_counting_replicas() 
     assert_eq!(sim.core(5).role(), Role::Leader);
     sim.tick_node(5, 4);
     for id in 2..=4 {
-        assert_eq!(sim.core(id).entry(LogIndex(2)).map(|e| e.log_id), Some(LogId::new(3, 2)));
+        assert_eq!(
+            sim.core(id).entry(LogIndex(2)).map(|e| e.log_id),
+            Some(LogId::new(3, 2))
+        );
     }
 }
 
@@ -622,7 +758,10 @@ fn figure_8_entry_of_a_previous_term_commits_with_one_of_the_current_term() {
     sim.heal();
     elect_eventually(&mut sim, 5);
     assert_ne!(sim.core(5).role(), Role::Leader);
-    assert_eq!(sim.core(2).entry(LogIndex(2)).map(|e| e.log_id), Some(LogId::new(2, 2)));
+    assert_eq!(
+        sim.core(2).entry(LogIndex(2)).map(|e| e.log_id),
+        Some(LogId::new(2, 2))
+    );
 }
 
 // ----- PreVote and CheckQuorum -------------------------------------------------------------
@@ -644,10 +783,18 @@ fn pre_vote_stops_a_rejoining_partitioned_node_from_disrupting_the_leader() {
     let mut sim = stable_leader(cfg());
     let leader = sim.leader().expect("leader");
     let term = sim.core(leader.0).term();
-    let lonely = sim.ids().into_iter().find(|&i| i != leader).expect("a follower");
+    let lonely = sim
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("a follower");
     sim.isolate(lonely);
     sim.run_ticks(cfg().election_timeout_max * 5);
-    assert_eq!(sim.core(lonely.0).term(), term, "PreVote keeps the isolated node's term");
+    assert_eq!(
+        sim.core(lonely.0).term(),
+        term,
+        "PreVote keeps the isolated node's term"
+    );
     sim.heal();
     sim.run_ticks(cfg().election_timeout_max * 2);
     assert_eq!(sim.leader(), Some(leader));
@@ -660,13 +807,20 @@ fn without_pre_vote_a_rejoining_node_disrupts_the_leader() {
     let mut sim = stable_leader(plain_cfg());
     let leader = sim.leader().expect("leader");
     let term = sim.core(leader.0).term();
-    let lonely = sim.ids().into_iter().find(|&i| i != leader).expect("a follower");
+    let lonely = sim
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("a follower");
     sim.isolate(lonely);
     sim.run_ticks(plain_cfg().election_timeout_max * 5);
     assert!(sim.core(lonely.0).term() > term);
     sim.heal();
     sim.run_ticks(plain_cfg().election_timeout_max * 2);
-    assert!(sim.core(leader.0).term() > term, "the leader's term was bumped");
+    assert!(
+        sim.core(leader.0).term() > term,
+        "the leader's term was bumped"
+    );
 }
 
 #[test]
@@ -692,13 +846,28 @@ fn without_check_quorum_an_isolated_leader_keeps_leading() {
 fn check_quorum_followers_ignore_vote_requests_while_the_leader_is_heard() {
     let mut sim = stable_leader(cfg());
     let leader = sim.leader().expect("leader");
-    let follower = sim.ids().into_iter().find(|&i| i != leader).expect("a follower");
-    let other = sim.ids().into_iter().find(|&i| i != leader && i != follower).expect("other");
+    let follower = sim
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let other = sim
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader && i != follower)
+        .expect("other");
     let term = sim.core(follower.0).term().0;
     let last = sim.core(follower.0).last_log_id();
-    let replies = exchange(&mut sim, msg(other.0, follower.0, term + 1, vote_request(last)));
+    let replies = exchange(
+        &mut sim,
+        msg(other.0, follower.0, term + 1, vote_request(last)),
+    );
     assert!(replies.is_empty());
-    assert_eq!(sim.core(follower.0).term().0, term, "the lease kept our term");
+    assert_eq!(
+        sim.core(follower.0).term().0,
+        term,
+        "the lease kept our term"
+    );
 }
 
 // ----- ReadIndex ---------------------------------------------------------------------------
@@ -713,7 +882,11 @@ fn read_index_is_served_after_a_quorum_confirms_leadership() {
     sim.deliver_all();
     let commit = sim.core(1).commit_index();
     let read = sim.read(NodeId(1));
-    assert_eq!(sim.read_results.get(&read), None, "not before a quorum answered");
+    assert_eq!(
+        sim.read_results.get(&read),
+        None,
+        "not before a quorum answered"
+    );
     sim.deliver_all();
     assert_eq!(sim.read_results.get(&read), Some(&Some(commit)));
 }
@@ -741,13 +914,25 @@ fn deposed_leader_serves_no_read_index_read() {
     sim.elect(3);
     let new_commit = sim.propose(NodeId(3)).expect("new leader accepts");
     sim.run_ticks(2);
-    assert_eq!(sim.core(1).role(), Role::Leader, "the old leader does not know yet");
+    assert_eq!(
+        sim.core(1).role(),
+        Role::Leader,
+        "the old leader does not know yet"
+    );
     let read = sim.read(NodeId(1));
     sim.run_ticks(cfg().election_timeout_max * 2);
-    assert_eq!(sim.read_results.get(&read), None, "a deposed leader confirmed a read");
+    assert_eq!(
+        sim.read_results.get(&read),
+        None,
+        "a deposed leader confirmed a read"
+    );
     sim.heal();
     sim.run_ticks(2);
-    assert_eq!(sim.read_results.get(&read), Some(&None), "the read fails on step-down");
+    assert_eq!(
+        sim.read_results.get(&read),
+        Some(&None),
+        "the read fails on step-down"
+    );
     assert!(sim.core(1).commit_index() >= new_commit.index);
 }
 
@@ -774,7 +959,10 @@ fn a_crash_before_the_vote_is_durable_loses_no_promise() {
     sim.restart(NodeId(1));
     // The vote was never sent, so voting for another candidate in term 1 is safe.
     sim.faults.disk = 1.0;
-    assert!(granted(&exchange(&mut sim, msg(3, 1, 1, vote_request(LogId::default())))));
+    assert!(granted(&exchange(
+        &mut sim,
+        msg(3, 1, 1, vote_request(LogId::default()))
+    )));
 }
 
 #[test]
@@ -784,6 +972,12 @@ fn persist_actions_are_ordered_before_the_messages_that_depend_on_them() {
     sim.with_core(NodeId(1), |c| {
         c.step(msg(2, 1, 1, vote_request(LogId::default())));
         let actions = c.take_actions();
-        assert!(matches!(actions.as_slice(), [Action::Persist { op: PersistOp::HardState(_), .. }]));
+        assert!(matches!(
+            actions.as_slice(),
+            [Action::Persist {
+                op: PersistOp::HardState(_),
+                ..
+            }]
+        ));
     });
 }

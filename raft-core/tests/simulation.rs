@@ -8,9 +8,9 @@ mod sim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use raft_core::Config;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use raft_core::Config;
 use sim::{Faults, Sim};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -51,7 +51,10 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
     sim.calm();
     match sim.converge(CONVERGE_STEPS) {
         Ok(k) if std::env::var("RAFT_SIM_VERBOSE").is_ok() => {
-            println!("seed {seed}: converged in {k} steps; {:?} {:?}", sim.cfg, sim.faults)
+            println!(
+                "seed {seed}: converged in {k} steps; {:?} {:?}",
+                sim.cfg, sim.faults
+            )
         }
         Ok(_) => {}
         Err(stuck) => panic!("{stuck}"),

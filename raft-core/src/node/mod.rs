@@ -102,7 +102,14 @@ impl RaftNode {
         let core = RaftCore::new(id, config.clone(), init, seed);
         let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
         let (requests, requests_rx) = mpsc::channel(REQUEST_CAPACITY);
-        let driver = driver::Driver::new(core, config.tick_interval, log, state_machine, transport, applied);
+        let driver = driver::Driver::new(
+            core,
+            config.tick_interval,
+            log,
+            state_machine,
+            transport,
+            applied,
+        );
         let handle = tokio::spawn(driver.run(requests_rx, inbox_rx));
         Ok(RaftNode {
             id,
@@ -177,10 +184,7 @@ async fn restore(
     let hard_state = log.hard_state().await?;
     let log_state = log.log_state().await?;
     let snapshot = snapshots.latest().await?;
-    let base = snapshot
-        .as_ref()
-        .map(|s| s.last_log_id)
-        .unwrap_or_default();
+    let base = snapshot.as_ref().map(|s| s.last_log_id).unwrap_or_default();
     if log_state.last_purged.index > base.index {
         return Err(StorageError::Corrupt {
             location: "log store".into(),

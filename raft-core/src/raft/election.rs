@@ -1,7 +1,9 @@
 //! Leader election (section 5.2) with PreVote and CheckQuorum (dissertation 9.6, 6.2).
 
 use super::RaftCore;
-use crate::message::{AppendOutcome, AppendResponse, Message, MessageBody, RequestVote, VoteResponse};
+use crate::message::{
+    AppendOutcome, AppendResponse, Message, MessageBody, RequestVote, VoteResponse,
+};
 use crate::progress::Progress;
 use crate::quorum;
 use crate::types::{Entry, EntryPayload, HardState, LogId, NodeId, Role, Term};

@@ -27,8 +27,7 @@ use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
 use crate::read::{ReadId, ReadQueue};
 use crate::types::{
-    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta,
-    Term,
+    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
 };
 
 /// Orders writes: the driver must make writes durable in increasing `WriteId` order.
@@ -276,7 +275,10 @@ impl RaftCore {
         if upto <= self.persisted_write {
             return;
         }
-        debug_assert!(upto <= self.last_write, "invariant: only issued writes persist");
+        debug_assert!(
+            upto <= self.last_write,
+            "invariant: only issued writes persist"
+        );
         self.persisted_write = upto;
         while let Some(&(id, log_id)) = self.pending_stable.front() {
             if id > upto {

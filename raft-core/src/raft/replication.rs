@@ -54,11 +54,9 @@ impl RaftCore {
                 self.handle_append_entries(msg.from, req);
             }
             MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
-            MessageBody::TimeoutNow => {
-                if self.membership().is_voter(self.id) {
-                    // Leadership transfer: campaign at once, skipping PreVote.
-                    self.campaign(false, true);
-                }
+            // Leadership transfer: campaign at once, skipping PreVote.
+            MessageBody::TimeoutNow if self.membership().is_voter(self.id) => {
+                self.campaign(false, true);
             }
             _ => {}
         }
@@ -129,7 +127,10 @@ impl RaftCore {
                 let retry_at = self
                     .backtrack(conflict_term, conflict_index)
                     .min(rejected_prev);
-                let pr = self.progress.get_mut(&from).expect("invariant: checked above");
+                let pr = self
+                    .progress
+                    .get_mut(&from)
+                    .expect("invariant: checked above");
                 if !pr.reject(rejected_prev, retry_at) {
                     self.confirm_reads();
                     return;
@@ -162,7 +163,8 @@ impl RaftCore {
     /// resent probe to probing ones. Also restarts pipelines that stopped making progress.
     pub(super) fn broadcast_heartbeat(&mut self) {
         // A pipeline silent for an election timeout has lost a message.
-        let stall_limit = (self.cfg.election_timeout_min / self.cfg.heartbeat_interval).max(2) as u32;
+        let stall_limit =
+            (self.cfg.election_timeout_min / self.cfg.heartbeat_interval).max(2) as u32;
         for peer in self.peers() {
             let last = self.log.last_index();
             if let Some(pr) = self.progress.get_mut(&peer) {
@@ -225,7 +227,10 @@ impl RaftCore {
             return false;
         };
         let last = entries.last().map(|e| e.index());
-        let pr = self.progress.get_mut(&to).expect("invariant: checked above");
+        let pr = self
+            .progress
+            .get_mut(&to)
+            .expect("invariant: checked above");
         if let Some(last) = last {
             pr.sent(last);
         } else if state == ReplicationState::Probe {

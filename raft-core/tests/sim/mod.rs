@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use raft_core::{
     Action, Config, Entry, EntryPayload, HardState, InitialState, LogId, LogIndex, Membership,
     Message, NodeId, PersistOp, RaftCore, Role, Term, WriteId,
 };
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Fault rates for a run. All probabilities are per step (or per message).
 #[derive(Clone, Debug)]
@@ -87,7 +87,11 @@ impl Disk {
             PersistOp::Truncate(from) => self.log.truncate(from.0 as usize - 1),
             PersistOp::Append(entries) => {
                 for e in entries {
-                    assert_eq!(e.index().0 as usize, self.log.len() + 1, "disk append has a gap");
+                    assert_eq!(
+                        e.index().0 as usize,
+                        self.log.len() + 1,
+                        "disk append has a gap"
+                    );
                     self.log.push(e.clone());
                 }
             }
@@ -348,7 +352,9 @@ impl Sim {
                 self.reads.remove(&rid);
             }
             Action::SendSnapshot { to } => {
-                self.fail(format!("{id} asked to send a snapshot to {to} without compaction"));
+                self.fail(format!(
+                    "{id} asked to send a snapshot to {to} without compaction"
+                ));
             }
         }
     }
@@ -358,7 +364,11 @@ impl Sim {
         if self.rng.gen_bool(self.faults.loss) {
             return;
         }
-        let copies = if self.rng.gen_bool(self.faults.duplicate) { 2 } else { 1 };
+        let copies = if self.rng.gen_bool(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let at = self.step + self.rng.gen_range(1..=self.faults.max_delay);
             self.net.push(InFlight {
@@ -388,9 +398,16 @@ impl Sim {
         for e in entries {
             let expected = self.nodes[&id].applied.len() as u64 + 1;
             if e.index().0 != expected {
-                self.fail(format!("{id} applied {} out of order (expected #{expected})", e.log_id));
+                self.fail(format!(
+                    "{id} applied {} out of order (expected #{expected})",
+                    e.log_id
+                ));
             }
-            self.nodes.get_mut(&id).expect("known node").applied.push(e.clone());
+            self.nodes
+                .get_mut(&id)
+                .expect("known node")
+                .applied
+                .push(e.clone());
             // State Machine Safety: no two nodes apply different entries at one index.
             match self.applied_at.get(&e.index()) {
                 Some(prev) if prev != &e => {
@@ -412,7 +429,8 @@ impl Sim {
                     .any(|(n, lid, _)| *n == id && *lid == e.log_id)
                 {
                     self.acked.push((e.log_id, data.clone()));
-                    self.proposals.retain(|(n, lid, _)| !(*n == id && *lid == e.log_id));
+                    self.proposals
+                        .retain(|(n, lid, _)| !(*n == id && *lid == e.log_id));
                 }
             }
         }
@@ -455,7 +473,10 @@ impl Sim {
         // Election Safety: at most one leader per term.
         if let Some(other) = self.leaders.insert(term, id) {
             if other != id {
-                self.fail(format!("election safety: {other} and {id} both led term {}", term.0));
+                self.fail(format!(
+                    "election safety: {other} and {id} both led term {}",
+                    term.0
+                ));
             }
         }
         // Leader Completeness: the new leader holds every entry applied anywhere.
@@ -465,9 +486,7 @@ impl Sim {
         if let Some((idx, e)) = missing {
             let msg = format!(
                 "leader completeness: {id} leads term {} without committed entry {} at {}",
-                term.0,
-                e.log_id,
-                idx.0
+                term.0, e.log_id, idx.0
             );
             self.fail(msg);
         }
@@ -522,7 +541,10 @@ impl Sim {
                     if la[..=k] != lb[..=k] {
                         panic!(
                             "{}",
-                            self.report(&format!("log matching: {a} and {b} share {} but differ before it", la[k]))
+                            self.report(&format!(
+                                "log matching: {a} and {b} share {} but differ before it",
+                                la[k]
+                            ))
                         );
                     }
                 }
@@ -616,9 +638,18 @@ impl Sim {
         self.next_read += 1;
         let rid = self.next_read;
         // A linearizable read must reflect everything committed before it began.
-        let must_see = self.applied_at.keys().next_back().copied().unwrap_or_default();
+        let must_see = self
+            .applied_at
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or_default();
         self.reads.insert(rid, PendingRead { node: id, must_see });
-        if self.with_core(id, |c| c.read_index(rid)).map(|r| r.is_err()) != Some(false) {
+        if self
+            .with_core(id, |c| c.read_index(rid))
+            .map(|r| r.is_err())
+            != Some(false)
+        {
             self.reads.remove(&rid);
         }
         rid
@@ -630,7 +661,10 @@ impl Sim {
         self.step += 1;
         self.deliver_due();
         for id in self.ids() {
-            if self.nodes[&id].is_up() && !self.nodes[&id].pending.is_empty() && self.rng.gen_bool(self.faults.disk) {
+            if self.nodes[&id].is_up()
+                && !self.nodes[&id].pending.is_empty()
+                && self.rng.gen_bool(self.faults.disk)
+            {
                 let n = self.rng.gen_range(1..=self.nodes[&id].pending.len());
                 self.complete_writes(id, n);
             }
@@ -682,7 +716,11 @@ impl Sim {
             self.crash(id);
         }
         if self.rng.gen_bool(self.faults.restart) {
-            let down: Vec<NodeId> = ids.iter().copied().filter(|i| !self.nodes[i].is_up()).collect();
+            let down: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|i| !self.nodes[i].is_up())
+                .collect();
             if !down.is_empty() {
                 let id = down[self.rng.gen_range(0..down.len())];
                 self.restart(id);
@@ -726,7 +764,13 @@ impl Sim {
 
     /// Every node's status, for failure reports.
     pub fn describe(&self) -> String {
-        let mut out = format!("\n  in flight: {:?}", self.net.iter().map(|f| (f.at, f.msg.from, f.msg.to, f.msg.body.kind())).collect::<Vec<_>>());
+        let mut out = format!(
+            "\n  in flight: {:?}",
+            self.net
+                .iter()
+                .map(|f| (f.at, f.msg.from, f.msg.to, f.msg.body.kind()))
+                .collect::<Vec<_>>()
+        );
         for (id, n) in &self.nodes {
             match &n.core {
                 Some(c) => out += &format!("\n  {id}: {:?}\n  {}", c.status(), c.debug_progress()),
@@ -787,7 +831,11 @@ impl Sim {
     pub fn campaign(&mut self, id: u64) {
         let id = NodeId(id);
         let term = self.nodes[&id].core().term();
-        let from = self.ids().into_iter().find(|&o| o != id).unwrap_or(NodeId(0));
+        let from = self
+            .ids()
+            .into_iter()
+            .find(|&o| o != id)
+            .unwrap_or(NodeId(0));
         let timeout_now = Message {
             from,
             to: id,
@@ -859,5 +907,4 @@ impl Sim {
     pub fn pending_writes(&self, id: u64) -> usize {
         self.nodes[&NodeId(id)].pending.len()
     }
-
 }

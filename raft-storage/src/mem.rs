@@ -1,0 +1,270 @@
+//! In-memory stores: correct, thread-safe and cheap; nothing survives the process.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::{
+    Entry, HardState, LogId, LogIndex, LogState, LogStore, SnapshotMeta, SnapshotStore,
+    SnapshotWriter, StorageError, Term,
+};
+
+use crate::contract;
+
+#[derive(Debug, Default)]
+struct MemLog {
+    hard: HardState,
+    last_purged: LogId,
+    entries: VecDeque<Entry>,
+}
+
+impl MemLog {
+    fn state(&self) -> LogState {
+        LogState {
+            last_purged: self.last_purged,
+            last: self
+                .entries
+                .back()
+                .map(|e| e.log_id)
+                .unwrap_or(self.last_purged),
+        }
+    }
+
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let offset = index.0.checked_sub(self.last_purged.index.0 + 1)?;
+        usize::try_from(offset).ok()
+    }
+}
+
+/// A [`LogStore`] in memory. Clones of the `Arc` holding it share one log, which lets a
+/// test "restart" a node on the same store.
+#[derive(Debug, Default)]
+pub struct MemLogStore {
+    inner: RwLock<MemLog>,
+}
+
+impl MemLogStore {
+    /// An empty log.
+    pub fn new() -> MemLogStore {
+        MemLogStore::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, MemLog> {
+        // A panic while holding the lock cannot leave the log half-written: every write
+        // below validates first and then mutates without a fallible step.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, MemLog> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl LogStore for MemLogStore {
+    async fn hard_state(&self) -> Result<HardState, StorageError> {
+        Ok(self.read().hard)
+    }
+
+    async fn save_hard_state(&self, hard_state: &HardState) -> Result<(), StorageError> {
+        self.write().hard = *hard_state;
+        Ok(())
+    }
+
+    async fn log_state(&self) -> Result<LogState, StorageError> {
+        Ok(self.read().state())
+    }
+
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut log = self.write();
+        contract::check_append(&log.state(), entries)?;
+        log.entries.extend(entries.iter().cloned());
+        Ok(())
+    }
+
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
+        let mut log = self.write();
+        contract::check_truncate(&log.state(), from)?;
+        if let Some(keep) = log.position(from) {
+            log.entries.truncate(keep);
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        let mut log = self.write();
+        if upto.index <= log.last_purged.index {
+            return Ok(());
+        }
+        let remove = log
+            .position(upto.index)
+            .map_or(0, |p| p + 1)
+            .min(log.entries.len());
+        log.entries.drain(..remove);
+        log.last_purged = upto;
+        Ok(())
+    }
+
+    async fn entries(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let log = self.read();
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        contract::check_read(&log.state(), range.start)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut index = range.start;
+        while index < range.end {
+            let Some(e) = log.position(index).and_then(|p| log.entries.get(p)) else {
+                break;
+            };
+            bytes = bytes.saturating_add(e.size_hint());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+            index = index.next();
+        }
+        Ok(out)
+    }
+
+    async fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        let log = self.read();
+        if index == log.last_purged.index {
+            return Ok(Some(log.last_purged.term));
+        }
+        contract::check_read(&log.state(), index)?;
+        Ok(log
+            .position(index)
+            .and_then(|p| log.entries.get(p))
+            .map(|e| e.term()))
+    }
+}
+
+/// One finished snapshot, with the checksum taken when it was finished.
+#[derive(Clone, Debug)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Bytes,
+    crc: u32,
+}
+
+#[derive(Debug)]
+struct MemSnapshots {
+    keep: usize,
+    /// Oldest first.
+    snapshots: Vec<StoredSnapshot>,
+}
+
+/// A [`SnapshotStore`] in memory, keeping the latest `keep` snapshots.
+#[derive(Debug)]
+pub struct MemSnapshotStore {
+    inner: std::sync::Arc<Mutex<MemSnapshots>>,
+}
+
+impl Default for MemSnapshotStore {
+    fn default() -> Self {
+        MemSnapshotStore::new(2)
+    }
+}
+
+impl MemSnapshotStore {
+    /// A store that keeps the latest `keep` snapshots (at least one).
+    pub fn new(keep: usize) -> MemSnapshotStore {
+        MemSnapshotStore {
+            inner: std::sync::Arc::new(Mutex::new(MemSnapshots {
+                keep: keep.max(1),
+                snapshots: Vec::new(),
+            })),
+        }
+    }
+
+    /// How many snapshots are kept right now.
+    pub fn count(&self) -> usize {
+        lock(&self.inner).snapshots.len()
+    }
+
+    /// Flips one byte of the latest snapshot's data, as a disk fault would (for tests of
+    /// corruption handling).
+    pub fn corrupt_latest(&self) {
+        let mut inner = lock(&self.inner);
+        if let Some(s) = inner.snapshots.last_mut() {
+            let mut data = s.data.to_vec();
+            if let Some(b) = data.first_mut() {
+                *b ^= 0xff;
+            } else {
+                data.push(1);
+            }
+            s.data = Bytes::from(data);
+        }
+    }
+}
+
+fn lock(m: &Mutex<MemSnapshots>) -> MutexGuard<'_, MemSnapshots> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct MemSnapshotWriter {
+    meta: SnapshotMeta,
+    buf: Vec<u8>,
+    store: std::sync::Arc<Mutex<MemSnapshots>>,
+}
+
+#[async_trait]
+impl SnapshotWriter for MemSnapshotWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<SnapshotMeta, StorageError> {
+        let crc = crc32fast::hash(&self.buf);
+        let mut inner = lock(&self.store);
+        inner.snapshots.push(StoredSnapshot {
+            meta: self.meta.clone(),
+            data: Bytes::from(self.buf),
+            crc,
+        });
+        let excess = inner.snapshots.len().saturating_sub(inner.keep);
+        inner.snapshots.drain(..excess);
+        Ok(self.meta)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemSnapshotStore {
+    async fn begin(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        Ok(Box::new(MemSnapshotWriter {
+            meta: meta.clone(),
+            buf: Vec::new(),
+            store: self.inner.clone(),
+        }))
+    }
+
+    async fn latest(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(lock(&self.inner).snapshots.last().map(|s| s.meta.clone()))
+    }
+
+    async fn read_latest(&self) -> Result<Option<(SnapshotMeta, Bytes)>, StorageError> {
+        let Some(s) = lock(&self.inner).snapshots.last().cloned() else {
+            return Ok(None);
+        };
+        let actual = crc32fast::hash(&s.data);
+        if actual != s.crc {
+            return Err(StorageError::Corrupt {
+                location: format!("in-memory snapshot at {}", s.meta.last_log_id),
+                detail: format!(
+                    "checksum mismatch: stored {:08x}, computed {actual:08x}",
+                    s.crc
+                ),
+            });
+        }
+        Ok(Some((s.meta, s.data)))
+    }
+}

@@ -1,0 +1,367 @@
+//! A cluster of real async `RaftNode`s over the in-memory network and stores, in the shape
+//! of the MIT 6.5840 Raft lab's `config.go`: start, crash, restart, partition, and the
+//! checks `check_one_leader`, `check_terms`, `n_committed` and `one`.
+//!
+//! Tests run on tokio's paused clock: time advances only when every task is idle, so a
+//! run is fast and its timing repeatable.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::{
+    Config, Entry, EntryPayload, LogIndex, Membership, NodeId, RaftError, RaftNode, Role, Seams,
+    SnapshotMeta, StateMachine, StateMachineError,
+};
+use raft_storage::{MemLogStore, MemSnapshotStore};
+use raft_transport::MemNetwork;
+
+/// What each node applied: index -> command. Shared with the test so it can compare nodes.
+pub type Applied = Arc<Mutex<BTreeMap<u64, Bytes>>>;
+
+/// A volatile state machine that records every command it applies.
+pub struct Recorder {
+    applied_index: LogIndex,
+    record: Applied,
+}
+
+impl Recorder {
+    /// A fresh recorder with its own record.
+    pub fn new() -> Recorder {
+        Recorder {
+            applied_index: LogIndex(0),
+            record: Applied::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl StateMachine for Recorder {
+    async fn applied_index(&self) -> Result<LogIndex, StateMachineError> {
+        Ok(self.applied_index)
+    }
+
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        let mut record = self.record.lock().expect("record lock");
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            assert_eq!(e.index(), self.applied_index.next(), "applied out of order");
+            self.applied_index = e.index();
+            if let EntryPayload::Command(c) = &e.payload {
+                record.insert(e.index().0, c.clone());
+                out.push(Bytes::from(format!("applied {}", e.index().0)));
+            } else {
+                out.push(Bytes::new());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn query(&self, _query: Bytes) -> Result<Bytes, StateMachineError> {
+        let record = self.record.lock().expect("record lock");
+        Ok(Bytes::from(record.len().to_string()))
+    }
+
+    async fn snapshot(&mut self) -> Result<Bytes, StateMachineError> {
+        Err(StateMachineError(
+            "snapshots are not used by these tests".into(),
+        ))
+    }
+
+    async fn restore(
+        &mut self,
+        _meta: &SnapshotMeta,
+        _data: Bytes,
+    ) -> Result<(), StateMachineError> {
+        Err(StateMachineError(
+            "snapshots are not used by these tests".into(),
+        ))
+    }
+}
+
+struct Slot {
+    log: Arc<MemLogStore>,
+    snapshots: Arc<MemSnapshotStore>,
+    applied: Applied,
+    node: Option<RaftNode>,
+    restarts: u64,
+}
+
+/// The cluster under test.
+pub struct Cluster {
+    pub net: MemNetwork,
+    pub cfg: Config,
+    seed: u64,
+    membership: Membership,
+    slots: BTreeMap<NodeId, Slot>,
+    connected: BTreeMap<NodeId, bool>,
+}
+
+/// The lab's election timeout bound: a leader must emerge within this.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
+
+pub fn test_config() -> Config {
+    Config {
+        tick_interval: Duration::from_millis(10),
+        election_timeout_min: 15,
+        election_timeout_max: 30,
+        heartbeat_interval: 3,
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    /// `n` nodes, all started and connected.
+    pub async fn new(n: u64, seed: u64) -> Cluster {
+        Self::with_config(n, seed, test_config()).await
+    }
+
+    pub async fn with_config(n: u64, seed: u64, cfg: Config) -> Cluster {
+        println!("cluster seed {seed} (rerun with this seed to replay)");
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let mut c = Cluster {
+            net: MemNetwork::new(seed),
+            cfg,
+            seed,
+            membership: Membership::new(ids.iter().copied()),
+            slots: BTreeMap::new(),
+            connected: BTreeMap::new(),
+        };
+        for &id in &ids {
+            c.slots.insert(
+                id,
+                Slot {
+                    log: Arc::new(MemLogStore::new()),
+                    snapshots: Arc::new(MemSnapshotStore::default()),
+                    applied: Applied::default(),
+                    node: None,
+                    restarts: 0,
+                },
+            );
+            c.connected.insert(id, true);
+        }
+        for &id in &ids {
+            c.start(id).await;
+        }
+        c
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.slots.keys().copied().collect()
+    }
+
+    /// Starts (or restarts) `id` on its persisted stores with a fresh state machine.
+    pub async fn start(&mut self, id: NodeId) {
+        let slot = self.slots.get_mut(&id).expect("known node");
+        if slot.node.is_some() {
+            return;
+        }
+        slot.restarts += 1;
+        slot.applied = Applied::default();
+        let seams = Seams {
+            log: slot.log.clone(),
+            snapshots: slot.snapshots.clone(),
+            state_machine: Box::new(Recorder {
+                applied_index: LogIndex(0),
+                record: slot.applied.clone(),
+            }),
+            transport: self.net.transport(id),
+        };
+        let seed = self.seed ^ (id.0 << 20) ^ slot.restarts;
+        let node = RaftNode::start(
+            id,
+            self.cfg.clone(),
+            self.membership.clone(),
+            seams,
+            Some(seed),
+        )
+        .await
+        .expect("node starts");
+        self.net.register(id, node.inbox());
+        slot.node = Some(node);
+        if !self.connected[&id] {
+            self.net.isolate(id);
+        }
+    }
+
+    /// Crashes `id`: its process state is gone; its stores keep what was durable.
+    pub async fn crash(&mut self, id: NodeId) {
+        let slot = self.slots.get_mut(&id).expect("known node");
+        if let Some(node) = slot.node.take() {
+            self.net.unregister(id);
+            node.shutdown().await;
+        }
+    }
+
+    pub fn disconnect(&mut self, id: NodeId) {
+        self.connected.insert(id, false);
+        self.net.isolate(id);
+    }
+
+    pub fn connect(&mut self, id: NodeId) {
+        self.connected.insert(id, true);
+        self.net.reconnect(id);
+        // Keep other disconnected nodes cut off.
+        for (&other, &up) in &self.connected {
+            if !up {
+                self.net.isolate(other);
+            }
+        }
+    }
+
+    pub fn is_connected(&self, id: NodeId) -> bool {
+        self.connected[&id]
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&RaftNode> {
+        self.slots[&id].node.as_ref()
+    }
+
+    pub async fn sleep(d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    /// The leader among connected, live nodes: exactly one per term, else panic. Waits up to
+    /// the election bound for one to appear.
+    pub async fn check_one_leader(&self) -> NodeId {
+        for _ in 0..10 {
+            Self::sleep(Duration::from_millis(450)).await;
+            let mut by_term: BTreeMap<u64, Vec<NodeId>> = BTreeMap::new();
+            for id in self.ids() {
+                if !self.connected[&id] {
+                    continue;
+                }
+                if let Some(node) = self.node(id) {
+                    if let Ok(s) = node.status().await {
+                        if s.role == Role::Leader {
+                            by_term.entry(s.term.0).or_default().push(id);
+                        }
+                    }
+                }
+            }
+            for (term, leaders) in &by_term {
+                assert!(
+                    leaders.len() <= 1,
+                    "term {term} has {} leaders: {leaders:?}",
+                    leaders.len()
+                );
+            }
+            if let Some((_, leaders)) = by_term.iter().next_back() {
+                return leaders[0];
+            }
+        }
+        panic!("expected one leader, got none");
+    }
+
+    /// The term all connected nodes agree on.
+    pub async fn check_terms(&self) -> u64 {
+        let mut term = None;
+        for id in self.ids() {
+            if !self.connected[&id] {
+                continue;
+            }
+            if let Some(node) = self.node(id) {
+                let t = node.status().await.expect("status").term.0;
+                match term {
+                    None => term = Some(t),
+                    Some(x) => assert_eq!(x, t, "servers disagree on term"),
+                }
+            }
+        }
+        term.expect("some node is connected")
+    }
+
+    /// Asserts no connected node thinks it leads.
+    pub async fn check_no_leader(&self) {
+        for id in self.ids() {
+            if !self.connected[&id] {
+                continue;
+            }
+            if let Some(node) = self.node(id) {
+                let s = node.status().await.expect("status");
+                assert_ne!(s.role, Role::Leader, "{id} leads without a majority");
+            }
+        }
+    }
+
+    /// How many nodes applied `index`, and the command there; panics if two disagree.
+    pub fn n_committed(&self, index: u64) -> (usize, Option<Bytes>) {
+        let mut count = 0;
+        let mut value: Option<Bytes> = None;
+        for slot in self.slots.values() {
+            let record = slot.applied.lock().expect("record lock");
+            if let Some(v) = record.get(&index) {
+                if let Some(prev) = &value {
+                    assert_eq!(prev, v, "committed values differ at index {index}");
+                }
+                value = Some(v.clone());
+                count += 1;
+            }
+        }
+        (count, value)
+    }
+
+    /// Proposes `cmd` through whichever node leads, retrying for up to 10 seconds, and
+    /// waits until at least `expected` nodes applied it. Returns its index.
+    pub async fn one(&self, cmd: Bytes, expected: usize, retry: bool) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            for id in self.ids() {
+                if !self.connected[&id] {
+                    continue;
+                }
+                let Some(node) = self.node(id).cloned() else {
+                    continue;
+                };
+                let proposal =
+                    tokio::time::timeout(Duration::from_secs(2), node.propose(cmd.clone())).await;
+                let Ok(Ok(resp)) = proposal else { continue };
+                let index: u64 = std::str::from_utf8(&resp)
+                    .ok()
+                    .and_then(|s| s.strip_prefix("applied "))
+                    .and_then(|s| s.parse().ok())
+                    .expect("recorder response names the index");
+                for _ in 0..40 {
+                    let (n, v) = self.n_committed(index);
+                    if n >= expected && v.as_ref() == Some(&cmd) {
+                        return index;
+                    }
+                    Self::sleep(Duration::from_millis(50)).await;
+                }
+                if !retry {
+                    panic!("one({cmd:?}) failed to reach agreement on {expected} nodes");
+                }
+            }
+            Self::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("one({cmd:?}) failed to reach agreement");
+    }
+
+    /// Proposes at `id` without waiting for agreement; returns the error on a non-leader.
+    pub fn start_command(
+        &self,
+        id: NodeId,
+        cmd: Bytes,
+    ) -> tokio::task::JoinHandle<Result<Bytes, RaftError>> {
+        let node = self.node(id).cloned().expect("node is up");
+        tokio::spawn(async move { node.propose(cmd).await })
+    }
+
+    /// Every command applied by `id`, by index.
+    pub fn applied(&self, id: NodeId) -> BTreeMap<u64, Bytes> {
+        self.slots[&id].applied.lock().expect("record lock").clone()
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.ids() {
+            self.crash(id).await;
+        }
+    }
+}
+
+pub fn cmd(s: impl std::fmt::Display) -> Bytes {
+    Bytes::from(s.to_string())
+}

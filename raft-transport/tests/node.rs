@@ -1,0 +1,232 @@
+//! The async node over the in-memory network and stores: the user's handle end to end.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::{cmd, Cluster};
+use raft_core::{
+    Config, Entry, HardState, LogId, LogIndex, LogState, LogStore, NodeId, RaftError, Role,
+    StorageError, Term,
+};
+
+#[tokio::test(start_paused = true)]
+async fn propose_resolves_to_the_state_machine_response() {
+    let c = Cluster::new(3, 1).await;
+    let leader = c.check_one_leader().await;
+    let resp = c.node(leader).unwrap().propose(cmd("x")).await.unwrap();
+    assert_eq!(
+        resp,
+        Bytes::from("applied 2"),
+        "index 1 is the leader's no-op"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn proposal_to_a_follower_fails_with_the_leader_hint() {
+    let c = Cluster::new(3, 2).await;
+    let leader = c.check_one_leader().await;
+    c.one(cmd("warm-up"), 3, true).await;
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    let err = c
+        .node(follower)
+        .unwrap()
+        .propose(cmd("y"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RaftError::NotLeader { leader_hint: Some(l) } if l == leader),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&leader.to_string()),
+        "the message names the leader: {err}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn linearizable_read_reflects_every_acknowledged_write() {
+    let c = Cluster::new(3, 3).await;
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).unwrap().clone();
+    for i in 0..5 {
+        node.propose(cmd(i)).await.unwrap();
+        let seen = node.read(Bytes::new()).await.unwrap();
+        assert_eq!(seen, Bytes::from((i + 1).to_string()));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_on_an_isolated_leader_never_succeeds() {
+    let mut c = Cluster::new(3, 4).await;
+    let leader = c.check_one_leader().await;
+    c.one(cmd("a"), 3, true).await;
+    c.disconnect(leader);
+    let node = c.node(leader).unwrap().clone();
+    let read = tokio::time::timeout(Duration::from_secs(5), node.read(Bytes::new())).await;
+    match read {
+        Err(_elapsed) => {}
+        Ok(Err(RaftError::NotLeader { .. })) => {}
+        Ok(other) => panic!("an isolated leader answered a read: {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_role_term_leader_and_progress() {
+    let c = Cluster::new(3, 5).await;
+    let leader = c.check_one_leader().await;
+    let idx = c.one(cmd("s"), 3, true).await;
+    let s = c.node(leader).unwrap().status().await.unwrap();
+    assert_eq!(s.role, Role::Leader);
+    assert_eq!(s.leader, Some(leader));
+    assert!(s.commit_index >= LogIndex(idx));
+    assert_eq!(s.last_log_id.index, LogIndex(idx));
+    assert_eq!(s.peers.len(), 2);
+    assert!(s.peers.values().all(|(m, _)| *m == LogIndex(idx)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in c.ids() {
+        let s = c.node(id).unwrap().status().await.unwrap();
+        assert_eq!(s.applied_index, LogIndex(idx), "{id}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_cluster_resumes_from_its_stores() {
+    let mut c = Cluster::new(3, 6).await;
+    c.check_one_leader().await;
+    for i in 0..10 {
+        c.one(cmd(i), 3, true).await;
+    }
+    for id in c.ids() {
+        c.crash(id).await;
+    }
+    for id in c.ids() {
+        c.start(id).await;
+    }
+    c.check_one_leader().await;
+    let idx = c.one(cmd("after"), 3, true).await;
+    assert!(idx >= 12, "the log continued after index {idx}");
+    for id in c.ids() {
+        let applied = c.applied(id);
+        for i in 0..10u64 {
+            assert!(
+                applied.values().any(|v| *v == cmd(i)),
+                "{id} lost command {i}"
+            );
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_fails_pending_requests_and_later_calls() {
+    let mut c = Cluster::new(3, 7).await;
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).unwrap().clone();
+    c.crash(leader).await;
+    let err = node.propose(cmd("late")).await.unwrap_err();
+    assert!(matches!(err, RaftError::ShuttingDown), "{err:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_config_is_refused_at_startup() {
+    let bad = Config {
+        election_timeout_min: 10,
+        election_timeout_max: 10,
+        ..Config::default()
+    };
+    let err = bad.validate().unwrap_err();
+    assert!(err.to_string().contains("election_timeout_max"), "{err}");
+}
+
+/// A LogStore that counts appends and makes each one take a while, like an fsync.
+struct SlowCountingLog {
+    inner: raft_storage::MemLogStore,
+    appends: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl LogStore for SlowCountingLog {
+    async fn hard_state(&self) -> Result<HardState, StorageError> {
+        self.inner.hard_state().await
+    }
+    async fn save_hard_state(&self, h: &HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(h).await
+    }
+    async fn log_state(&self) -> Result<LogState, StorageError> {
+        self.inner.log_state().await
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        self.inner.purge(upto).await
+    }
+    async fn entries(
+        &self,
+        r: std::ops::Range<LogIndex>,
+        max: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(r, max).await
+    }
+    async fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        self.inner.term(index).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_proposals_share_log_writes() {
+    // Group commit: proposals arriving while a write is in flight go into the next one.
+    let appends = Arc::new(AtomicU64::new(0));
+    let log = Arc::new(SlowCountingLog {
+        inner: raft_storage::MemLogStore::new(),
+        appends: appends.clone(),
+    });
+    let net = raft_transport::MemNetwork::new(8);
+    let seams = raft_core::Seams {
+        log,
+        snapshots: Arc::new(raft_storage::MemSnapshotStore::default()),
+        state_machine: Box::new(common::Recorder::new()),
+        transport: net.transport(NodeId(1)),
+    };
+    let node = raft_core::RaftNode::start(
+        NodeId(1),
+        common::test_config(),
+        raft_core::Membership::new([NodeId(1)]),
+        seams,
+        Some(8),
+    )
+    .await
+    .unwrap();
+    while node.status().await.unwrap().role != Role::Leader {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = appends.load(Ordering::Relaxed);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let n = node.clone();
+            tokio::spawn(async move { n.propose(cmd(i)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let writes = appends.load(Ordering::Relaxed) - before;
+    assert!(writes <= 20, "200 proposals took {writes} log writes");
+    node.shutdown().await;
+}
