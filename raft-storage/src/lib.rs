@@ -4,7 +4,7 @@
 //! every implementation (ours and yours) must pass:
 //! - [`mem`]: [`MemLogStore`] and [`MemSnapshotStore`], in memory, for tests and for
 //!   deployments that do not need durability;
-//! - [`conformance`]: run it against your own backend with one call.
+//! - `conformance` (coming with the redb store): run it against your own backend.
 #![deny(missing_docs)]
 
 pub mod contract;
