@@ -4,10 +4,45 @@
 //! every implementation (ours and yours) must pass:
 //! - [`mem`]: [`MemLogStore`] and [`MemSnapshotStore`], in memory, for tests and for
 //!   deployments that do not need durability;
-//! - `conformance` (coming with the redb store): run it against your own backend.
+//! - [`redb_log`]: [`RedbLogStore`], a durable log on redb with a CRC on every entry;
+//! - [`snapshot_files`]: [`FileSnapshotStore`], durable snapshots as checksummed files
+//!   finished by an atomic rename;
+//! - [`conformance`]: the contracts as executable cases; run them against your own
+//!   backend with one call.
 #![deny(missing_docs)]
 
+pub mod conformance;
 pub mod contract;
 pub mod mem;
+pub mod redb_log;
+pub mod snapshot_files;
+
+use std::path::Path;
 
 pub use mem::{MemLogStore, MemSnapshotStore};
+pub use raft_core::StorageError;
+pub use redb_log::RedbLogStore;
+pub use snapshot_files::FileSnapshotStore;
+
+/// File name of the redb log inside a node's data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+/// Directory of snapshots inside a node's data directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Opens (creating if needed) a node's durable stores in `data_dir`: the redb log in
+/// [`LOG_FILE`] and snapshots in [`SNAPSHOT_DIR`], keeping the latest `keep_snapshots`.
+pub async fn open_data_dir(
+    data_dir: impl AsRef<Path>,
+    keep_snapshots: usize,
+) -> Result<(RedbLogStore, FileSnapshotStore), StorageError> {
+    let dir = data_dir.as_ref();
+    tokio::fs::create_dir_all(dir).await.map_err(|e| {
+        StorageError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot create the data directory: {e}", dir.display()),
+        ))
+    })?;
+    let log = RedbLogStore::open(dir.join(LOG_FILE)).await?;
+    let snapshots = FileSnapshotStore::open(dir.join(SNAPSHOT_DIR), keep_snapshots).await?;
+    Ok((log, snapshots))
+}
