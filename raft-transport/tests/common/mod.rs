@@ -17,7 +17,7 @@ use raft_core::{
     SnapshotMeta, StateMachine, StateMachineError,
 };
 use raft_storage::{MemLogStore, MemSnapshotStore};
-use raft_transport::MemNetwork;
+use raft_transport::{MemNetwork, TcpConfig, TcpTransport};
 
 /// What each node applied: index -> command. Shared with the test so it can compare nodes.
 pub type Applied = Arc<Mutex<BTreeMap<u64, Bytes>>>;
@@ -90,9 +90,18 @@ struct Slot {
     restarts: u64,
 }
 
+/// TCP transports and the addresses they keep across restarts.
+#[derive(Default)]
+pub struct TcpNet {
+    pub addrs: BTreeMap<NodeId, std::net::SocketAddr>,
+    pub transports: BTreeMap<NodeId, TcpTransport>,
+}
+
 /// The cluster under test.
 pub struct Cluster {
     pub net: MemNetwork,
+    /// Set when the cluster runs over real TCP on 127.0.0.1.
+    pub tcp: Option<TcpNet>,
     pub cfg: Config,
     seed: u64,
     membership: Membership,
@@ -120,10 +129,24 @@ impl Cluster {
     }
 
     pub async fn with_config(n: u64, seed: u64, cfg: Config) -> Cluster {
+        Self::build(n, seed, cfg, false).await
+    }
+
+    /// `n` nodes talking over TCP on 127.0.0.1 ephemeral ports.
+    pub async fn tcp(n: u64, seed: u64) -> Cluster {
+        let cfg = Config {
+            tick_interval: Duration::from_millis(10),
+            ..test_config()
+        };
+        Self::build(n, seed, cfg, true).await
+    }
+
+    async fn build(n: u64, seed: u64, cfg: Config, tcp: bool) -> Cluster {
         println!("cluster seed {seed} (rerun with this seed to replay)");
         let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut c = Cluster {
             net: MemNetwork::new(seed),
+            tcp: tcp.then(TcpNet::default),
             cfg,
             seed,
             membership: Membership::new(ids.iter().copied()),
@@ -142,6 +165,15 @@ impl Cluster {
                 },
             );
             c.connected.insert(id, true);
+        }
+        if let Some(net) = &mut c.tcp {
+            for &id in &ids {
+                let t = TcpTransport::bind(id, "127.0.0.1:0".parse().expect("addr"), tcp_config())
+                    .await
+                    .expect("bind 127.0.0.1");
+                net.addrs.insert(id, t.local_addr());
+                net.transports.insert(id, t);
+            }
         }
         for &id in &ids {
             c.start(id).await;
@@ -192,11 +224,15 @@ impl Cluster {
         let slot = self.slots.get_mut(&id).expect("known node");
         if let Some(node) = slot.node.take() {
             self.net.unregister(id);
+            if let Some(t) = self.tcp.as_mut().and_then(|n| n.transports.remove(&id)) {
+                t.shutdown();
+            }
             node.shutdown().await;
         }
     }
 
     pub fn disconnect(&mut self, id: NodeId) {
+        assert!(self.tcp.is_none(), "partitions need the in-memory network");
         self.connected.insert(id, false);
         self.net.isolate(id);
     }
@@ -359,6 +395,13 @@ impl Cluster {
         for id in self.ids() {
             self.crash(id).await;
         }
+    }
+}
+
+pub fn tcp_config() -> TcpConfig {
+    TcpConfig {
+        cluster_id: 42,
+        ..TcpConfig::default()
     }
 }
 

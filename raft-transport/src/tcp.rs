@@ -1,0 +1,451 @@
+//! A TCP [`Transport`] on tokio.
+//!
+//! Each node dials each peer it sends to (one outbound connection per peer, opened on first
+//! use) and accepts the connections peers dial to it. A connection starts with a handshake
+//! carrying the cluster id and both node ids; a peer from another cluster, one that claims
+//! an id not in the peer list, or one that dialed the wrong node is refused.
+//!
+//! Sending never blocks the node: each peer has a bounded queue drained by its own task;
+//! when the queue is full the message is dropped and counted (Raft retransmits). The task
+//! coalesces everything queued into one write, and reconnects with exponential backoff and
+//! jitter when the connection fails. Snapshot chunks are the exception: they wait for room
+//! in the queue, and the receiver waits for room in the node's inbox, so TCP flow control
+//! carries back-pressure end to end.
+//!
+//! Hostile or malformed input (wrong handshake, oversized or corrupt frames, a message
+//! that claims another sender) closes that connection with a logged error; the process
+//! never panics and never allocates more than one maximum-size frame per connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raft_core::{Inbox, Message, MessageBody, NodeId, Transport};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::frame::{self, Frame, FrameError, HEADER_LEN, MAGIC, VERSION};
+
+/// Settings of a TCP transport.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Both ends of every connection must carry the same cluster id.
+    pub cluster_id: u64,
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame: usize,
+    /// Messages queued per peer before new ones are dropped.
+    pub queue_capacity: usize,
+    /// Most bytes coalesced into one write.
+    pub max_batch_bytes: usize,
+    /// First reconnection delay; doubles per failure up to `backoff_max`, with jitter.
+    pub backoff_min: Duration,
+    /// Longest reconnection delay.
+    pub backoff_max: Duration,
+    /// How long to wait for a connection or a handshake.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            cluster_id: 0,
+            max_frame: 16 << 20,
+            queue_capacity: 4096,
+            max_batch_bytes: 1 << 20,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counters of one transport.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    /// Messages written to sockets.
+    pub sent: AtomicU64,
+    /// Messages dropped because a peer's queue was full or the peer is unknown.
+    pub dropped: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_sent: AtomicU64,
+    /// Messages received and handed to the node.
+    pub received: AtomicU64,
+    /// Connections closed for bad input or a refused handshake.
+    pub rejected_connections: AtomicU64,
+    /// Write system calls (each carries one or more coalesced frames).
+    pub writes: AtomicU64,
+}
+
+struct Peer {
+    tx: mpsc::Sender<Message>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    id: NodeId,
+    cfg: TcpConfig,
+    addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    peers: Mutex<BTreeMap<NodeId, Peer>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stats: TcpStats,
+}
+
+/// The TCP transport of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    listener: Arc<Mutex<Option<TcpListener>>>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("id", &self.shared.id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TcpTransport {
+    /// Binds the listening socket of node `id` (use port 0 for an ephemeral port). Nothing
+    /// is accepted until [`serve`](TcpTransport::serve).
+    pub async fn bind(
+        id: NodeId,
+        listen: SocketAddr,
+        cfg: TcpConfig,
+    ) -> std::io::Result<TcpTransport> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(TcpTransport {
+            shared: Arc::new(Shared {
+                id,
+                cfg,
+                addrs: Mutex::new(BTreeMap::new()),
+                peers: Mutex::new(BTreeMap::new()),
+                tasks: Mutex::new(Vec::new()),
+                stats: TcpStats::default(),
+            }),
+            listener: Arc::new(Mutex::new(Some(listener))),
+            local_addr,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Adds or changes the address of peer `id`. Only listed peers may connect.
+    pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.shared.id {
+            return;
+        }
+        let changed = lock(&self.shared.addrs).insert(id, addr) != Some(addr);
+        if changed {
+            // A sender dialing the old address restarts on the next send.
+            if let Some(old) = lock(&self.shared.peers).remove(&id) {
+                old.task.abort();
+            }
+        }
+    }
+
+    /// Starts accepting connections and delivering their messages to `inbox`.
+    pub fn serve(&self, inbox: Inbox) {
+        let Some(listener) = lock(&self.listener).take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let task = tokio::spawn(accept_loop(listener, shared, inbox));
+        lock(&self.shared.tasks).push(task);
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> &TcpStats {
+        &self.shared.stats
+    }
+
+    /// Closes the listener and every connection. The transport's tasks hold it alive, so
+    /// call this when the node stops.
+    pub fn shutdown(&self) {
+        lock(&self.listener).take();
+        for t in lock(&self.shared.tasks).drain(..) {
+            t.abort();
+        }
+        for (_, p) in std::mem::take(&mut *lock(&self.shared.peers)) {
+            p.task.abort();
+        }
+    }
+
+    fn peer_sender(&self, to: NodeId) -> Option<mpsc::Sender<Message>> {
+        let mut peers = lock(&self.shared.peers);
+        if let Some(p) = peers.get(&to) {
+            if !p.task.is_finished() {
+                return Some(p.tx.clone());
+            }
+        }
+        let addr = *lock(&self.shared.addrs).get(&to)?;
+        let (tx, rx) = mpsc::channel(self.shared.cfg.queue_capacity);
+        let task = tokio::spawn(sender_loop(self.shared.clone(), to, addr, rx));
+        peers.insert(
+            to,
+            Peer {
+                tx: tx.clone(),
+                task,
+            },
+        );
+        Some(tx)
+    }
+}
+
+#[async_trait]
+impl Transport for TcpTransport {
+    async fn send(&self, msg: Message) {
+        let stats = &self.shared.stats;
+        let Some(tx) = self.peer_sender(msg.to) else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(node = %self.shared.id, peer = %msg.to, "no address for peer; message dropped");
+            return;
+        };
+        if matches!(msg.body, MessageBody::InstallSnapshot(_)) {
+            // Back-pressure: snapshot chunks wait for room rather than being dropped.
+            if tx.send(msg).await.is_err() {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if tx.try_send(msg).is_err() {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// ----- sending ------------------------------------------------------------------------------
+
+/// Owns the connection to one peer: dials, handshakes, and writes coalesced batches.
+async fn sender_loop(
+    shared: Arc<Shared>,
+    to: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let cfg = shared.cfg.clone();
+    let mut backoff = cfg.backoff_min;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    'connect: loop {
+        let mut stream = match dial(&shared, to, addr).await {
+            Ok(s) => {
+                backoff = cfg.backoff_min;
+                s
+            }
+            Err(e) => {
+                tracing::debug!(node = %shared.id, peer = %to, %addr, error = %e, "cannot connect; retrying");
+                // Messages queued meanwhile are stale by the time we connect: drop them.
+                while rx.try_recv().is_ok() {
+                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2 + 1);
+                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                backoff = (backoff * 2).min(cfg.backoff_max);
+                continue;
+            }
+        };
+        loop {
+            let Some(first) = rx.recv().await else {
+                return; // the transport was dropped
+            };
+            buf.clear();
+            let mut count = 0u64;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                if frame::encode(&Frame::Raft(msg), &mut buf).is_ok() {
+                    count += 1;
+                }
+                if buf.len() < cfg.max_batch_bytes {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Err(e) = stream.write_all(&buf).await {
+                tracing::debug!(node = %shared.id, peer = %to, error = %e, "write failed; reconnecting");
+                shared.stats.dropped.fetch_add(count, Ordering::Relaxed);
+                continue 'connect;
+            }
+            shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+            shared.stats.sent.fetch_add(count, Ordering::Relaxed);
+            shared
+                .stats
+                .bytes_sent
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+async fn dial(shared: &Shared, to: NodeId, addr: SocketAddr) -> Result<TcpStream, ConnError> {
+    let cfg = &shared.cfg;
+    let mut stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let hello = Frame::Hello {
+        magic: MAGIC,
+        version: VERSION,
+        cluster_id: cfg.cluster_id,
+        from: shared.id,
+        to,
+    };
+    let mut buf = Vec::new();
+    frame::encode(&hello, &mut buf)?;
+    stream.write_all(&buf).await?;
+    let reply = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut stream, 64 * 1024))
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    match reply {
+        Frame::Welcome => Ok(stream),
+        Frame::Refused(reason) => Err(ConnError::Refused(reason)),
+        other => Err(ConnError::Protocol(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}
+
+// ----- receiving ----------------------------------------------------------------------------
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let shared = shared.clone();
+                let inbox = inbox.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, &shared, &inbox).await {
+                        shared
+                            .stats
+                            .rejected_connections
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node = %shared.id, %remote, error = %e, "closed connection");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(node = %shared.id, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Checks a dialer's `Hello`: same cluster, addressed to us, from a known peer.
+fn check_hello(shared: &Shared, hello: &Frame) -> Result<NodeId, String> {
+    let Frame::Hello {
+        magic,
+        version,
+        cluster_id,
+        from,
+        to,
+    } = hello
+    else {
+        return Err("the first frame must be Hello".into());
+    };
+    if *magic != MAGIC || *version != VERSION {
+        return Err(format!(
+            "unsupported protocol (magic {magic:08x}, version {version})"
+        ));
+    }
+    if *cluster_id != shared.cfg.cluster_id {
+        return Err(format!(
+            "cluster id {cluster_id} does not match this node's cluster {}",
+            shared.cfg.cluster_id
+        ));
+    }
+    if *to != shared.id {
+        return Err(format!("this is {}, not {to}", shared.id));
+    }
+    if *from == shared.id || !lock(&shared.addrs).contains_key(from) {
+        return Err(format!("{from} is not a peer of {}", shared.id));
+    }
+    Ok(*from)
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    shared: &Shared,
+    inbox: &Inbox,
+) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let hello = tokio::time::timeout(
+        shared.cfg.connect_timeout,
+        read_frame(&mut stream, 64 * 1024),
+    )
+    .await
+    .map_err(|_| ConnError::Timeout)??;
+    let mut out = Vec::new();
+    let from = match check_hello(shared, &hello) {
+        Ok(from) => from,
+        Err(reason) => {
+            frame::encode(&Frame::Refused(reason.clone()), &mut out)?;
+            let _ = stream.write_all(&out).await;
+            return Err(ConnError::Refused(reason));
+        }
+    };
+    frame::encode(&Frame::Welcome, &mut out)?;
+    stream.write_all(&out).await?;
+    let (read, _write) = stream.into_split();
+    let mut read = tokio::io::BufReader::with_capacity(64 * 1024, read);
+    loop {
+        let msg = match read_frame(&mut read, shared.cfg.max_frame).await {
+            Ok(Frame::Raft(msg)) => msg,
+            Ok(other) => return Err(ConnError::Protocol(format!("unexpected frame {other:?}"))),
+            Err(ConnError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if msg.from != from || msg.to != shared.id {
+            return Err(ConnError::Protocol(format!(
+                "message from {} to {} on {from}'s connection to {}",
+                msg.from, msg.to, shared.id
+            )));
+        }
+        let delivered = if matches!(msg.body, MessageBody::InstallSnapshot(_)) {
+            inbox.deliver_wait(msg).await
+        } else {
+            inbox.deliver(msg)
+        };
+        if delivered {
+            shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads one frame, refusing lengths over `max` before allocating.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Frame, ConnError> {
+    let mut header = [0u8; HEADER_LEN];
+    r.read_exact(&mut header).await?;
+    let (len, crc) = frame::parse_header(header, max)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(frame::decode_body(&body, crc)?)
+}
