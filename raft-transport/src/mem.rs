@@ -17,8 +17,12 @@ pub struct LinkFaults {
     /// Probability that a message is lost.
     pub drop_rate: f64,
     /// Delivery delay, drawn uniformly from this range; messages overtake each other when
-    /// the range is wide (reordering).
+    /// the range is wide.
     pub delay: (Duration, Duration),
+    /// Probability that a message is held back by an extra delay (long reordering).
+    pub reorder_rate: f64,
+    /// The longest extra delay of a reordered message (drawn uniformly up to it).
+    pub reorder_delay: Duration,
     /// Probability that a message is delivered twice.
     pub duplicate_rate: f64,
 }
@@ -28,6 +32,8 @@ impl Default for LinkFaults {
         LinkFaults {
             drop_rate: 0.0,
             delay: (Duration::ZERO, Duration::ZERO),
+            reorder_rate: 0.0,
+            reorder_delay: Duration::ZERO,
             duplicate_rate: 0.0,
         }
     }

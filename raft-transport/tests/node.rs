@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::{cmd, Cluster};
+use common::{cmd, within, Cluster};
 use raft_core::{
     Config, Entry, HardState, LogId, LogIndex, LogState, LogStore, NodeId, RaftError, Role,
     StorageError, Term,
@@ -18,7 +18,9 @@ use raft_core::{
 async fn propose_resolves_to_the_state_machine_response() {
     let c = Cluster::new(3, 1).await;
     let leader = c.check_one_leader().await;
-    let resp = c.node(leader).unwrap().propose(cmd("x")).await.unwrap();
+    let resp = within(10, c.node(leader).unwrap().propose(cmd("x")))
+        .await
+        .unwrap();
     assert_eq!(
         resp,
         Bytes::from("applied 2"),
@@ -56,8 +58,8 @@ async fn linearizable_read_reflects_every_acknowledged_write() {
     let leader = c.check_one_leader().await;
     let node = c.node(leader).unwrap().clone();
     for i in 0..5 {
-        node.propose(cmd(i)).await.unwrap();
-        let seen = node.read(Bytes::new()).await.unwrap();
+        within(10, node.propose(cmd(i))).await.unwrap();
+        let seen = within(10, node.read(Bytes::new())).await.unwrap();
         assert_eq!(seen, Bytes::from((i + 1).to_string()));
     }
     c.shutdown().await;
@@ -133,7 +135,7 @@ async fn shutdown_fails_pending_requests_and_later_calls() {
     let leader = c.check_one_leader().await;
     let node = c.node(leader).unwrap().clone();
     c.crash(leader).await;
-    let err = node.propose(cmd("late")).await.unwrap_err();
+    let err = within(10, node.propose(cmd("late"))).await.unwrap_err();
     assert!(matches!(err, RaftError::ShuttingDown), "{err:?}");
     c.shutdown().await;
 }
@@ -213,9 +215,12 @@ async fn concurrent_proposals_share_log_writes() {
     )
     .await
     .unwrap();
-    while node.status().await.unwrap().role != Role::Leader {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    within(10, async {
+        while node.status().await.unwrap().role != Role::Leader {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let before = appends.load(Ordering::Relaxed);
     let tasks: Vec<_> = (0..200)
         .map(|i| {
@@ -224,7 +229,7 @@ async fn concurrent_proposals_share_log_writes() {
         })
         .collect();
     for t in tasks {
-        t.await.unwrap().unwrap();
+        within(10, t).await.unwrap().unwrap();
     }
     let writes = appends.load(Ordering::Relaxed) - before;
     assert!(writes <= 20, "200 proposals took {writes} log writes");

@@ -107,7 +107,12 @@ pub struct Cluster {
     membership: Membership,
     slots: BTreeMap<NodeId, Slot>,
     connected: BTreeMap<NodeId, bool>,
+    live: LiveNodes,
 }
+
+/// The handles of the nodes running right now, shared with client tasks so they follow
+/// crashes and restarts.
+pub type LiveNodes = Arc<Mutex<BTreeMap<NodeId, RaftNode>>>;
 
 /// The lab's election timeout bound: a leader must emerge within this.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
@@ -152,6 +157,7 @@ impl Cluster {
             membership: Membership::new(ids.iter().copied()),
             slots: BTreeMap::new(),
             connected: BTreeMap::new(),
+            live: LiveNodes::default(),
         };
         for &id in &ids {
             c.slots.insert(
@@ -213,6 +219,10 @@ impl Cluster {
         .await
         .expect("node starts");
         self.net.register(id, node.inbox());
+        self.live
+            .lock()
+            .expect("live lock")
+            .insert(id, node.clone());
         slot.node = Some(node);
         if !self.connected[&id] {
             self.net.isolate(id);
@@ -223,6 +233,7 @@ impl Cluster {
     pub async fn crash(&mut self, id: NodeId) {
         let slot = self.slots.get_mut(&id).expect("known node");
         if let Some(node) = slot.node.take() {
+            self.live.lock().expect("live lock").remove(&id);
             self.net.unregister(id);
             if let Some(t) = self.tcp.as_mut().and_then(|n| n.transports.remove(&id)) {
                 t.shutdown();
@@ -250,6 +261,26 @@ impl Cluster {
 
     pub fn is_connected(&self, id: NodeId) -> bool {
         self.connected[&id]
+    }
+
+    /// The running nodes, kept current across crashes and restarts.
+    pub fn live(&self) -> LiveNodes {
+        self.live.clone()
+    }
+
+    /// Nodes that think they lead right now (connected or not).
+    pub async fn leaders_now(&self) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        for id in self.ids() {
+            if let Some(node) = self.node(id) {
+                if let Ok(s) = node.status().await {
+                    if s.role == Role::Leader {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn node(&self, id: NodeId) -> Option<&RaftNode> {
@@ -396,6 +427,14 @@ impl Cluster {
             self.crash(id).await;
         }
     }
+}
+
+/// Awaits `fut`, failing the test if it takes longer than `secs` (simulated) seconds: a
+/// stuck cluster must fail a test, not hang it.
+pub async fn within<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("did not finish within {secs} s"))
 }
 
 pub fn tcp_config() -> TcpConfig {
