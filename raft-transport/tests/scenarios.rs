@@ -220,9 +220,9 @@ async fn partitioned_leader_rejoins() {
     // --- the leader is partitioned and takes commands it cannot commit
     let leader1 = c.check_one_leader().await;
     c.disconnect(leader1);
-    let _ = c.start_command(leader1, cmd(102));
-    let _ = c.start_command(leader1, cmd(103));
-    let _ = c.start_command(leader1, cmd(104));
+    drop(c.start_command(leader1, cmd(102)));
+    drop(c.start_command(leader1, cmd(103)));
+    drop(c.start_command(leader1, cmd(104)));
     // --- the others elect a new leader and commit
     c.one(cmd(103), 2, true).await;
     let leader2 = c.check_one_leader().await;
@@ -254,7 +254,7 @@ async fn fast_backup() {
         c.disconnect(nth(&c, leader1, k));
     }
     for _ in 0..50 {
-        let _ = c.start_command(leader1, random_cmd(&mut r));
+        drop(c.start_command(leader1, random_cmd(&mut r)));
     }
     sleep(ELECTION_TIMEOUT / 2).await;
     c.disconnect(leader1);
@@ -274,7 +274,7 @@ async fn fast_backup() {
         .expect("another");
     c.disconnect(other);
     for _ in 0..50 {
-        let _ = c.start_command(leader2, random_cmd(&mut r));
+        drop(c.start_command(leader2, random_cmd(&mut r)));
     }
     sleep(ELECTION_TIMEOUT / 2).await;
     // --- the original minority plus `other` take over and commit 50
@@ -421,7 +421,7 @@ async fn figure_8_with_crashes() {
     for _ in 0..rounds(60, 1000) {
         let mut leader = None;
         for id in c.leaders_now().await {
-            let _ = c.start_command(id, random_cmd(&mut r));
+            drop(c.start_command(id, random_cmd(&mut r)));
             leader = Some(id);
         }
         let pause = if r.gen_bool(0.1) {
@@ -511,7 +511,7 @@ async fn figure_8_on_an_unreliable_network_with_long_reordering() {
         let mut leader = None;
         for id in c.leaders_now().await {
             if c.is_connected(id) {
-                let _ = c.start_command(id, random_cmd(&mut r));
+                drop(c.start_command(id, random_cmd(&mut r)));
                 leader = Some(id);
             }
         }
