@@ -134,6 +134,7 @@ impl Driver {
         while let Some(req) = next.take() {
             match req {
                 Request::Propose(cmd, reply) => batch.push((cmd, reply)),
+                Request::ProposeBatch(cmds) => batch.extend(cmds),
                 Request::Read(query, reply) => {
                     self.propose(std::mem::take(&mut batch));
                     self.read(query, reply);

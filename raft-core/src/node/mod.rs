@@ -50,6 +50,7 @@ type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 
 pub(crate) enum Request {
     Propose(Bytes, Reply<Bytes>),
+    ProposeBatch(Vec<(Bytes, Reply<Bytes>)>),
     Read(Bytes, Reply<Bytes>),
     Status(oneshot::Sender<Status>),
     Shutdown(oneshot::Sender<()>),
@@ -133,6 +134,36 @@ impl RaftNode {
     /// committed and applied. Fails with [`RaftError::NotLeader`] on a non-leader.
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, RaftError> {
         self.call(|tx| Request::Propose(command, tx)).await?
+    }
+
+    /// Proposes several commands at once, in order, as one batch (one log write, one
+    /// round of AppendEntries), and resolves to each command's result in the same order.
+    pub async fn propose_batch(&self, commands: Vec<Bytes>) -> Vec<Result<Bytes, RaftError>> {
+        let mut replies = Vec::with_capacity(commands.len());
+        let batch: Vec<(Bytes, Reply<Bytes>)> = commands
+            .into_iter()
+            .map(|c| {
+                let (tx, rx) = oneshot::channel();
+                replies.push(rx);
+                (c, tx)
+            })
+            .collect();
+        if self
+            .requests
+            .send(Request::ProposeBatch(batch))
+            .await
+            .is_err()
+        {
+            return replies
+                .iter()
+                .map(|_| Err(RaftError::ShuttingDown))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.unwrap_or(Err(RaftError::ShuttingDown)));
+        }
+        out
     }
 
     /// A linearizable read: confirms leadership with a quorum (ReadIndex), waits until the

@@ -1,0 +1,250 @@
+//! Running nodes: one node in this process, or a local cluster of child processes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::{Config, Membership, NodeId, RaftError, RaftNode, Seams};
+use raft_transport::{TcpConfig, TcpTransport};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+use crate::kv::KvStateMachine;
+use crate::server::KvServer;
+
+/// Why a node or cluster could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A command-line value is wrong; the message says which and how.
+    #[error("{0}")]
+    Usage(String),
+    /// Opening the data directory failed.
+    #[error("storage: {0}")]
+    Storage(#[from] raft_core::StorageError),
+    /// The Raft node failed to start.
+    #[error("raft: {0}")]
+    Raft(#[from] RaftError),
+    /// A socket or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let context = context.into();
+    move |source| RunError::Io { context, source }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, RunError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| RunError::Usage(format!("peer '{part}' must look like ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| RunError::Usage(format!("peer id '{id}' is not a number")))?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| {
+            RunError::Usage(format!(
+                "peer address '{addr}' is not HOST:PORT (use an IP address)"
+            ))
+        })?;
+        out.insert(NodeId(id), addr);
+    }
+    Ok(out)
+}
+
+/// Everything one node needs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id (must appear in `peers`).
+    pub id: NodeId,
+    /// Where the redb log and snapshots live; reused across restarts.
+    pub data_dir: PathBuf,
+    /// Address for Raft traffic.
+    pub raft_addr: SocketAddr,
+    /// Address for Redis clients.
+    pub client_addr: SocketAddr,
+    /// Every member's Raft address, this node's included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Every member's client address, for forwarding to the leader (optional).
+    pub peer_clients: BTreeMap<NodeId, SocketAddr>,
+    /// Raft timing.
+    pub raft: Config,
+    /// Shared by all members; connections from other clusters are refused.
+    pub cluster_id: u64,
+}
+
+/// A node running in this process.
+pub struct RunningNode {
+    /// The Raft node.
+    pub node: RaftNode,
+    transport: TcpTransport,
+    server: tokio::task::JoinHandle<()>,
+    /// The client address actually bound.
+    pub client_addr: SocketAddr,
+}
+
+impl RunningNode {
+    /// Stops serving clients, stops the node and closes its connections.
+    pub async fn shutdown(self) {
+        self.server.abort();
+        self.node.shutdown().await;
+        self.transport.shutdown();
+    }
+}
+
+/// Starts one node: opens (or resumes) its data directory, binds its sockets, starts Raft
+/// and the Redis-protocol server.
+pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
+    if !opts.peers.contains_key(&opts.id) {
+        return Err(RunError::Usage(format!(
+            "--peers must include this node ({}) with its raft address",
+            opts.id.0
+        )));
+    }
+    let (log, snapshots) = raft_storage::open_data_dir(&opts.data_dir, 2).await?;
+    let tcp = TcpConfig {
+        cluster_id: opts.cluster_id,
+        ..TcpConfig::default()
+    };
+    let transport = TcpTransport::bind(opts.id, opts.raft_addr, tcp)
+        .await
+        .map_err(io(format!(
+            "cannot listen for raft traffic on {}",
+            opts.raft_addr
+        )))?;
+    for (&id, &addr) in &opts.peers {
+        transport.set_peer(id, addr);
+    }
+    let listener = TcpListener::bind(opts.client_addr)
+        .await
+        .map_err(io(format!(
+            "cannot listen for clients on {}",
+            opts.client_addr
+        )))?;
+    let client_addr = listener.local_addr().map_err(io("client socket"))?;
+    let seams = Seams {
+        log: Arc::new(log),
+        snapshots: Arc::new(snapshots),
+        state_machine: Box::new(KvStateMachine::new()),
+        transport: Arc::new(transport.clone()),
+    };
+    let membership = Membership::new(opts.peers.keys().copied());
+    let node = RaftNode::start(opts.id, opts.raft.clone(), membership, seams, None).await?;
+    transport.serve(node.inbox());
+    let server = KvServer::new(node.clone(), opts.peer_clients.clone());
+    let server = tokio::spawn(server.serve(listener));
+    Ok(RunningNode {
+        node,
+        transport,
+        server,
+        client_addr,
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Addresses of a local cluster's node `i` (1-based).
+#[derive(Clone, Debug)]
+pub struct LocalNode {
+    /// Node id.
+    pub id: NodeId,
+    /// Raft address.
+    pub raft: SocketAddr,
+    /// Client (Redis) address.
+    pub client: SocketAddr,
+    /// Data directory.
+    pub dir: PathBuf,
+}
+
+/// The layout of a local cluster on 127.0.0.1: client ports from `base_port`, raft ports
+/// from `base_port + 1000`.
+pub fn local_layout(nodes: u64, base_port: u16, data_dir: &Path) -> Vec<LocalNode> {
+    (1..=nodes)
+        .map(|i| LocalNode {
+            id: NodeId(i),
+            client: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16 - 1)),
+            raft: SocketAddr::from(([127, 0, 0, 1], base_port + 1000 + i as u16 - 1)),
+            dir: data_dir.join(format!("node-{i}")),
+        })
+        .collect()
+}
+
+fn joined(nodes: &[LocalNode], f: impl Fn(&LocalNode) -> SocketAddr) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("{}={}", n.id.0, f(n)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Spawns `raft-kv node` for `node` of `all`, as a child process of `exe`.
+pub fn spawn_node(
+    exe: &Path,
+    node: &LocalNode,
+    all: &[LocalNode],
+    log: Option<&Path>,
+) -> Result<Child, RunError> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .arg("--id")
+        .arg(node.id.0.to_string())
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .arg("--raft-addr")
+        .arg(node.raft.to_string())
+        .arg("--client-addr")
+        .arg(node.client.to_string())
+        .arg("--peers")
+        .arg(joined(all, |n| n.raft))
+        .arg("--peer-clients")
+        .arg(joined(all, |n| n.client))
+        .kill_on_drop(true);
+    if let Some(path) = log {
+        let file =
+            std::fs::File::create(path).map_err(io(format!("cannot create {}", path.display())))?;
+        let err = file.try_clone().map_err(io("log file"))?;
+        cmd.stdout(file).stderr(err);
+    }
+    cmd.spawn()
+        .map_err(io(format!("cannot start {}", exe.display())))
+}
+
+/// Asks a child to stop cleanly (SIGTERM), then waits up to `grace` before killing it.
+pub async fn stop_child(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
