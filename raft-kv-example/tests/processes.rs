@@ -1,0 +1,494 @@
+//! The KV cluster as real processes on 127.0.0.1: driven with a Redis client crate and
+//! redis-cli, killed with SIGKILL under load, restarted, and fed hostile bytes.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::{Commands, RedisResult};
+
+struct Proc {
+    id: u64,
+    client: SocketAddr,
+    raft: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `raft-kv node` processes.
+struct ProcCluster {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Proc>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ProcCluster {
+    fn start(n: u64) -> ProcCluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = (1..=n)
+            .map(|id| Proc {
+                id,
+                client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                raft: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                dir: tmp.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let mut c = ProcCluster { _tmp: tmp, nodes };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let peers = self.list(|p| p.raft);
+        let clients = self.list(|p| p.client);
+        let p = &mut self.nodes[i];
+        let log = std::fs::File::create(p.dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+            .args(["node", "--id", &p.id.to_string()])
+            .arg("--data-dir")
+            .arg(&p.dir)
+            .args([
+                "--raft-addr",
+                &p.raft.to_string(),
+                "--client-addr",
+                &p.client.to_string(),
+            ])
+            .args(["--peers", &peers, "--peer-clients", &clients])
+            .args(["--tick-ms", "20"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start raft-kv node");
+        p.child = Some(child);
+    }
+
+    fn list(&self, f: impl Fn(&Proc) -> SocketAddr) -> String {
+        self.nodes
+            .iter()
+            .map(|p| format!("{}={}", p.id, f(p)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn sigkill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    fn conn(&self, i: usize) -> redis::Connection {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = format!("redis://{}/", self.nodes[i].client);
+            if let Ok(c) = redis::Client::open(url).and_then(|c| c.get_connection()) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never accepted connections",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn info(&self, i: usize) -> Option<std::collections::BTreeMap<String, String>> {
+        let mut c = redis::Client::open(format!("redis://{}/", self.nodes[i].client))
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let text: String = redis::cmd("INFO").query(&mut c).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+                .collect(),
+        )
+    }
+
+    /// Index of the node that reports itself leader, waiting for an election.
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].child.is_some()
+                    && self.info(i).and_then(|f| f.get("role").cloned()).as_deref()
+                        == Some("leader")
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.sigkill(i);
+        }
+    }
+}
+
+/// Retries a command across nodes while the cluster elects a leader.
+fn retry<T>(c: &ProcCluster, mut f: impl FnMut(&mut redis::Connection) -> RedisResult<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for i in 0..c.nodes.len() {
+            if c.nodes[i].child.is_none() {
+                continue;
+            }
+            let Ok(mut conn) = redis::Client::open(format!("redis://{}/", c.nodes[i].client))
+                .and_then(|x| x.get_connection())
+            else {
+                continue;
+            };
+            match f(&mut conn) {
+                Ok(v) => return v,
+                Err(e) => last = e.to_string(),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("command kept failing: {last}");
+}
+
+#[test]
+fn redis_commands_work_on_leader_and_followers() {
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let mut l = c.conn(leader);
+    let mut f = c.conn(follower);
+    let pong: String = redis::cmd("PING").query(&mut f).unwrap();
+    assert_eq!(pong, "PONG");
+    let echo: String = redis::cmd("ECHO").arg("hi").query(&mut f).unwrap();
+    assert_eq!(echo, "hi");
+    // --- writes through a follower are forwarded to the leader
+    let _: () = f.set("a", "1").unwrap();
+    let _: () = redis::cmd("MSET")
+        .arg("b")
+        .arg("2")
+        .arg("c")
+        .arg("3")
+        .query(&mut f)
+        .unwrap();
+    assert_eq!(f.append::<_, _, i64>("a", "0").unwrap(), 2);
+    assert_eq!(l.incr::<_, _, i64>("n", 1).unwrap(), 1);
+    assert_eq!(
+        redis::cmd("INCRBY")
+            .arg("n")
+            .arg(41)
+            .query::<i64>(&mut f)
+            .unwrap(),
+        42
+    );
+    // --- reads are linearizable from any node
+    assert_eq!(l.get::<_, String>("a").unwrap(), "10");
+    assert_eq!(f.get::<_, Option<String>>("missing").unwrap(), None);
+    let vals: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("a")
+        .arg("b")
+        .arg("zz")
+        .query(&mut f)
+        .unwrap();
+    assert_eq!(vals, vec![Some("10".into()), Some("2".into()), None]);
+    assert_eq!(
+        redis::cmd("EXISTS")
+            .arg("a")
+            .arg("zz")
+            .arg("c")
+            .query::<i64>(&mut f)
+            .unwrap(),
+        2
+    );
+    assert_eq!(f.del::<_, i64>(&["c", "zz"]).unwrap(), 1);
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut f).unwrap(), 3);
+    // --- errors keep the connection usable
+    let err = redis::cmd("INCR").arg("a_string").query::<i64>(&mut f);
+    assert!(err.is_ok(), "INCR of a missing key starts at 0");
+    let _: () = f.set("s", "abc").unwrap();
+    let err = redis::cmd("INCR")
+        .arg("s")
+        .query::<i64>(&mut f)
+        .unwrap_err();
+    assert!(err.to_string().contains("not an integer"), "{err}");
+    let err = redis::cmd("GET").query::<String>(&mut f).unwrap_err();
+    assert!(
+        err.to_string().contains("wrong number of arguments"),
+        "{err}"
+    );
+    let err = redis::cmd("FLUSHALL").query::<String>(&mut f).unwrap_err();
+    assert!(err.to_string().contains("unknown command"), "{err}");
+    assert_eq!(redis::cmd("PING").query::<String>(&mut f).unwrap(), "PONG");
+    // --- INFO has a Raft section
+    let info = c.info(follower).unwrap();
+    for key in [
+        "node_id",
+        "role",
+        "term",
+        "leader_id",
+        "commit_index",
+        "applied_index",
+        "first_log_index",
+        "last_log_index",
+        "snapshot_index",
+    ] {
+        assert!(info.contains_key(key), "INFO lacks {key}: {info:?}");
+    }
+    assert_eq!(info["role"], "follower");
+    assert_eq!(info["leader_id"], c.nodes[leader].id.to_string());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_see_their_own_writes() {
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    for target in [leader, (leader + 1) % 3] {
+        let mut conn = c.conn(target);
+        let mut pipe = redis::pipe();
+        for i in 0..200 {
+            pipe.cmd("SET")
+                .arg(format!("p{target}:{i}"))
+                .arg(i)
+                .ignore();
+            pipe.cmd("INCR").arg(format!("ctr{target}"));
+        }
+        pipe.cmd("GET").arg(format!("p{target}:199"));
+        let out: Vec<redis::Value> = pipe.query(&mut conn).unwrap();
+        assert_eq!(out.len(), 201);
+        assert_eq!(out[199], redis::Value::Int(200), "INCRs ran in order");
+        assert_eq!(
+            out[200],
+            redis::Value::BulkString(b"199".to_vec()),
+            "a read sees the pipeline's writes"
+        );
+    }
+}
+
+#[test]
+fn sigkill_of_the_leader_under_load_loses_no_acknowledged_write() {
+    let mut c = ProcCluster::start(3);
+    let leader = c.leader();
+    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|p| p.client).collect();
+    // --- a writer thread records every acknowledged SET
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut k = 0u64;
+            let mut target = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let key = format!("load:{k}");
+                loop {
+                    let res = redis::Client::open(format!("redis://{}/", addrs[target]))
+                        .and_then(|cl| cl.get_connection_with_timeout(Duration::from_millis(500)))
+                        .and_then(|mut conn| {
+                            conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            conn.set::<_, _, ()>(&key, k)
+                        });
+                    match res {
+                        Ok(()) => {
+                            acked.push(k);
+                            break;
+                        }
+                        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => break,
+                        Err(_) => {
+                            target = (target + 1) % addrs.len();
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    // --- SIGKILL the leader mid-load
+    c.sigkill(leader);
+    let new_leader = c.leader();
+    assert_ne!(new_leader, leader);
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() > 20,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    // --- every acknowledged write is readable after the failover
+    for &k in &acked {
+        let v: Option<u64> = retry(&c, |conn| conn.get(format!("load:{k}")));
+        assert_eq!(v, Some(k), "acknowledged write load:{k} was lost");
+    }
+    // --- the killed node restarts and converges
+    c.spawn(leader);
+    let size: i64 = retry(&c, |conn| redis::cmd("DBSIZE").query(conn));
+    let target: u64 = c.info(new_leader).unwrap()["commit_index"].parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(f) = c.info(leader) {
+            if f["applied_index"].parse::<u64>().unwrap() >= target {
+                assert_eq!(f["role"], "follower");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut conn = c.conn(leader);
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut conn).unwrap(), size);
+    let last = acked[acked.len() - 1];
+    assert_eq!(
+        conn.get::<_, Option<u64>>(format!("load:{last}")).unwrap(),
+        Some(last)
+    );
+    println!(
+        "failover test: {} acknowledged writes, all present after SIGKILL of the leader",
+        acked.len()
+    );
+}
+
+#[test]
+fn exactly_once_increments_across_a_leader_kill() {
+    let mut c = ProcCluster::start(3);
+    let leader = c.leader();
+    let addrs: Vec<SocketAddr> = c.nodes.iter().map(|p| p.client).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handle = rt.spawn(async move {
+        let mut client = raft_kv_example::KvClient::new(addrs);
+        let mut seen = Vec::new();
+        for _ in 0..150 {
+            seen.push(
+                client
+                    .incr("exactly-once")
+                    .await
+                    .expect("incr eventually succeeds"),
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.sigkill(leader);
+    let seen = rt.block_on(handle).unwrap();
+    // Each increment applied exactly once: the answers are 1..=150 in order, and so is the
+    // final value, although retries crossed a leader change.
+    assert_eq!(seen, (1..=150).collect::<Vec<i64>>());
+    let v: i64 = retry(&c, |conn| conn.get("exactly-once"));
+    assert_eq!(v, 150);
+}
+
+fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\r\n") && out.len() > 3 {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_input_never_takes_a_node_down() {
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let addr = c.nodes[leader].client;
+    let attacks: Vec<&[u8]> = vec![
+        b"\x00\x01\x02\xff\xfe garbage\r\n",
+        b"*1\r\n$999999999999\r\n",
+        b"*99999999999\r\n",
+        b"*2\r\n$3\r\nGET\r\n$1\r\nkk\r\n",
+        b"*-7\r\n",
+        b"$5\r\nhello\r\n",
+    ];
+    for a in attacks {
+        let reply = raw_exchange(addr, a);
+        assert!(
+            reply.is_empty()
+                || reply.starts_with(b"-")
+                || reply.starts_with(b"$")
+                || reply.starts_with(b"*"),
+            "{a:?} -> {reply:?}"
+        );
+    }
+    // Half frames: the server waits, the client goes away, nothing breaks.
+    for cut in [1usize, 5, 9, 14] {
+        let full = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&full[..cut]).unwrap();
+        drop(s);
+    }
+    let unknown = raw_exchange(addr, b"*1\r\n$7\r\nFOOBARX\r\n");
+    assert!(
+        unknown.starts_with(b"-ERR unknown command"),
+        "{}",
+        String::from_utf8_lossy(&unknown)
+    );
+    let arity = raw_exchange(addr, b"*1\r\n$3\r\nSET\r\n");
+    assert!(
+        arity.starts_with(b"-ERR wrong number of arguments"),
+        "{}",
+        String::from_utf8_lossy(&arity)
+    );
+    // Still alive, still the same cluster.
+    let mut conn = c.conn(leader);
+    assert_eq!(
+        redis::cmd("PING").query::<String>(&mut conn).unwrap(),
+        "PONG"
+    );
+    let _: () = conn.set("after-attacks", "ok").unwrap();
+    assert_eq!(conn.get::<_, String>("after-attacks").unwrap(), "ok");
+}
+
+#[test]
+fn redis_cli_works_unchanged() {
+    if Command::new("redis-cli").arg("--version").output().is_err() {
+        println!("redis-cli is not installed (apt-get install redis-tools); skipping the redis-cli check");
+        return;
+    }
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let port = c.nodes[(leader + 1) % 3].client.port().to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SET", "cli-key", "cli-value"]), "OK");
+    assert_eq!(cli(&["GET", "cli-key"]), "cli-value");
+    assert_eq!(cli(&["INCR", "cli-n"]), "1");
+    assert!(cli(&["INFO", "raft"]).contains("role:follower"));
+}
