@@ -261,33 +261,65 @@ async fn exchange(
     Ok(replies)
 }
 
+/// Turns results into replies; requests refused because this node is not the leader are
+/// forwarded to the leader in one pipelined batch (unless they were forwarded already).
+async fn finish(
+    results: Vec<Result<Bytes, RaftError>>,
+    args: impl Iterator<Item = Vec<Bytes>>,
+    decode: impl Fn(&[u8]) -> Result<Value, postcard::Error>,
+    forwarded: bool,
+    fwd: &Forwarders,
+) -> Vec<Value> {
+    let mut replies: Vec<Value> = Vec::with_capacity(results.len());
+    let mut to_forward: Vec<(usize, Vec<Bytes>)> = Vec::new();
+    let mut leader = None;
+    for (i, (r, args)) in results.into_iter().zip(args).enumerate() {
+        match r {
+            Ok(raw) => replies.push(
+                decode(&raw).unwrap_or_else(|e| Value::err(format!("ERR undecodable reply: {e}"))),
+            ),
+            Err(RaftError::NotLeader {
+                leader_hint: Some(l),
+            }) if !forwarded && fwd.contains_key(&l) => {
+                leader = Some(l);
+                to_forward.push((i, args));
+                replies.push(Value::Bulk(None)); // replaced by the leader's answer below
+            }
+            Err(e) => replies.push(error_reply(&e)),
+        }
+    }
+    if let Some(l) = leader {
+        let reqs: Vec<Vec<Bytes>> = to_forward.iter().map(|(_, a)| a.clone()).collect();
+        let answers = fwd[&l].forward(&reqs).await;
+        for ((i, _), a) in to_forward.into_iter().zip(answers) {
+            replies[i] = a;
+        }
+    }
+    replies
+}
+
 /// The Redis-protocol server of one node.
 pub struct KvServer {
     node: RaftNode,
-    forwarders: BTreeMap<NodeId, Forwarder>,
+    peer_clients: BTreeMap<NodeId, SocketAddr>,
     limits: Limits,
 }
+
+/// One client connection's links to other nodes, opened on first use: each client
+/// connection forwards over its own, so clients never queue behind each other.
+type Forwarders = BTreeMap<NodeId, Forwarder>;
 
 impl KvServer {
     /// A server for `node`; `peer_clients` maps each other node to its client address, so
     /// requests reaching a follower are forwarded to the leader.
     pub fn new(node: RaftNode, peer_clients: BTreeMap<NodeId, SocketAddr>) -> Arc<KvServer> {
-        let forwarders = peer_clients
+        let peer_clients = peer_clients
             .into_iter()
             .filter(|(id, _)| *id != node.id())
-            .map(|(id, addr)| {
-                (
-                    id,
-                    Forwarder {
-                        addr,
-                        conn: Mutex::new(None),
-                    },
-                )
-            })
             .collect();
         Arc::new(KvServer {
             node,
-            forwarders,
+            peer_clients,
             limits: Limits::default(),
         })
     }
@@ -316,6 +348,19 @@ impl KvServer {
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
+        let fwd: Forwarders = self
+            .peer_clients
+            .iter()
+            .map(|(&id, &addr)| {
+                (
+                    id,
+                    Forwarder {
+                        addr,
+                        conn: Mutex::new(None),
+                    },
+                )
+            })
+            .collect();
         loop {
             if stream.read_buf(&mut buf).await? == 0 {
                 return Ok(());
@@ -338,7 +383,7 @@ impl KvServer {
                     }
                 }
             }
-            let (replies, quit) = self.run_pipeline(batch).await;
+            let (replies, quit) = self.run_pipeline(batch, &fwd).await;
             out.clear();
             for r in &replies {
                 r.encode(&mut out);
@@ -355,9 +400,10 @@ impl KvServer {
 
     /// Executes a pipeline. Consecutive writes go to the log as one batch; a read waits for
     /// the writes before it, so a pipeline sees its own writes.
-    async fn run_pipeline(&self, batch: Vec<Vec<Bytes>>) -> (Vec<Value>, bool) {
+    async fn run_pipeline(&self, batch: Vec<Vec<Bytes>>, fwd: &Forwarders) -> (Vec<Value>, bool) {
         let mut replies = Vec::with_capacity(batch.len());
         let mut writes: Vec<(Vec<Bytes>, Write)> = Vec::new();
+        let mut reads: Vec<(Vec<Bytes>, Query)> = Vec::new();
         let mut quit = false;
         // A forwarded pipeline comes from another node and holds only forwarded commands;
         // they are never forwarded again, which rules out forwarding loops.
@@ -370,18 +416,25 @@ impl KvServer {
                 Some(a) if a.eq_ignore_ascii_case(FORWARDED) => args[1..].to_vec(),
                 _ => args,
             };
+            // Runs of writes go to the log as one batch; runs of reads are confirmed
+            // together. A run ends where another kind of request begins, so order is kept.
             match classify(&args) {
                 Request::Write(w) => {
+                    let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
+                    replies.extend(done.await);
                     writes.push((args, w));
-                    continue;
+                }
+                Request::Read(q) => {
+                    let done = self.flush_writes(std::mem::take(&mut writes), forwarded, fwd);
+                    replies.extend(done.await);
+                    reads.push((args, q));
                 }
                 other => {
-                    replies.extend(
-                        self.flush_writes(std::mem::take(&mut writes), forwarded)
-                            .await,
-                    );
+                    let done = self.flush_writes(std::mem::take(&mut writes), forwarded, fwd);
+                    replies.extend(done.await);
+                    let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
+                    replies.extend(done.await);
                     match other {
-                        Request::Read(q) => replies.push(self.read(args, q, forwarded).await),
                         Request::Local(v) => replies.push(v),
                         Request::Info => replies.push(self.info().await),
                         Request::Quit => {
@@ -389,65 +442,57 @@ impl KvServer {
                             quit = true;
                             break;
                         }
-                        Request::Write(_) => unreachable!("handled above"),
+                        Request::Write(_) | Request::Read(_) => unreachable!("handled above"),
                     }
                 }
             }
         }
-        replies.extend(self.flush_writes(writes, forwarded).await);
+        replies.extend(self.flush_writes(writes, forwarded, fwd).await);
+        replies.extend(self.flush_reads(reads, forwarded, fwd).await);
         (replies, quit)
     }
 
-    async fn flush_writes(&self, writes: Vec<(Vec<Bytes>, Write)>, forwarded: bool) -> Vec<Value> {
+    async fn flush_writes(
+        &self,
+        writes: Vec<(Vec<Bytes>, Write)>,
+        forwarded: bool,
+        fwd: &Forwarders,
+    ) -> Vec<Value> {
         if writes.is_empty() {
             return Vec::new();
         }
         let encoded = writes.iter().map(|(_, w)| encode_write(w)).collect();
         let results = self.node.propose_batch(encoded).await;
-        let mut replies: Vec<Value> = Vec::with_capacity(results.len());
-        let mut to_forward: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        let mut leader = None;
-        for (i, (r, (args, _))) in results.into_iter().zip(writes).enumerate() {
-            match r {
-                Ok(raw) => replies.push(match postcard::from_bytes::<WriteResult>(&raw) {
-                    Ok(res) => write_reply(res),
-                    Err(e) => Value::err(format!("ERR undecodable reply: {e}")),
-                }),
-                Err(RaftError::NotLeader {
-                    leader_hint: Some(l),
-                }) if !forwarded && self.forwarders.contains_key(&l) => {
-                    leader = Some(l);
-                    to_forward.push((i, args));
-                    replies.push(Value::Bulk(None)); // placeholder
-                }
-                Err(e) => replies.push(error_reply(&e)),
-            }
-        }
-        if let Some(l) = leader {
-            let reqs: Vec<Vec<Bytes>> = to_forward.iter().map(|(_, a)| a.clone()).collect();
-            let answers = self.forwarders[&l].forward(&reqs).await;
-            for ((i, _), a) in to_forward.into_iter().zip(answers) {
-                replies[i] = a;
-            }
-        }
-        replies
+        let args = writes.into_iter().map(|(a, _)| a);
+        let decode = |raw: &[u8]| postcard::from_bytes::<WriteResult>(raw).map(write_reply);
+        finish(results, args, decode, forwarded, fwd).await
     }
 
-    async fn read(&self, args: Vec<Bytes>, q: Query, forwarded: bool) -> Value {
-        match self.node.read(encode_query(&q)).await {
-            Ok(raw) => match postcard::from_bytes::<QueryResult>(&raw) {
-                Ok(r) => query_reply(r),
-                Err(e) => Value::err(format!("ERR undecodable reply: {e}")),
-            },
-            Err(RaftError::NotLeader {
-                leader_hint: Some(l),
-            }) if !forwarded && self.forwarders.contains_key(&l) => self.forwarders[&l]
-                .forward(&[args])
-                .await
-                .pop()
-                .unwrap_or(Value::Bulk(None)),
-            Err(e) => error_reply(&e),
+    async fn flush_reads(
+        &self,
+        reads: Vec<(Vec<Bytes>, Query)>,
+        forwarded: bool,
+        fwd: &Forwarders,
+    ) -> Vec<Value> {
+        if reads.is_empty() {
+            return Vec::new();
         }
+        // Reads do not depend on each other: start them all, then collect in order.
+        let tasks: Vec<_> = reads
+            .iter()
+            .map(|(_, q)| {
+                let node = self.node.clone();
+                let q = encode_query(q);
+                tokio::spawn(async move { node.read(q).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            results.push(t.await.unwrap_or(Err(RaftError::ShuttingDown)));
+        }
+        let args = reads.into_iter().map(|(a, _)| a);
+        let decode = |raw: &[u8]| postcard::from_bytes::<QueryResult>(raw).map(query_reply);
+        finish(results, args, decode, forwarded, fwd).await
     }
 
     async fn info(&self) -> Value {
