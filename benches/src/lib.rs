@@ -1,0 +1,423 @@
+//! # raft-benches
+//!
+//! What the criterion benchmarks and the `raft-bench` tool share: the storage and transport
+//! choices to compare, an in-process cluster built from them, and a closed-loop load
+//! generator that measures commit throughput and latency.
+//!
+//! ## Benchmarking your own storage
+//!
+//! Implement [`raft_core::LogStore`] and [`raft_core::SnapshotStore`], then add one line to
+//! [`STORAGES`]:
+//!
+//! ```ignore
+//! ("mystore", |dir| Box::pin(async move { Ok(Stores::new(MyLog::open(dir).await?, MySnapshots::open(dir).await?)) })),
+//! ```
+//!
+//! and run `raft-bench --storage mem,redb,mystore ...`.
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::{
+    Config, Entry, LogIndex, LogStore, Membership, NodeId, RaftError, RaftNode, Role, Seams,
+    SnapshotMeta, SnapshotStore, StateMachine, StateMachineError, StorageError, Transport,
+};
+use raft_storage::{MemLogStore, MemSnapshotStore};
+use raft_transport::{MemNetwork, TcpConfig, TcpTransport};
+
+/// A node's stores.
+pub struct Stores {
+    /// The log.
+    pub log: Arc<dyn LogStore>,
+    /// Snapshots.
+    pub snapshots: Arc<dyn SnapshotStore>,
+}
+
+impl Stores {
+    /// Wraps concrete stores.
+    pub fn new(log: impl LogStore, snapshots: impl SnapshotStore) -> Stores {
+        Stores {
+            log: Arc::new(log),
+            snapshots: Arc::new(snapshots),
+        }
+    }
+}
+
+/// Opens a node's stores in the given directory.
+pub type StorageFactory =
+    fn(PathBuf) -> Pin<Box<dyn Future<Output = Result<Stores, StorageError>> + Send>>;
+
+/// The storage choices, by name. Add yours here.
+pub const STORAGES: &[(&str, StorageFactory)] = &[
+    ("mem", |_| {
+        Box::pin(async { Ok(Stores::new(MemLogStore::new(), MemSnapshotStore::default())) })
+    }),
+    ("redb", |dir| {
+        Box::pin(async move {
+            let (log, snapshots) = raft_storage::open_data_dir(dir, 2).await?;
+            Ok(Stores::new(log, snapshots))
+        })
+    }),
+];
+
+/// Looks a storage choice up by name.
+pub fn storage(name: &str) -> Option<StorageFactory> {
+    STORAGES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
+
+/// The transport choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// The in-memory network (no serialization, no sockets).
+    Mem,
+    /// TCP on 127.0.0.1.
+    Tcp,
+}
+
+impl TransportKind {
+    /// Parses "mem" or "tcp".
+    pub fn parse(s: &str) -> Option<TransportKind> {
+        match s {
+            "mem" => Some(TransportKind::Mem),
+            "tcp" => Some(TransportKind::Tcp),
+            _ => None,
+        }
+    }
+
+    /// The choice's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportKind::Mem => "mem",
+            TransportKind::Tcp => "tcp",
+        }
+    }
+}
+
+/// A state machine that only counts: the benchmarks measure Raft, not an application.
+#[derive(Debug, Default)]
+pub struct CountingStateMachine {
+    applied: LogIndex,
+}
+
+#[async_trait]
+impl StateMachine for CountingStateMachine {
+    async fn applied_index(&self) -> Result<LogIndex, StateMachineError> {
+        Ok(self.applied)
+    }
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        if let Some(last) = entries.last() {
+            self.applied = last.index();
+        }
+        Ok(vec![Bytes::new(); entries.len()])
+    }
+    async fn query(&self, _query: Bytes) -> Result<Bytes, StateMachineError> {
+        Ok(Bytes::from(self.applied.0.to_string()))
+    }
+    async fn snapshot(&mut self) -> Result<Bytes, StateMachineError> {
+        Ok(Bytes::from(self.applied.0.to_le_bytes().to_vec()))
+    }
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        _data: Bytes,
+    ) -> Result<(), StateMachineError> {
+        self.applied = meta.last_log_id.index;
+        Ok(())
+    }
+}
+
+/// An in-process cluster built from one storage and one transport choice.
+pub struct BenchCluster {
+    /// Every node.
+    pub nodes: Vec<RaftNode>,
+    tcp: Vec<TcpTransport>,
+    _dir: tempfile::TempDir,
+}
+
+/// Raft timing for benchmarks: ticks of 10 ms, so an election takes well under a second.
+pub fn bench_config() -> Config {
+    Config {
+        tick_interval: Duration::from_millis(10),
+        election_timeout_min: 15,
+        election_timeout_max: 30,
+        heartbeat_interval: 3,
+        ..Config::default()
+    }
+}
+
+impl BenchCluster {
+    /// Starts `n` nodes and waits for a leader.
+    pub async fn start(
+        n: u64,
+        storage: StorageFactory,
+        transport: TransportKind,
+    ) -> Result<BenchCluster, String> {
+        let root = bench_dir();
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let dir = tempfile::tempdir_in(&root).map_err(|e| format!("temp dir: {e}"))?;
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let membership = Membership::new(ids.iter().copied());
+        let net = MemNetwork::new(1);
+        let mut tcp = Vec::new();
+        if transport == TransportKind::Tcp {
+            for &id in &ids {
+                let t = TcpTransport::bind(
+                    id,
+                    "127.0.0.1:0".parse().expect("addr"),
+                    TcpConfig::default(),
+                )
+                .await
+                .map_err(|e| format!("bind: {e}"))?;
+                tcp.push(t);
+            }
+            for t in &tcp {
+                for (i, other) in tcp.iter().enumerate() {
+                    t.set_peer(ids[i], other.local_addr());
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let stores = storage(dir.path().join(format!("node-{}", id.0)))
+                .await
+                .map_err(|e| format!("storage: {e}"))?;
+            let t: Arc<dyn Transport> = match transport {
+                TransportKind::Mem => net.transport(id),
+                TransportKind::Tcp => Arc::new(tcp[i].clone()),
+            };
+            let seams = Seams {
+                log: stores.log,
+                snapshots: stores.snapshots,
+                state_machine: Box::new(CountingStateMachine::default()),
+                transport: t,
+            };
+            let node = RaftNode::start(id, bench_config(), membership.clone(), seams, Some(id.0))
+                .await
+                .map_err(|e| format!("start: {e}"))?;
+            match transport {
+                TransportKind::Mem => net.register(id, node.inbox()),
+                TransportKind::Tcp => tcp[i].serve(node.inbox()),
+            }
+            nodes.push(node);
+        }
+        let c = BenchCluster {
+            nodes,
+            tcp,
+            _dir: dir,
+        };
+        c.leader().await?;
+        Ok(c)
+    }
+
+    /// The leader, waiting up to 10 s for one.
+    pub async fn leader(&self) -> Result<RaftNode, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            for n in &self.nodes {
+                if n.status().await.is_ok_and(|s| s.role == Role::Leader) {
+                    return Ok(n.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("no leader within 10 s".into())
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        for n in &self.nodes {
+            n.shutdown().await;
+        }
+        for t in &self.tcp {
+            t.shutdown();
+        }
+    }
+}
+
+/// What a load run measured.
+#[derive(Clone, Debug, Default)]
+pub struct LoadResult {
+    /// Proposals committed and applied.
+    pub ops: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Per-proposal commit latencies, in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    /// Proposals that failed (leader changes).
+    pub errors: u64,
+}
+
+impl LoadResult {
+    /// Committed proposals per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile (0..=1) of latency in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+/// Runs `clients` closed-loop proposers of `payload`-byte commands against the leader, for
+/// `duration` or until `max_ops` commits, whichever comes first.
+pub async fn run_load(
+    leader: &RaftNode,
+    clients: usize,
+    duration: Duration,
+    max_ops: Option<u64>,
+    payload: usize,
+) -> LoadResult {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(
+        max_ops.unwrap_or(u64::MAX),
+    ));
+    let data = Bytes::from(vec![0xab; payload]);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let node = leader.clone();
+            let data = data.clone();
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let left = budget.fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |b| b.checked_sub(1),
+                    );
+                    if left.is_err() {
+                        break;
+                    }
+                    let t = Instant::now();
+                    match node.propose(data.clone()).await {
+                        Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(RaftError::ShuttingDown) => break,
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut result = LoadResult::default();
+    for t in tasks {
+        if let Ok((lat, errors)) = t.await {
+            result.latencies_us.extend(lat);
+            result.errors += errors;
+        }
+    }
+    result.elapsed = start.elapsed();
+    result.ops = result.latencies_us.len() as u64;
+    result.latencies_us.sort_unstable();
+    result
+}
+
+/// The directory benchmarks write to (the target directory, so it is on the same disk as
+/// the build and outside any temp filesystem held in memory).
+pub fn bench_dir() -> PathBuf {
+    std::env::var_os("RAFT_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"))
+}
+
+/// The sans-IO core alone: three cores wired to each other in memory, with writes made
+/// durable at once. Measures the algorithm's own cost per committed entry.
+pub mod core_loop {
+    use std::collections::VecDeque;
+
+    use bytes::Bytes;
+    use raft_core::{Action, Config, InitialState, Membership, Message, NodeId, RaftCore, Role};
+
+    /// Three cores with an elected leader.
+    pub struct CoreCluster {
+        cores: Vec<RaftCore>,
+        queue: VecDeque<Message>,
+        /// Entries handed to the state machines so far, over all nodes.
+        pub applied: u64,
+    }
+
+    impl CoreCluster {
+        /// Three cores; node 1 campaigns and wins.
+        pub fn new() -> CoreCluster {
+            let m = Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+            let cfg = Config {
+                pre_vote: false,
+                ..Config::default()
+            };
+            let cores = (1..=3)
+                .map(|i| {
+                    let init = InitialState {
+                        bootstrap: m.clone(),
+                        ..InitialState::default()
+                    };
+                    RaftCore::new(NodeId(i), cfg.clone(), init, i)
+                })
+                .collect();
+            let mut c = CoreCluster {
+                cores,
+                queue: VecDeque::new(),
+                applied: 0,
+            };
+            while c.cores[0].role() != Role::Leader {
+                c.cores[0].tick();
+                c.settle();
+            }
+            c
+        }
+
+        /// Proposes `batch` commands at the leader and runs until every message is handled.
+        pub fn propose(&mut self, batch: Vec<Bytes>) {
+            let _ = self.cores[0].propose(batch);
+            self.settle();
+        }
+
+        fn settle(&mut self) {
+            loop {
+                let mut progressed = false;
+                for i in 0..self.cores.len() {
+                    for a in self.cores[i].take_actions() {
+                        progressed = true;
+                        match a {
+                            Action::Persist { id, .. } => self.cores[i].persisted(id),
+                            Action::Send(m) => self.queue.push_back(m),
+                            Action::Apply(es) => {
+                                self.applied += es.len() as u64;
+                                if let Some(last) = es.last() {
+                                    self.cores[i].applied(last.index());
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                while let Some(m) = self.queue.pop_front() {
+                    progressed = true;
+                    let to = (m.to.0 - 1) as usize;
+                    self.cores[to].step(m);
+                }
+                if !progressed {
+                    return;
+                }
+            }
+        }
+    }
+
+    impl Default for CoreCluster {
+        fn default() -> Self {
+            CoreCluster::new()
+        }
+    }
+}

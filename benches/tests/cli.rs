@@ -1,0 +1,47 @@
+//! `raft-bench` runs combinations in child processes and prints valid JSON.
+
+#[test]
+fn raft_bench_prints_valid_json_for_every_combination() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raft-bench"))
+        .args([
+            "--storage",
+            "mem,redb",
+            "--transport",
+            "mem",
+            "--nodes",
+            "3",
+            "--clients",
+            "1,8",
+        ])
+        .args(["--duration", "300ms", "--json"])
+        .output()
+        .expect("run raft-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let rows = rows.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+        assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("[4/4]"), "progress lines: {progress}");
+}
+
+#[test]
+fn raft_bench_refuses_an_unknown_storage_with_the_known_ones() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raft-bench"))
+        .args(["--storage", "nosuch", "--duration", "100ms"])
+        .output()
+        .expect("run raft-bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known: mem, redb"));
+}
