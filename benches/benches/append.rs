@@ -34,7 +34,7 @@ fn append(c: &mut Criterion) {
         group
             .measurement_time(Duration::from_secs(3))
             .sample_size(10);
-        for batch in [1usize, 16, 256] {
+        for batch in [1usize, 16, 64, 256] {
             group.throughput(Throughput::Elements(batch as u64));
             for (name, open) in STORAGES {
                 let dir = tempfile::tempdir_in(&root).expect("temp dir");
