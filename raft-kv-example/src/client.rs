@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::resp::{self, Limits, Value};
+use crate::resp::{self, Value};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,25 +145,7 @@ impl KvClient {
         let mut out = BytesMut::new();
         resp::encode_request(args, &mut out);
         stream.write_all(&out).await?;
-        loop {
-            match resp::parse_value(buf, &Limits::default()) {
-                Ok(Some((v, used))) => {
-                    buf.advance(used);
-                    return Ok(v);
-                }
-                Ok(None) => {
-                    if stream.read_buf(buf).await? == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        e.to_string(),
-                    ))
-                }
-            }
-        }
+        resp::read_value(stream, buf).await
     }
 }
 

@@ -305,6 +305,34 @@ fn parse_len_any(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, Protocol
     Ok(Some((n, at + 1 + nl + 1)))
 }
 
+/// Reads one reply from `stream`, buffering in `buf` (bytes after the reply stay there).
+pub async fn read_value<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<Value> {
+    use bytes::Buf;
+    use tokio::io::AsyncReadExt;
+    loop {
+        match parse_value(buf, &Limits::default()) {
+            Ok(Some((v, used))) => {
+                buf.advance(used);
+                return Ok(v);
+            }
+            Ok(None) => {
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+}
+
 /// Encodes a request as an array of bulk strings.
 pub fn encode_request(args: &[Bytes], out: &mut BytesMut) {
     Value::Array(Some(

@@ -237,26 +237,9 @@ async fn exchange(
         resp::encode_request(&args, &mut out);
     }
     stream.write_all(&out).await?;
-    let limits = Limits::default();
     let mut replies = Vec::with_capacity(requests.len());
     while replies.len() < requests.len() {
-        match resp::parse_value(buf, &limits) {
-            Ok(Some((v, used))) => {
-                buf.advance(used);
-                replies.push(v);
-            }
-            Ok(None) => {
-                if stream.read_buf(buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    e.to_string(),
-                ))
-            }
-        }
+        replies.push(resp::read_value(stream, buf).await?);
     }
     Ok(replies)
 }
