@@ -588,6 +588,26 @@ fn lost_pipelined_appends_are_resent_after_the_pipeline_stalls() {
     assert_eq!(sim.core(1).commit_index(), LogIndex(2));
 }
 
+#[test]
+fn a_slow_pipeline_is_not_reset_before_the_stall_limit() {
+    // Entries merely in flight across a heartbeat are not presumed lost: the follower stays
+    // in replicate state until the pipeline has been silent for an election timeout.
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    for _ in 0..cfg().heartbeat_interval * 2 {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    let peers = sim.core(1).status().peers;
+    assert!(
+        peers
+            .values()
+            .all(|(_, state)| *state == raft_core::ReplicationState::Replicate),
+        "{peers:?}"
+    );
+}
+
 // ----- Figure 7 ----------------------------------------------------------------------------
 
 #[test]
