@@ -548,6 +548,48 @@ fn proposals_are_batched_up_to_the_entry_limit() {
 }
 
 #[test]
+fn proposals_are_batched_up_to_the_byte_limit() {
+    let mut sim = Sim::new(
+        1,
+        3,
+        Config {
+            max_bytes_per_append: 1000,
+            ..plain_cfg()
+        },
+        Faults::none(),
+    );
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.isolate(NodeId(2));
+    let cmds: Vec<Bytes> = (0..10).map(|_| Bytes::from(vec![7u8; 300])).collect();
+    sim.with_core(NodeId(1), |c| c.propose(cmds))
+        .expect("up")
+        .expect("leader");
+    let sizes: Vec<usize> = sim
+        .in_flight()
+        .iter()
+        .filter(|m| m.to == NodeId(3))
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries(a) => Some(a.entries.len()),
+            _ => None,
+        })
+        .collect();
+    // About 324 bytes an entry: three fit in 1000 bytes, a fourth would not.
+    assert_eq!(sizes, vec![3, 3, 3, 1]);
+    // One entry larger than the limit still travels, alone.
+    sim.with_core(NodeId(1), |c| c.propose([Bytes::from(vec![1u8; 5000])]))
+        .expect("up")
+        .expect("leader");
+    let last = sim
+        .in_flight()
+        .iter()
+        .rev()
+        .find(|m| m.to == NodeId(3))
+        .map(|m| m.body.clone());
+    assert!(matches!(last, Some(MessageBody::AppendEntries(a)) if a.entries.len() == 1));
+}
+
+#[test]
 fn pipeline_is_bounded_by_the_inflight_window() {
     let mut sim = Sim::new(
         1,
