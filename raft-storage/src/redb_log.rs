@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use raft_core::{Entry, HardState, LogId, LogIndex, LogState, LogStore, StorageError, Term};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, Value, WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -164,70 +167,92 @@ impl Inner {
         move || format!("{} (log entry {index})", self.path.display())
     }
 
-    /// Reads the bounds from disk (on open).
-    fn read_state(&self) -> Result<LogState, StorageError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("cannot begin a read", e))?;
-        let meta = txn
-            .open_table(META)
-            .map_err(|e| self.err("cannot open table", e))?;
-        let last_purged: LogId = match meta
-            .get(LAST_PURGED_KEY)
-            .map_err(|e| self.err("cannot read", e))?
-        {
-            Some(v) => decode(0, v.value(), &|| {
-                format!("{} (last purged id)", self.path.display())
-            })?,
-            None => LogId::default(),
-        };
-        let entries = txn
-            .open_table(ENTRIES)
-            .map_err(|e| self.err("cannot open table", e))?;
-        let last = match entries.last().map_err(|e| self.err("cannot read", e))? {
-            Some((k, v)) => {
-                let e: Entry = decode(k.value(), v.value(), &self.entry_location(k.value()))?;
-                e.log_id
-            }
-            None => last_purged,
-        };
-        Ok(LogState { last_purged, last })
-    }
-
-    fn read_hard_state(&self) -> Result<HardState, StorageError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("cannot begin a read", e))?;
-        let meta = txn
-            .open_table(META)
-            .map_err(|e| self.err("cannot open table", e))?;
-        match meta
-            .get(HARD_STATE_KEY)
-            .map_err(|e| self.err("cannot read", e))?
-        {
-            Some(v) => decode(0, v.value(), &|| {
-                format!("{} (hard state)", self.path.display())
-            }),
-            None => Ok(HardState::default()),
-        }
-    }
-
-    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
-        let raw = encode(0, value)?;
+    /// Runs `f` in one write transaction and commits it (durable on return).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let txn = self
             .db
             .begin_write()
             .map_err(|e| self.err("cannot begin a write", e))?;
-        {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| self.err("cannot open table", e))?;
+        let out = f(&txn)?;
+        txn.commit().map_err(|e| self.err("cannot commit", e))?;
+        Ok(out)
+    }
+
+    fn read_txn(&self) -> Result<ReadTransaction, StorageError> {
+        self.db
+            .begin_read()
+            .map_err(|e| self.err("cannot begin a read", e))
+    }
+
+    fn table<'t, K: Key + 'static, V: Value + 'static>(
+        &self,
+        txn: &'t WriteTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<Table<'t, K, V>, StorageError> {
+        txn.open_table(def)
+            .map_err(|e| self.err("cannot open table", e))
+    }
+
+    fn read_table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        txn: &ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StorageError> {
+        txn.open_table(def)
+            .map_err(|e| self.err("cannot open table", e))
+    }
+
+    /// The id of the last stored entry, if any.
+    fn last_entry(
+        &self,
+        table: &impl ReadableTable<u64, &'static [u8]>,
+    ) -> Result<Option<LogId>, StorageError> {
+        match table.last().map_err(|e| self.err("cannot read", e))? {
+            Some((k, v)) => {
+                let e: Entry = decode(k.value(), v.value(), &self.entry_location(k.value()))?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A framed value from the meta table, if present.
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let txn = self.read_txn()?;
+        let meta = self.read_table(&txn, META)?;
+        let found = meta.get(key).map_err(|e| self.err("cannot read", e))?;
+        found
+            .map(|v| decode(0, v.value(), &|| format!("{} ({key})", self.path.display())))
+            .transpose()
+    }
+
+    /// Reads the bounds from disk (on open).
+    fn read_state(&self) -> Result<LogState, StorageError> {
+        let last_purged: LogId = self.read_meta(LAST_PURGED_KEY)?.unwrap_or_default();
+        let txn = self.read_txn()?;
+        let entries = self.read_table(&txn, ENTRIES)?;
+        let last = self.last_entry(&entries)?.unwrap_or(last_purged);
+        Ok(LogState { last_purged, last })
+    }
+
+    fn read_hard_state(&self) -> Result<HardState, StorageError> {
+        Ok(self.read_meta(HARD_STATE_KEY)?.unwrap_or_default())
+    }
+
+    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        let raw = encode(0, value)?;
+        self.write(|txn| {
+            let mut meta = self.table(txn, META)?;
             meta.insert(key, raw.as_slice())
                 .map_err(|e| self.err("cannot write", e))?;
-        }
-        txn.commit().map_err(|e| self.err("cannot commit", e))
+            Ok(())
+        })
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -241,22 +266,16 @@ impl Inner {
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.err("cannot begin a write", e))?;
-        {
-            let mut table = txn
-                .open_table(ENTRIES)
-                .map_err(|e| self.err("cannot open table", e))?;
+        self.write(|txn| {
+            let mut table = self.table(txn, ENTRIES)?;
             for e in entries {
                 let raw = encode(e.index().0, e)?;
                 table
                     .insert(e.index().0, raw.as_slice())
                     .map_err(|e| self.err("cannot write", e))?;
             }
-        }
-        txn.commit().map_err(|e| self.err("cannot commit", e))?;
+            Ok(())
+        })?;
         self.set_state(LogState {
             last: last.log_id,
             ..state
@@ -271,27 +290,13 @@ impl Inner {
         if from > state.last.index {
             return Ok(());
         }
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.err("cannot begin a write", e))?;
-        let new_last = {
-            let mut table = txn
-                .open_table(ENTRIES)
-                .map_err(|e| self.err("cannot open table", e))?;
+        let new_last = self.write(|txn| {
+            let mut table = self.table(txn, ENTRIES)?;
             table
                 .retain_in(from.0.., |_, _| false)
                 .map_err(|e| self.err("cannot delete", e))?;
-            let last = table.last().map_err(|e| self.err("cannot read", e))?;
-            let new_last = match last {
-                Some((k, v)) => {
-                    decode::<Entry>(k.value(), v.value(), &self.entry_location(k.value()))?.log_id
-                }
-                None => state.last_purged,
-            };
-            new_last
-        };
-        txn.commit().map_err(|e| self.err("cannot commit", e))?;
+            Ok(self.last_entry(&table)?.unwrap_or(state.last_purged))
+        })?;
         self.set_state(LogState {
             last: new_last,
             ..state
@@ -306,24 +311,16 @@ impl Inner {
             return Ok(());
         }
         let raw = encode(0, &upto)?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.err("cannot begin a write", e))?;
-        {
-            let mut table = txn
-                .open_table(ENTRIES)
-                .map_err(|e| self.err("cannot open table", e))?;
+        self.write(|txn| {
+            let mut table = self.table(txn, ENTRIES)?;
             table
                 .retain_in(..=upto.index.0, |_, _| false)
                 .map_err(|e| self.err("cannot delete", e))?;
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| self.err("cannot open table", e))?;
+            let mut meta = self.table(txn, META)?;
             meta.insert(LAST_PURGED_KEY, raw.as_slice())
                 .map_err(|e| self.err("cannot write", e))?;
-        }
-        txn.commit().map_err(|e| self.err("cannot commit", e))?;
+            Ok(())
+        })?;
         let last = if upto.index >= state.last.index {
             upto
         } else {
@@ -345,13 +342,8 @@ impl Inner {
             return Ok(Vec::new());
         }
         contract::check_read(&self.state(), range.start)?;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("cannot begin a read", e))?;
-        let table = txn
-            .open_table(ENTRIES)
-            .map_err(|e| self.err("cannot open table", e))?;
+        let txn = self.read_txn()?;
+        let table = self.read_table(&txn, ENTRIES)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let rows = table
@@ -381,13 +373,8 @@ impl Inner {
             return Ok(Some(state.last_purged.term));
         }
         contract::check_read(&state, index)?;
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("cannot begin a read", e))?;
-        let table = txn
-            .open_table(ENTRIES)
-            .map_err(|e| self.err("cannot open table", e))?;
+        let txn = self.read_txn()?;
+        let table = self.read_table(&txn, ENTRIES)?;
         let found = table.get(index.0).map_err(|e| self.err("cannot read", e))?;
         match found {
             Some(v) => Ok(Some(
