@@ -410,6 +410,29 @@ async fn persistence_mixed_rounds_with_five_nodes() {
     c.shutdown().await;
 }
 
+/// Figure 8's step: every connected node that thinks it leads takes a command (which it
+/// may never commit); returns the last such leader.
+async fn propose_at_leaders(c: &Cluster, r: &mut ChaCha8Rng) -> Option<NodeId> {
+    let mut leader = None;
+    for id in c.leaders_now().await {
+        if c.is_connected(id) {
+            drop(c.start_command(id, random_cmd(r)));
+            leader = Some(id);
+        }
+    }
+    leader
+}
+
+/// Figure 8's pause: usually shorter than a heartbeat, sometimes half an election.
+async fn figure_8_pause(r: &mut ChaCha8Rng) {
+    let pause = if r.gen_bool(0.1) {
+        r.gen_range(0..500)
+    } else {
+        r.gen_range(0..13)
+    };
+    sleep(Duration::from_millis(pause)).await;
+}
+
 /// Figure 8 under crashes: leaders crash right after taking a command; restarts keep a
 /// majority available most of the time; at the end everyone agrees.
 #[tokio::test(start_paused = true)]
@@ -419,17 +442,8 @@ async fn figure_8_with_crashes() {
     c.one(random_cmd(&mut r), 1, true).await;
     let mut up = 5;
     for _ in 0..rounds(60, 1000) {
-        let mut leader = None;
-        for id in c.leaders_now().await {
-            drop(c.start_command(id, random_cmd(&mut r)));
-            leader = Some(id);
-        }
-        let pause = if r.gen_bool(0.1) {
-            r.gen_range(0..500)
-        } else {
-            r.gen_range(0..13)
-        };
-        sleep(Duration::from_millis(pause)).await;
+        let leader = propose_at_leaders(&c, &mut r).await;
+        figure_8_pause(&mut r).await;
         if let Some(l) = leader {
             if c.node(l).is_some() {
                 c.crash(l).await;
@@ -508,19 +522,8 @@ async fn figure_8_on_an_unreliable_network_with_long_reordering() {
         if iter == 200 {
             c.net.set_faults(unreliable());
         }
-        let mut leader = None;
-        for id in c.leaders_now().await {
-            if c.is_connected(id) {
-                drop(c.start_command(id, random_cmd(&mut r)));
-                leader = Some(id);
-            }
-        }
-        let pause = if r.gen_bool(0.1) {
-            r.gen_range(0..500)
-        } else {
-            r.gen_range(0..13)
-        };
-        sleep(Duration::from_millis(pause)).await;
+        let leader = propose_at_leaders(&c, &mut r).await;
+        figure_8_pause(&mut r).await;
         if let Some(l) = leader {
             if r.gen_bool(0.5) && c.is_connected(l) {
                 c.disconnect(l);
