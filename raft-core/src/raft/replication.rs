@@ -294,6 +294,10 @@ impl RaftCore {
 
     /// Releases the reads a quorum has confirmed. Returns whether every read is released.
     fn confirm_reads(&mut self) -> bool {
+        // Runs on every AppendEntries answer: with no read waiting, do nothing (no clone).
+        if self.reads.is_empty() {
+            return true;
+        }
         let me = self.id;
         let m = self.membership().clone();
         let progress = &self.progress;
