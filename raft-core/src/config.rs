@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::types::ENTRY_OVERHEAD;
+
+/// Bytes a message adds around its entries: addresses, term, previous log id, commit index,
+/// sequence number and length prefixes, as varints.
+const MESSAGE_OVERHEAD: usize = 128;
 
 /// Configuration of a Raft node. Times in the core are counted in ticks; the node turns
 /// `tick_interval` of wall time into one tick.
@@ -22,6 +27,11 @@ pub struct Config {
     pub max_bytes_per_append: usize,
     /// Most AppendEntries in flight to one follower in replicate state (pipelining window).
     pub max_inflight: usize,
+    /// Largest command accepted by a proposal, in bytes; larger ones are refused with a
+    /// typed error (etcd's `--max-request-bytes`). Together with `max_bytes_per_append` it
+    /// bounds every AppendEntries, which must fit the transport's frame limit
+    /// (checked at start, see [`Config::max_append_bytes`]).
+    pub max_entry_bytes: usize,
     /// Run a PreVote round before raising the term (dissertation 9.6).
     pub pre_vote: bool,
     /// A leader that has not heard from a quorum within an election timeout steps down, and
@@ -39,6 +49,7 @@ impl Default for Config {
             max_entries_per_append: 1024,
             max_bytes_per_append: 1 << 20,
             max_inflight: 64,
+            max_entry_bytes: 4 << 20,
             pre_vote: true,
             check_quorum: true,
         }
@@ -77,6 +88,35 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return bad("max_inflight must be at least 1".into());
+        }
+        if self.max_entry_bytes == 0 {
+            return bad("max_entry_bytes must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// An upper bound on the encoded size of any AppendEntries this configuration lets a
+    /// leader send: a batch stops before `max_bytes_per_append` unless its first entry is
+    /// larger, and no entry exceeds `max_entry_bytes`.
+    pub fn max_append_bytes(&self) -> usize {
+        let batch = self
+            .max_bytes_per_append
+            .max(self.max_entry_bytes + ENTRY_OVERHEAD);
+        batch + MESSAGE_OVERHEAD
+    }
+
+    /// Checks that every message this configuration allows fits a transport that carries
+    /// at most `max_message_bytes` per message.
+    pub fn validate_for_transport(&self, max_message_bytes: usize) -> Result<(), ConfigError> {
+        let needed = self.max_append_bytes();
+        if needed > max_message_bytes {
+            return Err(ConfigError {
+                reason: format!(
+                    "an AppendEntries may take {needed} bytes (max_entry_bytes {} and max_bytes_per_append {}), \
+                     but the transport carries at most {max_message_bytes}; lower them or raise the transport's frame limit",
+                    self.max_entry_bytes, self.max_bytes_per_append
+                ),
+            });
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Errors of the core and the node.
 
-use crate::types::{LogId, NodeId};
+use crate::types::{LogId, LogIndex, NodeId};
 
 /// A configuration that cannot work; the message says which setting to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +33,55 @@ pub enum StorageError {
     Backend(String),
 }
 
+/// Why a core stopped for good (fail-stop). Continuing could break a safety property or lose
+/// an acknowledged write, so the node stops acting; restarting it recovers from what is
+/// durable. The message names the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FatalError {
+    /// A write could not be made durable. Nothing that depends on it was sent.
+    #[error("write {id} could not be made durable ({error}); the node stopped without promising it to anyone; restart it once storage works")]
+    WriteFailed {
+        /// The write's id (see [`crate::WriteId`]).
+        id: u64,
+        /// The storage error, as text.
+        error: String,
+    },
+    /// A leader asked to overwrite an entry this node knows is committed. Committed
+    /// entries are never truncated (Leader Completeness); either a store lost data or two
+    /// leaders disagree.
+    #[error("refusing to truncate the log from {from}: entries up to {committed} are committed and must never be removed (a store lost acknowledged data, or a peer is faulty)")]
+    TruncateCommitted {
+        /// The first index the truncation would remove.
+        from: LogIndex,
+        /// This node's commit index.
+        committed: LogIndex,
+    },
+    /// Entries that must be applied are missing from the log.
+    #[error("committed entries {from}..={to} are missing from the log; the state machine cannot apply them in order")]
+    ApplyGap {
+        /// The first index to apply.
+        from: LogIndex,
+        /// The last index to apply.
+        to: LogIndex,
+    },
+    /// The driver reported a write durable that was never issued.
+    #[error("the driver reported write {reported} durable, but only {issued} were issued")]
+    UnknownWrite {
+        /// The id reported.
+        reported: u64,
+        /// The highest id issued.
+        issued: u64,
+    },
+    /// The state machine failed to apply committed entries; replicas must apply every
+    /// entry, so the node cannot go on.
+    #[error("the state machine failed to apply committed entries: {0}")]
+    StateMachine(String),
+    /// The state given to a new core contradicts itself.
+    #[error("inconsistent restored state: {0}")]
+    Restore(String),
+}
+
 /// An error reported by a state machine.
 #[derive(Debug, thiserror::Error)]
 #[error("state machine error: {0}")]
@@ -51,9 +100,22 @@ pub enum RaftError {
     /// The proposal's entry was overwritten by a new leader's log and will never apply.
     #[error("proposal at {0} was dropped by a leader change; it was not applied, retry it")]
     ProposalDropped(LogId),
+    /// A command is larger than [`Config::max_entry_bytes`](crate::Config::max_entry_bytes)
+    /// allows; it was not proposed. Split it, or raise the limit (the transport's frame
+    /// limit bounds it).
+    #[error("request too large: a command of {size} bytes exceeds the {max}-byte limit (max_entry_bytes)")]
+    TooLarge {
+        /// The command's size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// The node is shutting down or has stopped.
     #[error("the raft node is shutting down")]
     ShuttingDown,
+    /// The node stopped after a fatal error (see [`FatalError`]); restart it.
+    #[error("the raft node stopped: {0}")]
+    Fatal(FatalError),
     /// The log or snapshot store failed; the node stops rather than risk safety.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -24,15 +24,18 @@ pub mod transport;
 pub mod types;
 
 pub use config::Config;
-pub use error::{ConfigError, RaftError, StateMachineError, StorageError};
+pub use error::{ConfigError, FatalError, RaftError, StateMachineError, StorageError};
 pub use message::{Message, MessageBody};
 pub use node::{RaftNode, Seams, Status};
 pub use progress::ReplicationState;
-pub use raft::{Action, CoreStatus, InitialState, NotLeader, PersistOp, RaftCore, WriteId};
+pub use raft::{
+    Action, CoreStatus, InitialState, NotLeader, PersistOp, ProposeError, RaftCore, WriteId,
+};
 pub use read::ReadId;
 pub use state_machine::StateMachine;
 pub use storage::{LogState, LogStore, SnapshotStore, SnapshotWriter};
 pub use transport::{Inbox, Transport};
 pub use types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
+    ENTRY_OVERHEAD,
 };

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use crate::error::FatalError;
 use crate::types::{Entry, LogId, LogIndex, Term};
 
 /// Where a follower's log disagrees with a leader's AppendEntries (section 5.3).
@@ -180,7 +181,8 @@ impl RaftLog {
     }
 
     /// Merges entries that follow a matching `prev`: Figure 2, AppendEntries rules 3 and 4.
-    pub fn merge(&mut self, entries: Vec<Entry>) -> Merge {
+    /// Refuses (and changes nothing) if a conflict lies at or below the commit index.
+    pub fn merge(&mut self, entries: Vec<Entry>) -> Result<Merge, FatalError> {
         let mut merge = Merge::default();
         let mut new_from = None;
         for (i, e) in entries.iter().enumerate() {
@@ -190,12 +192,15 @@ impl RaftLog {
             match self.term_at(e.index()) {
                 Some(t) if t == e.term() => continue,
                 Some(_) => {
+                    // Committed entries are never removed (Leader Completeness, section 5.4).
+                    if e.index() <= self.committed {
+                        return Err(FatalError::TruncateCommitted {
+                            from: e.index(),
+                            committed: self.committed,
+                        });
+                    }
                     // Rule 3: an existing entry conflicts with a new one: delete it and all
                     // that follow it.
-                    debug_assert!(
-                        e.index() > self.committed,
-                        "invariant: never truncate committed"
-                    );
                     self.truncate(e.index());
                     merge.truncated_from = Some(e.index());
                     new_from = Some(i);
@@ -215,7 +220,7 @@ impl RaftLog {
                 self.entries.push_back(e);
             }
         }
-        merge
+        Ok(merge)
     }
 
     /// Removes entries from `from` on.

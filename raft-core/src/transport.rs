@@ -18,6 +18,13 @@ use crate::message::Message;
 pub trait Transport: Send + Sync + 'static {
     /// Queues `msg` for delivery to `msg.to`.
     async fn send(&self, msg: Message);
+
+    /// The largest encoded message this transport carries, if it has a limit. The node
+    /// refuses to start with a [`Config`](crate::Config) whose messages could exceed it
+    /// (see [`Config::validate_for_transport`](crate::Config::validate_for_transport)).
+    fn max_message_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The receiving end a transport feeds: a bounded queue into one node.

@@ -161,15 +161,31 @@ impl Entry {
         self.log_id.term
     }
 
-    /// Approximate encoded size in bytes, used for batching budgets.
+    /// Encoded size in bytes, an upper bound on its postcard encoding: what batching budgets
+    /// and frame limits count.
     pub fn size_hint(&self) -> usize {
-        const HEADER: usize = 24;
-        HEADER
-            + match &self.payload {
-                EntryPayload::Blank => 0,
-                EntryPayload::Command(b) => b.len(),
-                EntryPayload::Membership(m) => 8 * (m.members().len() + 2),
+        ENTRY_OVERHEAD + self.payload.size()
+    }
+}
+
+/// Bytes an entry's encoding may add to its payload's [`EntryPayload::size`]: term and
+/// index (varints of at most 10 bytes each), the payload tag and a length prefix.
+pub const ENTRY_OVERHEAD: usize = 32;
+
+impl EntryPayload {
+    /// The payload's size in bytes: a command's length, or an upper bound on a
+    /// configuration's encoding.
+    pub fn size(&self) -> usize {
+        match self {
+            EntryPayload::Blank => 0,
+            EntryPayload::Command(b) => b.len(),
+            EntryPayload::Membership(m) => {
+                let ids =
+                    m.voters.len() + m.outgoing.as_ref().map_or(0, |o| o.len()) + m.learners.len();
+                // Each id a varint of at most 10 bytes, each set a length prefix.
+                10 * ids + 16
             }
+        }
     }
 }
 

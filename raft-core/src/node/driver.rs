@@ -10,9 +10,9 @@ use tokio::time::MissedTickBehavior;
 
 use super::tasks::{self, ApplyJob, Responder};
 use super::Request;
-use crate::error::{RaftError, StorageError};
+use crate::error::{FatalError, RaftError, StorageError};
 use crate::message::Message;
-use crate::raft::{Action, NotLeader, PersistOp, RaftCore, WriteId};
+use crate::raft::{Action, NotLeader, PersistOp, ProposeError, RaftCore, WriteId};
 use crate::read::ReadId;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -28,7 +28,7 @@ pub(crate) struct Driver {
     tick: std::time::Duration,
     transport: Arc<dyn Transport>,
     writes: mpsc::UnboundedSender<(WriteId, PersistOp)>,
-    written: mpsc::UnboundedReceiver<Result<WriteId, StorageError>>,
+    written: mpsc::UnboundedReceiver<Result<WriteId, (WriteId, StorageError)>>,
     apply: mpsc::UnboundedSender<ApplyJob>,
     applied: mpsc::UnboundedReceiver<Result<LogIndex, RaftError>>,
     tasks: Vec<JoinHandle<()>>,
@@ -37,6 +37,8 @@ pub(crate) struct Driver {
     /// Reads waiting for leadership confirmation.
     reads: HashMap<ReadId, (Bytes, Responder)>,
     next_read: ReadId,
+    /// Set when the core stopped on a fatal error.
+    fatal: Option<FatalError>,
 }
 
 impl Driver {
@@ -73,14 +75,16 @@ impl Driver {
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
             next_read: 0,
+            fatal: None,
         }
     }
 
+    /// Runs until shutdown or a fatal error; returns the fatal error, if any.
     pub(crate) async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut inbox: mpsc::Receiver<Message>,
-    ) {
+    ) -> Option<FatalError> {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticker.tick().await; // the first tick completes at once
@@ -93,21 +97,32 @@ impl Driver {
                     Some(req) => self.on_requests(req, &mut requests),
                     None => break None, // every handle was dropped
                 },
-                Some(done) = self.written.recv() => done.map(|id| { self.core.persisted(id); None }).map_err(RaftError::from),
-                Some(applied) = self.applied.recv() => applied.map(|i| { self.core.applied(i); None }),
+                Some(done) = self.written.recv() => {
+                    match done {
+                        Ok(upto) => self.core.persisted(upto),
+                        Err((failed, e)) => self.core.persist_failed(failed, e),
+                    }
+                    Ok(None)
+                }
+                Some(applied) = self.applied.recv() => {
+                    match applied {
+                        Ok(i) => self.core.applied(i),
+                        Err(e) => self.fatal = Some(FatalError::StateMachine(e.to_string())),
+                    }
+                    Ok(None)
+                }
                 else => break None,
             };
-            match outcome {
-                Ok(None) => {}
-                Ok(Some(reply)) => break Some(reply),
-                Err(fatal) => {
-                    tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
-                    break None;
-                }
+            if let Ok(Some(reply)) = outcome {
+                break Some(reply);
             }
             self.execute().await;
+            if let Some(fatal) = &self.fatal {
+                tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
+                break None;
+            }
         };
-        self.stop(shutdown_reply).await;
+        self.stop(shutdown_reply).await
     }
 
     /// Steps a received message and whatever else is already queued.
@@ -170,11 +185,29 @@ impl Driver {
                         .insert(LogIndex(first + i as u64), (last.term, reply));
                 }
             }
-            Err(NotLeader { leader_hint }) => {
+            Err(refused) => {
                 for reply in replies {
-                    let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+                    let _ = reply.send(Err(self.refusal(refused)));
                 }
             }
+        }
+    }
+
+    fn refusal(&self, e: ProposeError) -> RaftError {
+        match e {
+            ProposeError::NotLeader(NotLeader { leader_hint }) => {
+                RaftError::NotLeader { leader_hint }
+            }
+            ProposeError::TooLarge { size, max } => RaftError::TooLarge { size, max },
+            ProposeError::Stopped => self.stopped_error(),
+        }
+    }
+
+    /// What callers get once the node has stopped.
+    fn stopped_error(&self) -> RaftError {
+        match &self.fatal {
+            Some(e) => RaftError::Fatal(e.clone()),
+            None => RaftError::ShuttingDown,
         }
     }
 
@@ -217,6 +250,7 @@ impl Driver {
                 Action::SendSnapshot { to } => {
                     tracing::warn!(node = %self.core.id(), peer = %to, "follower needs a snapshot; snapshot streaming is not available in this version");
                 }
+                Action::Stop(e) => self.fatal = Some(e),
             }
         }
     }
@@ -245,14 +279,16 @@ impl Driver {
         let _ = self.apply.send(ApplyJob::Entries(batch));
     }
 
-    /// Fails every waiting client, stops the helper tasks and waits for them.
-    async fn stop(mut self, reply: Option<tokio::sync::oneshot::Sender<()>>) {
+    /// Fails every waiting client (with the fatal error, if one stopped the node), stops
+    /// the helper tasks and waits for them. Returns the fatal error.
+    async fn stop(mut self, reply: Option<tokio::sync::oneshot::Sender<()>>) -> Option<FatalError> {
         for (_, (_, r)) in std::mem::take(&mut self.proposals) {
-            let _ = r.send(Err(RaftError::ShuttingDown));
+            let _ = r.send(Err(self.stopped_error()));
         }
         for (_, (_, r)) in std::mem::take(&mut self.reads) {
-            let _ = r.send(Err(RaftError::ShuttingDown));
+            let _ = r.send(Err(self.stopped_error()));
         }
+        let fatal = self.fatal.take();
         let Driver {
             writes,
             apply,
@@ -267,5 +303,6 @@ impl Driver {
         if let Some(reply) = reply {
             let _ = reply.send(());
         }
+        fatal
     }
 }

@@ -19,11 +19,11 @@ mod tasks;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::error::{RaftError, StorageError};
+use crate::error::{FatalError, RaftError, StorageError};
 use crate::raft::{CoreStatus, InitialState, RaftCore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
@@ -68,6 +68,8 @@ pub struct RaftNode {
     requests: mpsc::Sender<Request>,
     inbox: Inbox,
     driver: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// `None` while running; then `Some(None)` after a shutdown, or the fatal error.
+    stopped: watch::Receiver<Option<Option<FatalError>>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -91,6 +93,9 @@ impl RaftNode {
         seed: Option<u64>,
     ) -> Result<RaftNode, RaftError> {
         config.validate()?;
+        if let Some(limit) = seams.transport.max_message_bytes() {
+            config.validate_for_transport(limit)?;
+        }
         let Seams {
             log,
             snapshots,
@@ -101,6 +106,9 @@ impl RaftNode {
         let applied = init.applied;
         let seed = seed.unwrap_or_else(rand::random);
         let core = RaftCore::new(id, config.clone(), init, seed);
+        if let Some(fatal) = core.fatal() {
+            return Err(RaftError::Fatal(fatal.clone()));
+        }
         let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
         let (requests, requests_rx) = mpsc::channel(REQUEST_CAPACITY);
         let driver = driver::Driver::new(
@@ -111,12 +119,17 @@ impl RaftNode {
             transport,
             applied,
         );
-        let handle = tokio::spawn(driver.run(requests_rx, inbox_rx));
+        let (stopped_tx, stopped) = watch::channel(None);
+        let handle = tokio::spawn(async move {
+            let fatal = driver.run(requests_rx, inbox_rx).await;
+            stopped_tx.send_replace(Some(fatal));
+        });
         Ok(RaftNode {
             id,
             requests,
             inbox,
             driver: Arc::new(Mutex::new(Some(handle))),
+            stopped,
         })
     }
 
@@ -154,14 +167,11 @@ impl RaftNode {
             .await
             .is_err()
         {
-            return replies
-                .iter()
-                .map(|_| Err(RaftError::ShuttingDown))
-                .collect();
+            return replies.iter().map(|_| Err(self.stopped_error())).collect();
         }
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
-            out.push(rx.await.unwrap_or(Err(RaftError::ShuttingDown)));
+            out.push(rx.await.unwrap_or_else(|_| Err(self.stopped_error())));
         }
         out
     }
@@ -191,16 +201,36 @@ impl RaftNode {
         }
     }
 
+    /// Resolves once the node has stopped: to `None` after [`shutdown`](Self::shutdown), or
+    /// to the fatal error that stopped it (a failed write, a broken invariant, a failing
+    /// state machine). A server embedding the node should watch this and exit non-zero on
+    /// an error, so that a supervisor restarts it from its durable state.
+    pub async fn stopped(&self) -> Option<FatalError> {
+        let mut rx = self.stopped.clone();
+        let state = match rx.wait_for(Option::is_some).await {
+            Ok(state) => state.clone().flatten(),
+            Err(_) => None,
+        };
+        state
+    }
+
+    /// What a request to a stopped node gets: the fatal error if one stopped it.
+    fn stopped_error(&self) -> RaftError {
+        match self.stopped.borrow().clone().flatten() {
+            Some(fatal) => RaftError::Fatal(fatal),
+            None => RaftError::ShuttingDown,
+        }
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, RaftError> {
         let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(make(tx))
-            .await
-            .map_err(|_| RaftError::ShuttingDown)?;
-        rx.await.map_err(|_| RaftError::ShuttingDown)
+        if self.requests.send(make(tx)).await.is_err() {
+            return Err(self.stopped_error());
+        }
+        rx.await.map_err(|_| self.stopped_error())
     }
 }
 

@@ -17,19 +17,24 @@ pub(crate) type Responder = oneshot::Sender<Result<Bytes, RaftError>>;
 
 /// Makes writes durable in order. Everything queued while a write is in flight goes into
 /// the next one, so concurrent proposals share an fsync (group commit). Reports the highest
-/// durable write id after each batch; stops at the first error.
+/// durable write id after each batch; stops at the first error, reporting the first write
+/// of the failed batch (nothing in it may be presumed durable).
 pub(crate) async fn log_writer(
     log: Arc<dyn LogStore>,
     mut writes: mpsc::UnboundedReceiver<(WriteId, PersistOp)>,
-    done: mpsc::UnboundedSender<Result<WriteId, StorageError>>,
+    done: mpsc::UnboundedSender<Result<WriteId, (WriteId, StorageError)>>,
 ) {
     while let Some(first) = writes.recv().await {
+        let first_id = first.0;
         let mut batch = vec![first];
         while let Ok(more) = writes.try_recv() {
             batch.push(more);
         }
         let last = batch.last().map(|(id, _)| *id).unwrap_or_default();
-        let result = write_batch(&*log, batch).await.map(|()| last);
+        let result = write_batch(&*log, batch)
+            .await
+            .map(|()| last)
+            .map_err(|e| (first_id, e));
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
             return;

@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
+use crate::error::FatalError;
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
@@ -79,6 +80,9 @@ pub enum Action {
         /// The follower.
         to: NodeId,
     },
+    /// The core stopped for good (fail-stop); it is always the last action. The driver
+    /// stops too and reports the error; a restart recovers from durable state.
+    Stop(FatalError),
 }
 
 /// What a freshly started core is restored from.
@@ -135,6 +139,28 @@ pub struct NotLeader {
     pub leader_hint: Option<NodeId>,
 }
 
+/// Why a proposal was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader appends to the log.
+    NotLeader(NotLeader),
+    /// A command is larger than [`Config::max_entry_bytes`].
+    TooLarge {
+        /// The command's size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The core has stopped after a fatal error.
+    Stopped,
+}
+
+impl From<NotLeader> for ProposeError {
+    fn from(e: NotLeader) -> Self {
+        ProposeError::NotLeader(e)
+    }
+}
+
 /// The Raft algorithm for one node, without I/O.
 #[derive(Debug)]
 pub struct RaftCore {
@@ -166,6 +192,8 @@ pub struct RaftCore {
     /// Messages waiting for the writes issued before them to become durable.
     held: VecDeque<(WriteId, Message)>,
     actions: Vec<Action>,
+    /// Set once the core has stopped (fail-stop); every input is ignored from then on.
+    fatal: Option<FatalError>,
 }
 
 impl RaftCore {
@@ -188,6 +216,11 @@ impl RaftCore {
                 _ => None,
             })
             .collect();
+        let contiguous = init
+            .entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index().0 == snapshot_last.index.0 + 1 + i as u64);
         let mut log = RaftLog::restore(snapshot_last, init.entries);
         // Entries the state machine already applied are committed.
         let applied = init.applied.max(snapshot_last.index).min(log.last_index());
@@ -215,10 +248,17 @@ impl RaftCore {
             pending_stable: VecDeque::new(),
             held: VecDeque::new(),
             actions: Vec::new(),
+            fatal: None,
             cfg,
         };
         core.role = core.follower_role();
         core.reset_election_timer();
+        if !contiguous {
+            core.halt(FatalError::Restore(format!(
+                "the restored entries do not directly follow the snapshot at {} one by one",
+                snapshot_last.index
+            )));
+        }
         core
     }
 
@@ -226,6 +266,9 @@ impl RaftCore {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
@@ -234,7 +277,7 @@ impl RaftCore {
 
     /// Handles a message received from a peer.
     pub fn step(&mut self, msg: Message) {
-        if msg.to != self.id || msg.from == self.id {
+        if msg.to != self.id || msg.from == self.id || self.fatal.is_some() {
             return;
         }
         if !self.step_term(&msg) {
@@ -248,18 +291,19 @@ impl RaftCore {
     }
 
     /// Appends client commands to the log (leader only) and starts replicating them.
-    /// Returns the id of the last new entry.
+    /// Returns the id of the last new entry. A batch with a command larger than
+    /// [`Config::max_entry_bytes`] is refused whole.
     pub fn propose(
         &mut self,
         commands: impl IntoIterator<Item = Bytes>,
-    ) -> Result<LogId, NotLeader> {
+    ) -> Result<LogId, ProposeError> {
         self.propose_payloads(commands.into_iter().map(EntryPayload::Command))
     }
 
     /// Starts a linearizable read; the answer comes as [`Action::ReadReady`] or
     /// [`Action::ReadFailed`].
     pub fn read_index(&mut self, id: ReadId) -> Result<(), NotLeader> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.fatal.is_some() {
             return Err(self.not_leader());
         }
         if !self.committed_in_current_term() {
@@ -272,13 +316,16 @@ impl RaftCore {
 
     /// The driver finished every write up to and including `upto`.
     pub fn persisted(&mut self, upto: WriteId) {
-        if upto <= self.persisted_write {
+        if upto <= self.persisted_write || self.fatal.is_some() {
             return;
         }
-        debug_assert!(
-            upto <= self.last_write,
-            "invariant: only issued writes persist"
-        );
+        if upto > self.last_write {
+            // Trusting an unknown write could release promises about data never written.
+            return self.halt(FatalError::UnknownWrite {
+                reported: upto,
+                issued: self.last_write,
+            });
+        }
         self.persisted_write = upto;
         while let Some(&(id, log_id)) = self.pending_stable.front() {
             if id > upto {
@@ -298,6 +345,18 @@ impl RaftCore {
         self.maybe_apply();
     }
 
+    /// The driver could not make write `id` durable. The core stops (fail-stop): it drops
+    /// every message still waiting for that write, so nothing that promises it is ever sent,
+    /// and emits [`Action::Stop`] as its last action.
+    pub fn persist_failed(&mut self, id: WriteId, error: impl std::fmt::Display) {
+        if self.fatal.is_none() {
+            self.halt(FatalError::WriteFailed {
+                id,
+                error: error.to_string(),
+            });
+        }
+    }
+
     /// The state machine has applied every entry up to `index`.
     pub fn applied(&mut self, index: LogIndex) {
         self.applied = self.applied.max(index.min(self.apply_sent));
@@ -309,6 +368,11 @@ impl RaftCore {
     }
 
     // ----- queries --------------------------------------------------------------------
+
+    /// Why the core stopped, if it did.
+    pub fn fatal(&self) -> Option<&FatalError> {
+        self.fatal.as_ref()
+    }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
@@ -390,6 +454,18 @@ impl RaftCore {
     }
 
     // ----- shared machinery -----------------------------------------------------------
+
+    /// Stops for good: drops every held message and every action not yet taken (a lost
+    /// message or an unapplied entry is always safe; a message promising an unwritten
+    /// write is not), then emits [`Action::Stop`].
+    fn halt(&mut self, error: FatalError) {
+        tracing::error!(node = %self.id, term = %self.hard.term, %error, "raft core stopping");
+        self.held.clear();
+        self.actions.clear();
+        self.reads = ReadQueue::default();
+        self.actions.push(Action::Stop(error.clone()));
+        self.fatal = Some(error);
+    }
 
     fn not_leader(&self) -> NotLeader {
         NotLeader {
@@ -491,9 +567,13 @@ impl RaftCore {
     /// Hands newly committed and locally durable entries to the state machine.
     fn maybe_apply(&mut self) {
         let upto = self.log.committed.min(self.log.stable);
-        if upto > self.apply_sent {
-            let entries = self.log.range(self.apply_sent.next(), upto);
-            debug_assert_eq!(entries.len() as u64, upto.0 - self.apply_sent.0);
+        if upto > self.apply_sent && self.fatal.is_none() {
+            let from = self.apply_sent.next();
+            let entries = self.log.range(from, upto);
+            if entries.len() as u64 != upto.0 - self.apply_sent.0 {
+                // State Machine Safety needs every index applied, in order, exactly once.
+                return self.halt(FatalError::ApplyGap { from, to: upto });
+            }
             self.apply_sent = upto;
             self.actions.push(Action::Apply(entries));
         }
@@ -508,9 +588,20 @@ impl RaftCore {
         }
     }
 
-    /// Forgets configurations whose entries were truncated away.
+    /// Forgets configurations whose entries were truncated away, and withdraws held
+    /// acknowledgements of them.
     fn note_truncated(&mut self, from: LogIndex) {
         self.config_log.retain(|(i, _)| *i < from);
+        // Figure 2, "Persistent state": an acknowledgement held for durability must still be
+        // true when sent; one for an entry this truncation replaced would vouch for an entry
+        // no longer stored (and let the old leader count us toward committing it).
+        self.held.retain(|(_, m)| match &m.body {
+            MessageBody::AppendResponse(r) => match r.outcome {
+                crate::message::AppendOutcome::Success { match_index } => match_index < from,
+                _ => true,
+            },
+            _ => true,
+        });
     }
 
     fn fail_pending_reads(&mut self) {

@@ -1,6 +1,6 @@
 //! Log replication (section 5.3), commitment (section 5.4.2) and ReadIndex confirmation.
 
-use super::{Action, NotLeader, PersistOp, RaftCore};
+use super::{Action, PersistOp, ProposeError, RaftCore};
 use crate::message::{AppendEntries, AppendOutcome, AppendResponse, Message, MessageBody};
 use crate::progress::ReplicationState;
 use crate::quorum;
@@ -11,11 +11,23 @@ impl RaftCore {
     pub(super) fn propose_payloads(
         &mut self,
         payloads: impl Iterator<Item = EntryPayload>,
-    ) -> Result<LogId, NotLeader> {
+    ) -> Result<LogId, ProposeError> {
+        if self.fatal.is_some() {
+            return Err(ProposeError::Stopped);
+        }
         if self.role != Role::Leader {
-            return Err(self.not_leader());
+            return Err(self.not_leader().into());
         }
         let payloads: Vec<EntryPayload> = payloads.collect();
+        let max = self.cfg.max_entry_bytes;
+        if let Some(size) = payloads
+            .iter()
+            .map(EntryPayload::size)
+            .find(|&size| size > max)
+        {
+            // Every AppendEntries must fit the transport's frame limit, which bounds entries.
+            return Err(ProposeError::TooLarge { size, max });
+        }
         if payloads.is_empty() {
             return Ok(self.log.last_log_id());
         }
@@ -82,7 +94,10 @@ impl RaftCore {
             .last()
             .map(|e| e.index())
             .unwrap_or(req.prev_log_id.index);
-        let merge = self.log.merge(req.entries);
+        let merge = match self.log.merge(req.entries) {
+            Ok(merge) => merge,
+            Err(e) => return self.halt(e),
+        };
         if let Some(from) = merge.truncated_from {
             self.note_truncated(from);
             self.persist(PersistOp::Truncate(from));

@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
+use raft_core::message::{AppendOutcome, AppendResponse};
 use raft_core::{
     Action, Config, Entry, EntryPayload, HardState, InitialState, LogId, LogIndex, Membership,
-    Message, NodeId, PersistOp, RaftCore, Role, Term, WriteId,
+    Message, MessageBody, NodeId, PersistOp, RaftCore, Role, Term, WriteId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +38,12 @@ pub struct Faults {
     pub propose: f64,
     /// Probability per step of a ReadIndex read at a leader.
     pub read: f64,
+    /// Probability that a disk write fails with an I/O error when it completes (the node
+    /// then stops: fail-stop, and restarts later from what was durable).
+    pub write_error: f64,
+    /// Probability that a crash leaves part of the unsynced writes on disk (a prefix of
+    /// them, the last possibly torn after some of its entries) rather than none.
+    pub torn_crash: f64,
 }
 
 impl Faults {
@@ -53,6 +60,8 @@ impl Faults {
             disk: 1.0,
             propose: 0.0,
             read: 0.0,
+            write_error: 0.0,
+            torn_crash: 0.0,
         }
     }
 
@@ -69,6 +78,12 @@ impl Faults {
             disk: rng.gen_range(0.3..1.0),
             propose: rng.gen_range(0.05..0.5),
             read: rng.gen_range(0.0..0.1),
+            write_error: if rng.gen_bool(0.3) {
+                rng.gen_range(0.0..0.01)
+            } else {
+                0.0
+            },
+            torn_crash: rng.gen_range(0.0..1.0),
         }
     }
 }
@@ -81,6 +96,27 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// The id of the durable entry at `index` (index 0 is the empty prefix).
+    fn log_id_at(&self, index: LogIndex) -> Option<LogId> {
+        match index.0 {
+            0 => Some(LogId::default()),
+            i => self.log.get(i as usize - 1).map(|e| e.log_id),
+        }
+    }
+
+    /// Part of `op` reached the disk before a crash or failure: for an append, a prefix
+    /// of its entries.
+    fn apply_torn(&mut self, op: &PersistOp, rng: &mut ChaCha8Rng) {
+        match op {
+            PersistOp::Append(entries) => {
+                let keep = rng.gen_range(0..=entries.len());
+                self.apply(&PersistOp::Append(entries[..keep].to_vec()));
+            }
+            other if rng.gen_bool(0.5) => self.apply(other),
+            _ => {}
+        }
+    }
+
     fn apply(&mut self, op: &PersistOp) {
         match op {
             PersistOp::HardState(h) => self.hard = *h,
@@ -107,6 +143,8 @@ pub struct SimNode {
     /// Entries applied since the last restart (the state machine is volatile here).
     pub applied: Vec<Entry>,
     restarts: u64,
+    /// Set when a write was reported failed: the node must send nothing more.
+    write_failed: bool,
 }
 
 impl SimNode {
@@ -159,6 +197,11 @@ pub struct Sim {
     next_command: u64,
     /// Messages sent, by kind.
     pub sent: BTreeMap<&'static str, u64>,
+    /// Every fail-stop so far: the node and why it stopped.
+    pub stops: Vec<(NodeId, raft_core::FatalError)>,
+    /// Whether a stop without a storage fault is expected (rule tests of invariants);
+    /// random runs treat one as a violation.
+    pub expect_fatal: bool,
 }
 
 /// A broken safety property.
@@ -192,6 +235,8 @@ impl Sim {
             read_results: BTreeMap::new(),
             next_command: 0,
             sent: BTreeMap::new(),
+            stops: Vec::new(),
+            expect_fatal: false,
         };
         for id in ids {
             sim.add_node(id, Disk::default());
@@ -209,6 +254,7 @@ impl Sim {
                 pending: VecDeque::new(),
                 applied: Vec::new(),
                 restarts: 0,
+                write_failed: false,
             },
         );
         self.start(id);
@@ -227,6 +273,7 @@ impl Sim {
         let seed = self.seed ^ (id.0 << 32) ^ node.restarts;
         node.applied.clear();
         node.pending.clear();
+        node.write_failed = false;
         node.core = Some(RaftCore::new(id, self.cfg.clone(), init, seed));
         self.leader_logs.remove(&id);
     }
@@ -238,6 +285,21 @@ impl Sim {
         node.pending.clear();
         self.leader_logs.remove(&id);
         self.net.retain(|f| f.msg.to != id);
+    }
+
+    /// Crashes a node in the middle of writing: a prefix of its unsynced writes reached the
+    /// disk (the last one possibly torn) though the core never learnt they were durable.
+    pub fn crash_torn(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let reached = self.rng.gen_range(0..=node.pending.len());
+        for (i, (_, op)) in node.pending.iter().take(reached).enumerate() {
+            if i + 1 == reached {
+                node.disk.apply_torn(op, &mut self.rng);
+            } else {
+                node.disk.apply(op);
+            }
+        }
+        self.crash(id);
     }
 
     /// Restarts a crashed node from its disk.
@@ -356,10 +418,76 @@ impl Sim {
                     "{id} asked to send a snapshot to {to} without compaction"
                 ));
             }
+            Action::Stop(fatal) => {
+                if !self.nodes[&id].write_failed && !self.expect_fatal {
+                    self.fail(format!("{id} stopped without a storage fault: {fatal}"));
+                }
+                self.stops.push((id, fatal));
+                // Fail-stop: the node is down until restarted from its disk.
+                self.crash(id);
+            }
+        }
+    }
+
+    /// Figure 2, "Persistent state ... updated on stable storage before responding to RPCs":
+    /// whatever a message promises is on `from`'s disk when it is sent.
+    fn check_durable_before_sent(&self, msg: &Message) {
+        let node = &self.nodes[&msg.from];
+        if node.write_failed {
+            self.fail(format!(
+                "{} sent {} after a write failed",
+                msg.from,
+                msg.body.kind()
+            ));
+        }
+        let disk = &node.disk;
+        let pre_vote = match &msg.body {
+            MessageBody::RequestVote(r) => r.pre_vote,
+            MessageBody::VoteResponse(r) => r.pre_vote,
+            _ => false,
+        };
+        if !pre_vote && disk.hard.term < msg.term {
+            self.fail(format!(
+                "durability: {} sent {} in term {} with term {} on disk",
+                msg.from,
+                msg.body.kind(),
+                msg.term.0,
+                disk.hard.term.0
+            ));
+        }
+        match &msg.body {
+            // A vote of an older term is superseded by the newer term on disk (terms only
+            // grow, so that vote can never be cast again).
+            MessageBody::VoteResponse(r)
+                if r.granted
+                    && !r.pre_vote
+                    && disk.hard.term == msg.term
+                    && disk.hard.voted_for != Some(msg.to) =>
+            {
+                self.fail(format!(
+                    "durability: {} granted its vote to {} in term {} but its disk holds {:?}",
+                    msg.from, msg.to, msg.term.0, disk.hard
+                ));
+            }
+            MessageBody::AppendResponse(AppendResponse {
+                outcome: AppendOutcome::Success { match_index },
+                ..
+            }) => {
+                let held = node.core().entry(*match_index).map(|e| e.log_id);
+                let durable = disk.log_id_at(*match_index);
+                if match_index.0 > 0 && held != durable {
+                    self.fail(format!(
+                        "durability: {} acknowledged {} holding {held:?} with {durable:?} on disk",
+                        msg.from, match_index.0
+                    ));
+                }
+            }
+            _ => {}
         }
     }
 
     fn send(&mut self, msg: Message) {
+        self.check_durable_before_sent(&msg);
         *self.sent.entry(msg.body.kind()).or_default() += 1;
         if self.rng.gen_bool(self.faults.loss) {
             return;
@@ -378,19 +506,41 @@ impl Sim {
         }
     }
 
-    /// Completes up to `max` pending writes of `id`, in order.
+    /// Fails the oldest pending write of `id` with an I/O error (nothing of it reaches the
+    /// disk) and tells the node.
+    pub fn fail_write(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let (wid, _) = node.pending.pop_front().expect("a pending write");
+        node.write_failed = true;
+        self.with_core(id, |c| c.persist_failed(wid, "disk full"));
+    }
+
+    /// Completes up to `max` pending writes of `id`, in order. One may fail with an I/O
+    /// error (`Faults::write_error`), possibly torn; the node is told and must stop.
     pub fn complete_writes(&mut self, id: NodeId, max: usize) {
         let node = self.nodes.get_mut(&id).expect("known node");
         let mut last = None;
+        let mut failed = None;
         for _ in 0..max {
             let Some((wid, op)) = node.pending.pop_front() else {
                 break;
             };
+            if self.faults.write_error > 0.0 && self.rng.gen_bool(self.faults.write_error) {
+                node.disk.apply_torn(&op, &mut self.rng);
+                failed = Some(wid);
+                break;
+            }
             node.disk.apply(&op);
             last = Some(wid);
         }
         if let Some(wid) = last {
             self.with_core(id, |c| c.persisted(wid));
+        }
+        if let Some(wid) = failed {
+            if let Some(node) = self.nodes.get_mut(&id).filter(|n| n.is_up()) {
+                node.write_failed = true;
+                self.with_core(id, |c| c.persist_failed(wid, "simulated I/O error"));
+            }
         }
     }
 
@@ -557,9 +707,13 @@ impl Sim {
     }
 
     fn report(&self, what: &str) -> String {
+        self.report_as("SAFETY VIOLATION", what)
+    }
+
+    fn report_as(&self, kind: &str, what: &str) -> String {
         format!(
-            "SAFETY VIOLATION at step {} of seed {}: {what}\nrerun with RAFT_SIM_SEED={}",
-            self.step, self.seed, self.seed
+            "{kind} at step {} of seed {}: {what}\n  config: {:?}\n  faults: {:?}\nrerun with RAFT_SIM_SEED={}",
+            self.step, self.seed, self.cfg, self.faults, self.seed
         )
     }
 
@@ -713,7 +867,11 @@ impl Sim {
         }
         if self.rng.gen_bool(self.faults.crash) {
             let id = ids[self.rng.gen_range(0..ids.len())];
-            self.crash(id);
+            if self.rng.gen_bool(self.faults.torn_crash) {
+                self.crash_torn(id);
+            } else {
+                self.crash(id);
+            }
         }
         if self.rng.gen_bool(self.faults.restart) {
             let down: Vec<NodeId> = ids
@@ -737,11 +895,32 @@ impl Sim {
         self.faults.loss = 0.0;
         self.faults.duplicate = 0.0;
         self.faults.disk = 1.0;
+        self.faults.write_error = 0.0;
         self.faults.propose = 0.0;
         self.faults.read = 0.0;
         for id in self.ids() {
             self.complete_writes(id, usize::MAX);
         }
+    }
+
+    /// The steps a calm cluster may take to elect a leader and catch every node up: `base`
+    /// steps, plus one round trip per window of entries that the most lagging node lacks.
+    /// Replication moves at most `max_entries_per_append * max_inflight` entries per round
+    /// trip (two network delays), so a backlog built up under faults drains no faster than
+    /// that; a fixed budget would call a slow but live cluster stuck.
+    pub fn convergence_budget(&self, base: u64) -> u64 {
+        let cores = || self.nodes.values().filter_map(|n| n.core.as_ref());
+        let longest = cores().map(|c| c.last_log_id().index.0).max().unwrap_or(0);
+        let least_applied = self
+            .nodes
+            .values()
+            .map(|n| n.applied.len() as u64)
+            .min()
+            .unwrap_or(0);
+        let backlog = longest.saturating_sub(least_applied);
+        let window = (self.cfg.max_entries_per_append * self.cfg.max_inflight).max(1) as u64;
+        let round_trip = 2 * self.faults.max_delay;
+        base + backlog.div_ceil(window) * round_trip
     }
 
     /// Steps without faults until a leader exists and every node has applied every
@@ -754,12 +933,15 @@ impl Sim {
                 return Ok(k);
             }
         }
-        Err(self.report(&(format!(
-            "liveness: no convergence {max_steps} steps after faults stopped (leader {:?}, acked {}, applied {:?})",
-            self.leader(),
-            self.acked.len(),
-            self.nodes.values().map(|n| n.applied.len()).collect::<Vec<_>>()
-        ) + &self.describe())))
+        Err(self.report_as(
+            "LIVENESS FAILURE",
+            &(format!(
+                "no convergence {max_steps} steps after faults stopped (leader {:?}, acked {}, applied {:?})",
+                self.leader(),
+                self.acked.len(),
+                self.nodes.values().map(|n| n.applied.len()).collect::<Vec<_>>()
+            ) + &self.describe()),
+        ))
     }
 
     /// Every node's status, for failure reports.
