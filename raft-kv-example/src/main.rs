@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use raft_core::{Config, NodeId};
+use raft_core::{Config, NodeId, RaftError};
 use raft_kv_example::runner::{self, NodeOptions, RunError};
 
 #[derive(Parser)]
@@ -154,7 +154,17 @@ async fn run_node(opts: NodeOptions) -> Result<(), RunError> {
         "node {} ready: raft {raft_addr}, clients {}",
         id.0, node.client_addr
     );
-    runner::wait_for_stop_signal().await;
+    tokio::select! {
+        _ = runner::wait_for_stop_signal() => {}
+        fatal = node.node.stopped() => {
+            if let Some(fatal) = fatal {
+                // Fail-stop: exit non-zero so a supervisor restarts the node from its
+                // durable state; clients already got the cause as their error reply.
+                tokio::time::sleep(runner::FATAL_GRACE).await;
+                return Err(RunError::Raft(RaftError::Fatal(fatal)));
+            }
+        }
+    }
     println!("node {} stopping", id.0);
     node.shutdown().await;
     Ok(())

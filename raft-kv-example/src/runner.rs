@@ -152,6 +152,10 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
     })
 }
 
+/// How long a node that stopped on a fatal error keeps its connections open, so that
+/// replies carrying the cause reach clients, before the process exits.
+pub const FATAL_GRACE: Duration = Duration::from_millis(200);
+
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn wait_for_stop_signal() {
     let term = async {

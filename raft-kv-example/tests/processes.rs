@@ -33,6 +33,15 @@ fn free_port() -> u16 {
 
 impl ProcCluster {
     fn start(n: u64) -> ProcCluster {
+        let mut c = ProcCluster::start_stopped(n);
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// The cluster's layout, with no process started yet.
+    fn start_stopped(n: u64) -> ProcCluster {
         let tmp = tempfile::tempdir().unwrap();
         let nodes = (1..=n)
             .map(|id| Proc {
@@ -43,19 +52,43 @@ impl ProcCluster {
                 child: None,
             })
             .collect();
-        let mut c = ProcCluster { _tmp: tmp, nodes };
-        for i in 0..c.nodes.len() {
-            c.spawn(i);
+        ProcCluster { _tmp: tmp, nodes }
+    }
+
+    /// Waits for node `i`'s process to exit on its own.
+    fn wait_exit(&mut self, i: usize, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.nodes[i].child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {} did not exit", i + 1);
+            std::thread::sleep(Duration::from_millis(20));
         }
-        c
     }
 
     fn spawn(&mut self, i: usize) {
+        let cmd = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
+        self.spawn_with(i, cmd);
+    }
+
+    /// Starts node `i` with files limited to `kib` KiB (`ulimit -f`, with SIGXFSZ ignored),
+    /// so its disk is full from the process's point of view once the log reaches it.
+    fn spawn_with_file_limit(&mut self, i: usize, kib: u64) {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_raft-kv"));
+        self.spawn_with(i, cmd);
+    }
+
+    fn spawn_with(&mut self, i: usize, mut cmd: Command) {
         let peers = self.list(|p| p.raft);
         let clients = self.list(|p| p.client);
         let p = &mut self.nodes[i];
         let log = std::fs::File::create(p.dir.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        let child = cmd
             .args(["node", "--id", &p.id.to_string()])
             .arg("--data-dir")
             .arg(&p.dir)
@@ -280,6 +313,78 @@ fn pipelined_requests_are_answered_in_order_and_see_their_own_writes() {
             "a read sees the pipeline's writes"
         );
     }
+}
+
+#[test]
+fn an_oversized_set_is_refused_without_disturbing_the_cluster() {
+    // A 20 MiB value exceeds max_entry_bytes (4 MiB): refused before it enters the log, so
+    // no AppendEntries ever exceeds the transport's frame limit and nobody calls an election.
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let term = c.info(leader).unwrap()["term"].clone();
+    let big = vec![b'x'; 20 << 20];
+    for target in [leader, (leader + 1) % 3] {
+        let mut conn = c.conn(target);
+        let err = conn
+            .set::<_, _, ()>("big", big.as_slice())
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("request too large"),
+            "node {}: {err}",
+            target + 1
+        );
+    }
+    // --- writes go on, in the same term, on every node
+    let mut conn = c.conn(leader);
+    for i in 0..100 {
+        let _: () = conn.set(format!("after{i}"), i).unwrap();
+    }
+    for i in 0..3 {
+        let info = c.info(i).unwrap();
+        assert_eq!(info["term"], term, "node {} changed term", i + 1);
+    }
+    let mut follower = c.conn((leader + 1) % 3);
+    let v: Option<i64> = follower.get("after99").unwrap();
+    assert_eq!(v, Some(99));
+}
+
+#[test]
+fn a_full_disk_stops_the_node_with_the_cause_and_a_nonzero_exit() {
+    // Fail-stop on a failed write: clients get the cause, the process exits non-zero (so a
+    // supervisor restarts it), and every acknowledged write is there after the restart.
+    let mut c = ProcCluster::start_stopped(1);
+    c.spawn_with_file_limit(0, 1500);
+    c.leader();
+    let mut conn = c.conn(0);
+    let value = vec![b'v'; 100_000];
+    let mut acked = Vec::new();
+    let mut cause = None;
+    for i in 0..1000 {
+        match conn.set::<_, _, ()>(format!("k{i}"), value.as_slice()) {
+            Ok(()) => acked.push(i),
+            Err(e) => {
+                cause = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let cause = cause.expect("the disk filled up");
+    assert!(
+        cause.contains("could not be made durable"),
+        "the client sees the cause: {cause}"
+    );
+    let status = c.wait_exit(0, Duration::from_secs(20));
+    assert!(!status.success(), "exit status {status:?}");
+    assert!(!acked.is_empty());
+    // --- restarted with room: nothing acknowledged was lost
+    c.spawn(0);
+    c.leader();
+    let mut conn = c.conn(0);
+    for i in acked {
+        let v: Option<Vec<u8>> = retry(&c, |conn| conn.get(format!("k{i}")));
+        assert_eq!(v.as_deref(), Some(value.as_slice()), "k{i} lost");
+    }
+    let _: () = conn.set("after", 1).unwrap();
 }
 
 #[test]

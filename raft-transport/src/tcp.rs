@@ -78,6 +78,9 @@ pub struct TcpStats {
     pub received: AtomicU64,
     /// Connections closed for bad input or a refused handshake.
     pub rejected_connections: AtomicU64,
+    /// Messages not sent because their frame exceeds `max_frame`, which the peer would
+    /// refuse (and close the connection for).
+    pub oversized: AtomicU64,
     /// Write system calls (each carries one or more coalesced frames).
     pub writes: AtomicU64,
 }
@@ -226,7 +229,15 @@ impl Transport for TcpTransport {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        // The frame's body holds the message behind the `Frame::Raft` tag.
+        Some(self.shared.cfg.max_frame.saturating_sub(FRAME_TAG_BYTES))
+    }
 }
+
+/// Bytes a frame body adds to the message it carries (the enum tag, with room to spare).
+const FRAME_TAG_BYTES: usize = 16;
 
 // ----- sending ------------------------------------------------------------------------------
 
@@ -266,8 +277,17 @@ async fn sender_loop(
             let mut count = 0u64;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
+                let start = buf.len();
                 if frame::encode(&Frame::Raft(msg), &mut buf).is_ok() {
-                    count += 1;
+                    if buf.len() - start - HEADER_LEN > cfg.max_frame {
+                        // The peer must refuse this frame and would close the connection,
+                        // taking every message behind it along: never send it.
+                        tracing::warn!(node = %shared.id, peer = %to, bytes = buf.len() - start, max = cfg.max_frame, "message exceeds the frame limit; dropped");
+                        buf.truncate(start);
+                        shared.stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        count += 1;
+                    }
                 }
                 if buf.len() < cfg.max_batch_bytes {
                     next = rx.try_recv().ok();

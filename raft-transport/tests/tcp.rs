@@ -174,6 +174,93 @@ async fn garbage_and_oversized_frames_close_the_connection_and_the_server_lives_
     t.shutdown();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_frame_limit_is_never_sent_and_the_link_survives() {
+    // The receiver would refuse the frame and close the connection, losing every message
+    // queued behind it; the sender drops the one message instead.
+    let cfg = TcpConfig {
+        max_frame: 64 << 10,
+        ..tcp_config()
+    };
+    let bind = |id| TcpTransport::bind(NodeId(id), "127.0.0.1:0".parse().unwrap(), cfg.clone());
+    let (a, b) = (bind(1).await.unwrap(), bind(2).await.unwrap());
+    a.set_peer(NodeId(2), b.local_addr());
+    b.set_peer(NodeId(1), a.local_addr());
+    let (inbox, mut rx) = Inbox::channel(16);
+    b.serve(inbox);
+    let chunk = |len: usize| raft_core::Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: raft_core::Term(1),
+        body: raft_core::MessageBody::InstallSnapshot(raft_core::message::InstallSnapshot {
+            meta: Default::default(),
+            offset: 0,
+            data: bytes::Bytes::from(vec![7u8; len]),
+            done: false,
+        }),
+    };
+    use raft_core::Transport;
+    a.send(chunk(100 << 10)).await;
+    a.send(chunk(10)).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the small message arrives")
+        .unwrap();
+    assert_eq!(got, chunk(10));
+    let stats = |t: &TcpTransport| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            t.stats().oversized.load(Relaxed),
+            t.stats().rejected_connections.load(Relaxed),
+        )
+    };
+    assert_eq!(
+        stats(&a).0,
+        1,
+        "the large message was dropped at the sender"
+    );
+    assert_eq!(stats(&b).1, 0, "no connection was refused");
+    assert_eq!(a.max_message_bytes().map(|m| m < cfg.max_frame), Some(true));
+    a.shutdown();
+    b.shutdown();
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_start_when_an_append_could_exceed_the_frame_limit() {
+    let cfg = TcpConfig {
+        max_frame: 1 << 20,
+        ..tcp_config()
+    };
+    let t = TcpTransport::bind(NodeId(1), "127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let seams = || raft_core::Seams {
+        log: std::sync::Arc::new(raft_storage::MemLogStore::new()),
+        snapshots: std::sync::Arc::new(raft_storage::MemSnapshotStore::new(2)),
+        state_machine: Box::new(common::Recorder::new()),
+        transport: std::sync::Arc::new(t.clone()),
+    };
+    let members = raft_core::Membership::new([NodeId(1)]);
+    let too_big = raft_core::Config::default(); // 4 MiB entries
+    let err = raft_core::RaftNode::start(NodeId(1), too_big, members.clone(), seams(), Some(1))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, raft_core::RaftError::Config(e) if e.reason.contains("max_entry_bytes")),
+        "{err}"
+    );
+    let fits = raft_core::Config {
+        max_entry_bytes: 512 << 10,
+        max_bytes_per_append: 512 << 10,
+        ..raft_core::Config::default()
+    };
+    let node = raft_core::RaftNode::start(NodeId(1), fits, members, seams(), Some(1))
+        .await
+        .expect("starts");
+    node.shutdown().await;
+    t.shutdown();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
