@@ -39,8 +39,9 @@ pub enum StorageError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FatalError {
-    /// A write could not be made durable. Nothing that depends on it was sent.
-    #[error("write {id} could not be made durable ({error}); the node stopped without promising it to anyone; restart it once storage works")]
+    /// A write could not be made durable. Nothing that promises it was sent; requests in
+    /// flight have an unknown outcome (a leader's entries may still commit on followers).
+    #[error("write {id} could not be made durable ({error}); the node stopped, and requests in flight may or may not take effect; restart it once storage works")]
     WriteFailed {
         /// The write's id (see [`crate::WriteId`]).
         id: u64,
@@ -77,6 +78,9 @@ pub enum FatalError {
     /// entry, so the node cannot go on.
     #[error("the state machine failed to apply committed entries: {0}")]
     StateMachine(String),
+    /// One of the node's own tasks (log writer, applier) ended unexpectedly.
+    #[error("internal task failed: {0}")]
+    Internal(String),
     /// The state given to a new core contradicts itself.
     #[error("inconsistent restored state: {0}")]
     Restore(String),

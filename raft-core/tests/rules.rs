@@ -445,6 +445,29 @@ fn a_leader_asking_to_truncate_a_committed_entry_stops_the_node() {
     );
 }
 
+#[test]
+fn a_leader_sends_nothing_in_its_term_before_the_term_is_durable() {
+    // A single voter wins at once. Had its AppendEntries overtaken the write of its new term,
+    // a crash would let it lead that term again with other entries, and the learner that
+    // stored the first ones would apply a different command at the same index.
+    let members = raft_core::Membership {
+        learners: [NodeId(2)].into(),
+        ..raft_core::Membership::new([NodeId(1)])
+    };
+    let mut sim = Sim::with_membership(1, members, plain_cfg(), Faults::none());
+    sim.faults.disk = 0.0;
+    sim.campaign(1);
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    assert!(sim.in_flight().is_empty(), "{:?}", sim.in_flight());
+    sim.complete_writes(NodeId(1), usize::MAX);
+    assert!(
+        sim.in_flight()
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::AppendEntries(_))),
+        "replication starts once the term is durable"
+    );
+}
+
 // ----- Figure 2, Rules for Followers and Candidates ----------------------------------------
 
 #[test]

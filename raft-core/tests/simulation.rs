@@ -13,7 +13,7 @@ mod sim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use raft_core::Config;
+use raft_core::{Config, Membership, NodeId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sim::{Faults, Sim};
@@ -38,7 +38,17 @@ struct Outcome {
 
 fn run_seed(seed: u64, steps: u64) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let nodes = if rng.gen_bool(0.5) { 3 } else { 5 };
+    // Cluster shapes: 3 or 5 voters, 3 voters and a learner, a single voter with learners.
+    let (voters, learners) = match rng.gen_range(0..8) {
+        0..=2 => (3, 0),
+        3..=5 => (5, 0),
+        6 => (3, 1),
+        _ => (1, 2),
+    };
+    let membership = Membership {
+        learners: (voters + 1..=voters + learners).map(NodeId).collect(),
+        ..Membership::new((1..=voters).map(NodeId))
+    };
     let cfg = Config {
         election_timeout_min: 10,
         election_timeout_max: 20,
@@ -51,7 +61,7 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         ..Config::default()
     };
     let faults = Faults::random(&mut rng);
-    let mut sim = Sim::new(seed, nodes, cfg, faults);
+    let mut sim = Sim::with_membership(seed, membership, cfg, faults);
     for _ in 0..steps {
         sim.step_once(true);
     }

@@ -79,11 +79,13 @@ impl Driver {
         }
     }
 
-    /// Runs until shutdown or a fatal error; returns the fatal error, if any.
+    /// Runs until shutdown or a fatal error; returns the fatal error, if any. `stopped`
+    /// learns a fatal error as soon as it happens, before clients are failed with it.
     pub(crate) async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut inbox: mpsc::Receiver<Message>,
+        stopped: &tokio::sync::watch::Sender<Option<Option<FatalError>>>,
     ) -> Option<FatalError> {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -97,17 +99,21 @@ impl Driver {
                     Some(req) => self.on_requests(req, &mut requests),
                     None => break None, // every handle was dropped
                 },
-                Some(done) = self.written.recv() => {
+                done = self.written.recv() => {
                     match done {
-                        Ok(upto) => self.core.persisted(upto),
-                        Err((failed, e)) => self.core.persist_failed(failed, e),
+                        Some(Ok(upto)) => self.core.persisted(upto),
+                        Some(Err((failed, e))) => self.core.persist_failed(failed, e),
+                        // Without its writer the node could never make anything durable.
+                        None => self.fatal = Some(FatalError::Internal("the log writer ended".into())),
                     }
                     Ok(None)
                 }
-                Some(applied) = self.applied.recv() => {
+                applied = self.applied.recv() => {
                     match applied {
-                        Ok(i) => self.core.applied(i),
-                        Err(e) => self.fatal = Some(FatalError::StateMachine(e.to_string())),
+                        Some(Ok(i)) => self.core.applied(i),
+                        Some(Err(RaftError::Fatal(e))) => self.fatal = Some(e),
+                        Some(Err(e)) => self.fatal = Some(FatalError::StateMachine(e.to_string())),
+                        None => self.fatal = Some(FatalError::Internal("the applier ended".into())),
                     }
                     Ok(None)
                 }
@@ -119,6 +125,7 @@ impl Driver {
             self.execute().await;
             if let Some(fatal) = &self.fatal {
                 tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
+                stopped.send_replace(Some(Some(fatal.clone())));
                 break None;
             }
         };

@@ -121,7 +121,7 @@ impl RaftNode {
         );
         let (stopped_tx, stopped) = watch::channel(None);
         let handle = tokio::spawn(async move {
-            let fatal = driver.run(requests_rx, inbox_rx).await;
+            let fatal = driver.run(requests_rx, inbox_rx, &stopped_tx).await;
             stopped_tx.send_replace(Some(fatal));
         });
         Ok(RaftNode {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{RaftError, StorageError};
+use crate::error::{FatalError, RaftError, StorageError};
 use crate::raft::{PersistOp, WriteId};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -113,7 +113,15 @@ pub(crate) async fn applier(
                         }
                     }
                     Err(e) => {
-                        let _ = progress.send(Err(e.into()));
+                        // Every waiting client learns the cause before the node stops.
+                        let fatal = FatalError::StateMachine(e.to_string());
+                        for reply in replies.into_iter().flatten() {
+                            let _ = reply.send(Err(RaftError::Fatal(fatal.clone())));
+                        }
+                        for (_, _, reply) in parked.drain(..) {
+                            let _ = reply.send(Err(RaftError::Fatal(fatal.clone())));
+                        }
+                        let _ = progress.send(Err(RaftError::Fatal(fatal)));
                         return;
                     }
                 }

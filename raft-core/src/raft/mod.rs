@@ -187,6 +187,8 @@ pub struct RaftCore {
     applied: LogIndex,
     last_write: WriteId,
     persisted_write: WriteId,
+    /// The latest hard-state write: nothing in a new term leaves before it is durable.
+    hard_state_write: WriteId,
     /// Appends in flight to storage: when `WriteId` is durable, so is the `LogId`.
     pending_stable: VecDeque<(WriteId, LogId)>,
     /// Messages waiting for the writes issued before them to become durable.
@@ -245,6 +247,7 @@ impl RaftCore {
             applied,
             last_write: 0,
             persisted_write: 0,
+            hard_state_write: 0,
             pending_stable: VecDeque::new(),
             held: VecDeque::new(),
             actions: Vec::new(),
@@ -362,9 +365,19 @@ impl RaftCore {
         self.applied = self.applied.max(index.min(self.apply_sent));
     }
 
-    /// Takes the actions produced so far, in the order they must be carried out.
+    /// Takes the actions produced so far, in the order they must be carried out. After
+    /// [`Action::Stop`] nothing more is ever returned.
     pub fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
+        let mut actions = std::mem::take(&mut self.actions);
+        if self.fatal.is_some() {
+            // A halt deep inside an input returns to callers that may still push actions.
+            if let Some(stop) = actions.iter().position(|a| matches!(a, Action::Stop(_))) {
+                actions.truncate(stop + 1);
+            } else {
+                actions.clear();
+            }
+        }
+        actions
     }
 
     // ----- queries --------------------------------------------------------------------
@@ -537,7 +550,7 @@ impl RaftCore {
             *pending = hard;
             return;
         }
-        self.persist(PersistOp::HardState(hard));
+        self.hard_state_write = self.persist(PersistOp::HardState(hard));
     }
 
     /// Sends a message stamped with our current term.
@@ -547,8 +560,10 @@ impl RaftCore {
     }
 
     /// Figure 2, "Persistent state": updated on stable storage before responding to RPCs.
-    /// Only a leader's AppendEntries may overtake its own pending writes: the leader counts
-    /// itself toward a commit only once its log is durable.
+    /// Only a leader's AppendEntries may overtake its own pending log appends (the leader
+    /// counts itself toward a commit only once its log is durable), and never the write of
+    /// its term: a leader that crashed before its term was durable could lead that term
+    /// again with different entries.
     fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let msg = Message {
             from: self.id,
@@ -556,7 +571,8 @@ impl RaftCore {
             term,
             body,
         };
-        let may_overtake = matches!(msg.body, MessageBody::AppendEntries(_));
+        let may_overtake = matches!(msg.body, MessageBody::AppendEntries(_))
+            && self.persisted_write >= self.hard_state_write;
         if may_overtake || self.persisted_write == self.last_write {
             self.actions.push(Action::Send(msg));
         } else {

@@ -211,8 +211,12 @@ pub struct Violation(pub String);
 impl Sim {
     /// `n` nodes with ids 1..=n, all founding voters.
     pub fn new(seed: u64, n: u64, cfg: Config, faults: Faults) -> Sim {
-        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        let membership = Membership::new(ids.iter().copied());
+        Sim::with_membership(seed, Membership::new((1..=n).map(NodeId)), cfg, faults)
+    }
+
+    /// One node per member of `membership` (voters and learners).
+    pub fn with_membership(seed: u64, membership: Membership, cfg: Config, faults: Faults) -> Sim {
+        let ids = membership.members();
         let mut sim = Sim {
             seed,
             step: 0,
@@ -389,9 +393,6 @@ impl Sim {
     fn act(&mut self, id: NodeId, action: Action) {
         match action {
             Action::Persist { id: wid, op } => {
-                if let PersistOp::Append(entries) = &op {
-                    self.check_seen(id, entries);
-                }
                 let node = self.nodes.get_mut(&id).expect("known node");
                 node.pending.push_back((wid, op));
             }
@@ -488,6 +489,9 @@ impl Sim {
 
     fn send(&mut self, msg: Message) {
         self.check_durable_before_sent(&msg);
+        if let MessageBody::AppendEntries(req) = &msg.body {
+            self.check_seen(msg.from, &req.entries, req.prev_log_id.term);
+        }
         *self.sent.entry(msg.body.kind()).or_default() += 1;
         if self.rng.gen_bool(self.faults.loss) {
             return;
@@ -521,10 +525,20 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("known node");
         let mut last = None;
         let mut failed = None;
+        let mut appended = Vec::new();
         for _ in 0..max {
             let Some((wid, op)) = node.pending.pop_front() else {
                 break;
             };
+            if let PersistOp::Append(entries) = &op {
+                let prev = entries.first().map_or(LogIndex(0), |e| e.index().prev());
+                let prev_term = node
+                    .disk
+                    .log_id_at(prev)
+                    .map(|l| l.term)
+                    .unwrap_or_default();
+                appended.push((entries.clone(), prev_term));
+            }
             if self.faults.write_error > 0.0 && self.rng.gen_bool(self.faults.write_error) {
                 node.disk.apply_torn(&op, &mut self.rng);
                 failed = Some(wid);
@@ -532,6 +546,9 @@ impl Sim {
             }
             node.disk.apply(&op);
             last = Some(wid);
+        }
+        for (entries, prev_term) in appended {
+            self.check_seen(id, &entries, prev_term);
         }
         if let Some(wid) = last {
             self.with_core(id, |c| c.persisted(wid));
@@ -590,15 +607,11 @@ impl Sim {
         }
     }
 
-    /// Log Matching, checked as entries enter any log: an entry with a given (term, index)
-    /// always carries the same payload and follows the same previous term.
-    fn check_seen(&mut self, id: NodeId, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
-        let core = self.nodes[&id].core();
-        let mut prev_term = core
-            .entry(first.index().prev())
-            .map(|e| e.term())
-            .unwrap_or_default();
+    /// Log Matching, checked as entries leave a node (in AppendEntries) or become durable
+    /// on its disk: an entry with a given (term, index) always carries the same payload and
+    /// follows the same previous term. (An entry only ever in a crashed leader's memory
+    /// vanished with it; its term may be led again with other entries.)
+    fn check_seen(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Term) {
         for e in entries {
             let record = (e.payload.clone(), prev_term);
             match self.seen.get(&e.log_id) {
@@ -910,14 +923,11 @@ impl Sim {
     /// that; a fixed budget would call a slow but live cluster stuck.
     pub fn convergence_budget(&self, base: u64) -> u64 {
         let cores = || self.nodes.values().filter_map(|n| n.core.as_ref());
+        // What must cross the network: the entries the shortest log lacks (applying what a
+        // node already holds is local and takes no steps).
         let longest = cores().map(|c| c.last_log_id().index.0).max().unwrap_or(0);
-        let least_applied = self
-            .nodes
-            .values()
-            .map(|n| n.applied.len() as u64)
-            .min()
-            .unwrap_or(0);
-        let backlog = longest.saturating_sub(least_applied);
+        let shortest = cores().map(|c| c.last_log_id().index.0).min().unwrap_or(0);
+        let backlog = longest - shortest;
         let window = (self.cfg.max_entries_per_append * self.cfg.max_inflight).max(1) as u64;
         let round_trip = 2 * self.faults.max_delay;
         base + backlog.div_ceil(window) * round_trip
