@@ -32,6 +32,17 @@ pub struct Config {
     /// bounds every AppendEntries, which must fit the transport's frame limit
     /// (checked at start, see [`Config::max_append_bytes`]).
     pub max_entry_bytes: usize,
+    /// Take a snapshot once this many entries were applied since the last one (section 7);
+    /// 0 turns the count trigger off.
+    pub snapshot_threshold: u64,
+    /// Also take one once the log's entries in memory pass this many bytes (so large
+    /// entries do not multiply memory by the threshold); 0 turns it off.
+    pub snapshot_log_bytes: usize,
+    /// Entries kept behind a snapshot when the log is purged, so followers only slightly
+    /// behind catch up from the log rather than by a snapshot.
+    pub snapshot_trailing: u64,
+    /// Bytes per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
     /// Run a PreVote round before raising the term (dissertation 9.6).
     pub pre_vote: bool,
     /// A leader that has not heard from a quorum within an election timeout steps down, and
@@ -50,6 +61,10 @@ impl Default for Config {
             max_bytes_per_append: 1 << 20,
             max_inflight: 64,
             max_entry_bytes: 4 << 20,
+            snapshot_threshold: 10_000,
+            snapshot_log_bytes: 64 << 20,
+            snapshot_trailing: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
             pre_vote: true,
             check_quorum: true,
         }
@@ -92,6 +107,9 @@ impl Config {
         if self.max_entry_bytes == 0 {
             return bad("max_entry_bytes must be at least 1".into());
         }
+        if self.snapshot_chunk_bytes == 0 {
+            return bad("snapshot_chunk_bytes must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -105,9 +123,25 @@ impl Config {
         batch + MESSAGE_OVERHEAD
     }
 
+    /// An upper bound on the encoded size of an InstallSnapshot chunk, for a cluster of up
+    /// to a few hundred members (the chunk carries the snapshot's configuration).
+    pub fn max_snapshot_chunk_message_bytes(&self) -> usize {
+        self.snapshot_chunk_bytes + MESSAGE_OVERHEAD + 4096
+    }
+
     /// Checks that every message this configuration allows fits a transport that carries
     /// at most `max_message_bytes` per message.
     pub fn validate_for_transport(&self, max_message_bytes: usize) -> Result<(), ConfigError> {
+        let chunk = self.max_snapshot_chunk_message_bytes();
+        if chunk > max_message_bytes {
+            return Err(ConfigError {
+                reason: format!(
+                    "an InstallSnapshot chunk may take {chunk} bytes (snapshot_chunk_bytes {}), but the \
+                     transport carries at most {max_message_bytes}; lower snapshot_chunk_bytes",
+                    self.snapshot_chunk_bytes
+                ),
+            });
+        }
         let needed = self.max_append_bytes();
         if needed > max_message_bytes {
             return Err(ConfigError {

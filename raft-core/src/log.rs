@@ -24,13 +24,19 @@ pub(crate) struct Merge {
     pub appended: Vec<Entry>,
 }
 
-/// The log as the core sees it. Entries from `snapshot_last.index + 1` onwards are held in
-/// memory (the node compacts through snapshots, which bounds this).
+/// The log as the core sees it. Entries from `purged.index + 1` onwards are held in memory;
+/// snapshots bound them: after a snapshot the log is purged up to the snapshot minus a
+/// trailing window, so `purged <= snapshot_last`.
 #[derive(Debug)]
 pub(crate) struct RaftLog {
+    /// The last entry removed by compaction (index 0 when nothing was): its id is still
+    /// known, so an AppendEntries right after it can be checked.
+    purged: LogId,
     /// The last entry covered by the latest snapshot (index 0 when there is none).
     snapshot_last: LogId,
     entries: VecDeque<Entry>,
+    /// Sum of the entries' encoded sizes (the snapshot policy's byte trigger).
+    bytes: usize,
     /// Highest index known committed.
     pub committed: LogIndex,
     /// Highest index up to which our durable log is known to equal `entries`.
@@ -38,25 +44,44 @@ pub(crate) struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log restored from storage: `entries` must directly follow `snapshot_last`.
-    pub fn restore(snapshot_last: LogId, entries: Vec<Entry>) -> RaftLog {
-        debug_assert!(
-            entries
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.index().0 == snapshot_last.index.0 + 1 + i as u64),
-            "invariant: restored log is contiguous after the snapshot"
-        );
-        let stable = entries
-            .last()
-            .map(|e| e.index())
-            .unwrap_or(snapshot_last.index);
-        RaftLog {
+    /// A log restored from storage: `entries` directly follow `purged`, and the snapshot
+    /// (`snapshot_last`) lies within them or at `purged`. Returns why not, if they do not.
+    pub fn restore(
+        purged: LogId,
+        snapshot_last: LogId,
+        entries: Vec<Entry>,
+    ) -> Result<RaftLog, String> {
+        if let Some((i, e)) = entries
+            .iter()
+            .enumerate()
+            .find(|(i, e)| e.index().0 != purged.index.0 + 1 + *i as u64)
+        {
+            return Err(format!(
+                "entry {} found where index {} belongs (the log after {} is not contiguous)",
+                e.log_id,
+                purged.index.0 + 1 + i as u64,
+                purged.index
+            ));
+        }
+        let stable = entries.last().map(|e| e.index()).unwrap_or(purged.index);
+        let bytes = entries.iter().map(Entry::size_hint).sum();
+        let log = RaftLog {
+            purged,
             snapshot_last,
             entries: entries.into(),
+            bytes,
             committed: snapshot_last.index,
             stable,
+        };
+        if !log.matches(snapshot_last) {
+            return Err(format!(
+                "the log (from {} to {}) does not hold the snapshot's last entry {}",
+                purged,
+                log.last_log_id(),
+                snapshot_last
+            ));
         }
+        Ok(log)
     }
 
     /// The last entry covered by the snapshot.
@@ -64,17 +89,24 @@ impl RaftLog {
         self.snapshot_last
     }
 
-    /// The first index held in memory.
-    pub fn first_index(&self) -> LogIndex {
-        self.snapshot_last.index.next()
+    /// The last entry removed by compaction.
+    pub fn purged(&self) -> LogId {
+        self.purged
     }
 
-    /// The id of the last entry (or of the snapshot when the log is empty).
+    /// The first index held in memory.
+    pub fn first_index(&self) -> LogIndex {
+        self.purged.index.next()
+    }
+
+    /// Encoded size of the entries held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The id of the last entry (or of the purge point when the log is empty).
     pub fn last_log_id(&self) -> LogId {
-        self.entries
-            .back()
-            .map(|e| e.log_id)
-            .unwrap_or(self.snapshot_last)
+        self.entries.back().map(|e| e.log_id).unwrap_or(self.purged)
     }
 
     /// The last index.
@@ -82,10 +114,10 @@ impl RaftLog {
         self.last_log_id().index
     }
 
-    /// The term of the entry at `index`, if known (the snapshot's last entry included).
+    /// The term of the entry at `index`, if known (the last purged entry included).
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
-        if index == self.snapshot_last.index {
-            return Some(self.snapshot_last.term);
+        if index == self.purged.index {
+            return Some(self.purged.term);
         }
         self.get(index).map(|e| e.term())
     }
@@ -148,6 +180,7 @@ impl RaftLog {
             entry.term() >= self.last_log_id().term,
             "invariant: terms grow"
         );
+        self.bytes += entry.size_hint();
         self.entries.push_back(entry);
     }
 
@@ -163,8 +196,8 @@ impl RaftLog {
     /// The consistency check of Figure 2, AppendEntries rule 2: `None` if our log contains
     /// `prev`, otherwise a hint for fast backtracking.
     pub fn check_prev(&self, prev: LogId) -> Option<ConflictHint> {
-        if prev.index < self.snapshot_last.index {
-            // Covered by our snapshot, hence committed, hence matching the leader's.
+        if prev.index < self.purged.index {
+            // Compacted: covered by our snapshot, hence committed, hence the leader's too.
             return None;
         }
         match self.term_at(prev.index) {
@@ -186,7 +219,7 @@ impl RaftLog {
         let mut merge = Merge::default();
         let mut new_from = None;
         for (i, e) in entries.iter().enumerate() {
-            if e.index() <= self.snapshot_last.index {
+            if e.index() <= self.purged.index {
                 continue;
             }
             match self.term_at(e.index()) {
@@ -217,6 +250,7 @@ impl RaftLog {
             for e in entries.into_iter().skip(i) {
                 debug_assert_eq!(e.index(), self.last_index().next(), "invariant: contiguous");
                 merge.appended.push(e.clone());
+                self.bytes += e.size_hint();
                 self.entries.push_back(e);
             }
         }
@@ -226,8 +260,53 @@ impl RaftLog {
     /// Removes entries from `from` on.
     fn truncate(&mut self, from: LogIndex) {
         let keep = from.0.saturating_sub(self.first_index().0) as usize;
+        self.bytes -= self
+            .entries
+            .range(keep.min(self.entries.len())..)
+            .map(Entry::size_hint)
+            .sum::<usize>();
         self.entries.truncate(keep);
         self.stable = self.stable.min(from.prev());
+    }
+
+    /// Drops entries up to and including `upto` (log compaction after a snapshot). `upto`
+    /// must be at or below the snapshot and held in the log.
+    pub fn compact(&mut self, upto: LogId) {
+        debug_assert!(upto.index <= self.snapshot_last.index && self.matches(upto));
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.index() <= upto.index)
+        {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.size_hint();
+            }
+        }
+        self.purged = self.purged.max(upto);
+    }
+
+    /// Records a snapshot taken locally at `id`, an entry of this log.
+    pub fn set_snapshot(&mut self, id: LogId) {
+        self.snapshot_last = self.snapshot_last.max(id);
+    }
+
+    /// Installs a leader's snapshot ending at `id` (Figure 13, receiver rules 6 and 7): if
+    /// the log holds `id`, the entries after it are kept; otherwise the whole log is
+    /// discarded. Returns whether the log was discarded.
+    pub fn install_snapshot(&mut self, id: LogId) -> bool {
+        let keep_suffix = self.matches(id);
+        if keep_suffix {
+            self.snapshot_last = id;
+            self.compact(id);
+        } else {
+            self.entries.clear();
+            self.bytes = 0;
+            self.stable = self.stable.min(self.purged.index);
+            self.purged = id;
+            self.snapshot_last = id;
+        }
+        self.committed = self.committed.max(id.index);
+        !keep_suffix
     }
 
     /// The last index of `term` in our log, if we have any entry of that term.
@@ -243,7 +322,7 @@ impl RaftLog {
                 _ => index = index.prev(),
             }
         }
-        (self.snapshot_last.term == term).then_some(self.snapshot_last.index)
+        (self.purged.term == term).then_some(self.purged.index)
     }
 
     /// Records that the durable log holds `id` (if our in-memory log still has it).

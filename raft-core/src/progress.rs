@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::LogIndex;
+use crate::types::{LogIndex, SnapshotMeta};
 
 /// How the leader currently sends entries to a follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,42 @@ pub enum ReplicationState {
     Replicate,
     /// The follower needs a snapshot because the entries it lacks were compacted.
     Snapshot,
+}
+
+/// A snapshot being streamed to a follower (InstallSnapshot, Figure 13), by byte offset.
+#[derive(Clone, Debug)]
+pub(crate) struct SnapshotSend {
+    /// The snapshot being sent.
+    pub meta: SnapshotMeta,
+    /// The next byte to send.
+    pub next: u64,
+    /// Bytes the follower confirmed it holds.
+    pub acked: u64,
+    /// Whether the last chunk has been sent since the last rewind.
+    pub sent_done: bool,
+    /// Heartbeats without progress: a lost chunk is resent from `acked` after some, and
+    /// the transfer restarts from scratch after twice as many.
+    pub stalls: u32,
+}
+
+impl SnapshotSend {
+    /// A transfer of `meta` from its first byte.
+    pub fn new(meta: SnapshotMeta) -> SnapshotSend {
+        SnapshotSend {
+            meta,
+            next: 0,
+            acked: 0,
+            sent_done: false,
+            stalls: 0,
+        }
+    }
+
+    /// Resends from the first byte the follower has not confirmed (go-back-N).
+    pub fn rewind(&mut self, to: u64) {
+        self.next = to;
+        self.acked = self.acked.min(to);
+        self.sent_done = false;
+    }
 }
 
 /// Per-follower replication state kept by the leader.
@@ -36,6 +72,8 @@ pub(crate) struct Progress {
     pub acked_seq: u64,
     /// Heartbeats sent while entries were in flight and `match_index` did not move.
     stalled_heartbeats: u32,
+    /// In snapshot state: the transfer, once the snapshot's bytes are at hand.
+    pub snapshot: Option<SnapshotSend>,
 }
 
 impl Progress {
@@ -50,6 +88,7 @@ impl Progress {
             recent_active: true,
             acked_seq: 0,
             stalled_heartbeats: 0,
+            snapshot: None,
         }
     }
 
@@ -86,7 +125,9 @@ impl Progress {
         self.match_index = index;
         self.stalled_heartbeats = 0;
         self.next_index = self.next_index.max(index.next());
-        if self.state == ReplicationState::Probe {
+        // A probe that matched (or a follower in snapshot state that turned out to hold
+        // our first entry) can take a pipeline.
+        if self.state != ReplicationState::Replicate {
             self.become_replicate();
         }
         true
@@ -133,6 +174,7 @@ impl Progress {
         self.state = ReplicationState::Replicate;
         self.next_index = self.match_index.next();
         self.inflight.clear();
+        self.snapshot = None;
     }
 
     /// Back to probing from just after the match point.
@@ -142,5 +184,20 @@ impl Progress {
         self.probe_sent = false;
         self.stalled_heartbeats = 0;
         self.inflight.clear();
+        self.snapshot = None;
+    }
+
+    /// The follower needs entries we compacted: stream it a snapshot.
+    pub fn become_snapshot(&mut self) {
+        self.state = ReplicationState::Snapshot;
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.snapshot = None;
+    }
+
+    /// The follower installed a snapshot ending at `index`: probe from just after it.
+    pub fn snapshot_installed(&mut self, index: LogIndex) {
+        self.match_index = self.match_index.max(index);
+        self.become_probe();
     }
 }

@@ -34,6 +34,9 @@ struct Outcome {
     reads: u64,
     /// Nodes that stopped on a failed write (and restarted from their disk).
     stops: u64,
+    /// Snapshots taken, and installed from a leader.
+    built: u64,
+    installed: u64,
 }
 
 fn run_seed(seed: u64, steps: u64) -> Outcome {
@@ -58,6 +61,20 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         max_inflight: rng.gen_range(1..=8),
         pre_vote: rng.gen_bool(0.5),
         check_quorum: rng.gen_bool(0.5),
+        // Snapshots and compaction in half the seeds: small thresholds and trailing windows,
+        // small chunks, so InstallSnapshot crosses the lossy network in many pieces.
+        snapshot_threshold: if rng.gen_bool(0.5) {
+            rng.gen_range(5..=60)
+        } else {
+            0
+        },
+        snapshot_log_bytes: if rng.gen_bool(0.1) {
+            rng.gen_range(500..=3000)
+        } else {
+            0
+        },
+        snapshot_trailing: rng.gen_range(0..=10),
+        snapshot_chunk_bytes: rng.gen_range(64..=2048),
         ..Config::default()
     };
     let faults = Faults::random(&mut rng);
@@ -81,6 +98,8 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         acked: sim.acked.len() as u64,
         reads: sim.reads_served,
         stops: sim.stops.len() as u64,
+        built: sim.snapshots_built,
+        installed: sim.snapshots_installed,
     }
 }
 
@@ -91,8 +110,8 @@ fn safety_and_liveness_hold_under_random_faults() {
         let seed: u64 = seed.parse().expect("RAFT_SIM_SEED is a number");
         let out = run_seed(seed, steps);
         println!(
-            "simulation: seed {seed} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors",
-            out.acked, out.reads, out.stops
+            "simulation: seed {seed} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed",
+            out.acked, out.reads, out.stops, out.built, out.installed
         );
         return;
     }
@@ -102,6 +121,8 @@ fn safety_and_liveness_hold_under_random_faults() {
     let acked = AtomicU64::new(0);
     let reads = AtomicU64::new(0);
     let stops = AtomicU64::new(0);
+    let built = AtomicU64::new(0);
+    let installed = AtomicU64::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -113,14 +134,18 @@ fn safety_and_liveness_hold_under_random_faults() {
                 let out = run_seed(base + i, steps);
                 acked.fetch_add(out.acked, Ordering::Relaxed);
                 stops.fetch_add(out.stops, Ordering::Relaxed);
+                built.fetch_add(out.built, Ordering::Relaxed);
+                installed.fetch_add(out.installed, Ordering::Relaxed);
                 reads.fetch_add(out.reads, Ordering::Relaxed);
             });
         }
     });
     println!(
-        "simulation: {seeds} seeds from {base} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors",
+        "simulation: {seeds} seeds from {base} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed from a leader",
         acked.into_inner(),
         reads.into_inner(),
-        stops.into_inner()
+        stops.into_inner(),
+        built.into_inner(),
+        installed.into_inner()
     );
 }

@@ -241,7 +241,10 @@ async fn a_node_refuses_to_start_when_an_append_could_exceed_the_frame_limit() {
         transport: std::sync::Arc::new(t.clone()),
     };
     let members = raft_core::Membership::new([NodeId(1)]);
-    let too_big = raft_core::Config::default(); // 4 MiB entries
+    let too_big = raft_core::Config {
+        snapshot_chunk_bytes: 256 << 10,
+        ..raft_core::Config::default() // 4 MiB entries
+    };
     let err = raft_core::RaftNode::start(NodeId(1), too_big, members.clone(), seams(), Some(1))
         .await
         .expect_err("refused");
@@ -252,6 +255,7 @@ async fn a_node_refuses_to_start_when_an_append_could_exceed_the_frame_limit() {
     let fits = raft_core::Config {
         max_entry_bytes: 512 << 10,
         max_bytes_per_append: 512 << 10,
+        snapshot_chunk_bytes: 256 << 10,
         ..raft_core::Config::default()
     };
     let node = raft_core::RaftNode::start(NodeId(1), fits, members, seams(), Some(1))

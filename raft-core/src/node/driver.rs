@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -15,9 +15,9 @@ use crate::message::Message;
 use crate::raft::{Action, NotLeader, PersistOp, ProposeError, RaftCore, WriteId};
 use crate::read::ReadId;
 use crate::state_machine::StateMachine;
-use crate::storage::LogStore;
+use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::Transport;
-use crate::types::{Entry, LogId, LogIndex, Term};
+use crate::types::{Entry, LogId, LogIndex, SnapshotMeta, Term};
 
 /// Most messages or requests handled before the driver carries out actions, so a flood of
 /// input still yields batched writes and sends.
@@ -39,13 +39,27 @@ pub(crate) struct Driver {
     next_read: ReadId,
     /// Set when the core stopped on a fatal error.
     fatal: Option<FatalError>,
+    snapshots: Arc<dyn SnapshotStore>,
+    /// State-machine images for snapshots, from the applier.
+    images: mpsc::UnboundedReceiver<tasks::Image>,
+    /// Snapshots written to the store (or why not).
+    built_tx: mpsc::UnboundedSender<Result<SnapshotMeta, StorageError>>,
+    built: mpsc::UnboundedReceiver<Result<SnapshotMeta, StorageError>>,
+    /// The latest snapshot read back for sending (or why not).
+    loaded_tx: mpsc::UnboundedSender<Loaded>,
+    loaded: mpsc::UnboundedReceiver<Loaded>,
+    /// Callers of `snapshot_now` waiting for the snapshot being built.
+    snapshot_waiters: Vec<oneshot::Sender<Result<LogId, RaftError>>>,
 }
+
+type Loaded = Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
 
 impl Driver {
     pub(crate) fn new(
         core: RaftCore,
         tick: std::time::Duration,
         log: Arc<dyn LogStore>,
+        snapshots: Arc<dyn SnapshotStore>,
         state_machine: Box<dyn StateMachine>,
         transport: Arc<dyn Transport>,
         applied_index: LogIndex,
@@ -54,13 +68,22 @@ impl Driver {
         let (written_tx, written) = mpsc::unbounded_channel();
         let (apply, apply_rx) = mpsc::unbounded_channel();
         let (applied_tx, applied) = mpsc::unbounded_channel();
+        let (images_tx, images) = mpsc::unbounded_channel();
+        let (built_tx, built) = mpsc::unbounded_channel();
+        let (loaded_tx, loaded) = mpsc::unbounded_channel();
         let tasks = vec![
-            tokio::spawn(tasks::log_writer(log, writes_rx, written_tx)),
+            tokio::spawn(tasks::log_writer(
+                log,
+                snapshots.clone(),
+                writes_rx,
+                written_tx,
+            )),
             tokio::spawn(tasks::applier(
                 state_machine,
                 applied_index,
                 apply_rx,
                 applied_tx,
+                images_tx,
             )),
         ];
         Driver {
@@ -76,6 +99,13 @@ impl Driver {
             reads: HashMap::new(),
             next_read: 0,
             fatal: None,
+            snapshots,
+            images,
+            built_tx,
+            built,
+            loaded_tx,
+            loaded,
+            snapshot_waiters: Vec::new(),
         }
     }
 
@@ -105,6 +135,19 @@ impl Driver {
                         Some(Err((failed, e))) => self.core.persist_failed(failed, e),
                         // Without its writer the node could never make anything durable.
                         None => self.fatal = Some(FatalError::Internal("the log writer ended".into())),
+                    }
+                    Ok(None)
+                }
+                Some(image) = self.images.recv() => { self.write_image(image); Ok(None) }
+                Some(built) = self.built.recv() => { self.on_built(built); Ok(None) }
+                Some(loaded) = self.loaded.recv() => {
+                    match loaded {
+                        Ok(Some((meta, data))) => self.core.snapshot_loaded(meta, data),
+                        Ok(None) => self.core.snapshot_load_failed(),
+                        Err(e) => {
+                            tracing::warn!(node = %id, error = %e, "cannot read the latest snapshot to send it");
+                            self.core.snapshot_load_failed();
+                        }
                     }
                     Ok(None)
                 }
@@ -164,6 +207,7 @@ impl Driver {
                 Request::Status(reply) => {
                     let _ = reply.send(self.core.status());
                 }
+                Request::SnapshotNow(reply) => self.snapshot_now(reply),
                 Request::Shutdown(reply) => {
                     self.propose(batch);
                     return Ok(Some(reply));
@@ -254,11 +298,86 @@ impl Driver {
                         let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
                     }
                 }
-                Action::SendSnapshot { to } => {
-                    tracing::warn!(node = %self.core.id(), peer = %to, "follower needs a snapshot; snapshot streaming is not available in this version");
+                Action::BuildSnapshot => {
+                    let _ = self.apply.send(ApplyJob::Snapshot);
+                }
+                Action::LoadSnapshot => {
+                    let (store, tx) = (self.snapshots.clone(), self.loaded_tx.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(store.read_latest().await);
+                    });
+                }
+                Action::RestoreSnapshot { meta, data } => {
+                    let _ = self.apply.send(ApplyJob::Restore { meta, data });
                 }
                 Action::Stop(e) => self.fatal = Some(e),
             }
+        }
+    }
+
+    /// `snapshot_now`: starts a snapshot (or joins the one being built) and answers once it
+    /// is durable; with nothing applied since the last one, answers with that one.
+    fn snapshot_now(&mut self, reply: oneshot::Sender<Result<LogId, RaftError>>) {
+        if self.core.snapshot_now() || self.core.snapshot_building() {
+            self.snapshot_waiters.push(reply);
+        } else {
+            let last = self.core.status().snapshot_index;
+            let _ = reply.send(
+                self.core
+                    .snapshot_meta_at(last)
+                    .map(|m| m.last_log_id)
+                    .ok_or(RaftError::ShuttingDown),
+            );
+        }
+    }
+
+    /// Writes a state machine image to the snapshot store off the driver's task, so
+    /// replication and commit go on while it is written.
+    fn write_image(&mut self, image: tasks::Image) {
+        let (index, data) = match image {
+            Ok(image) => image,
+            Err(e) => {
+                tracing::warn!(node = %self.core.id(), error = %e, "the state machine could not take a snapshot");
+                self.core.snapshot_build_failed();
+                self.answer_snapshot_waiters(Err(e));
+                return;
+            }
+        };
+        let Some(meta) = self.core.snapshot_meta_at(index) else {
+            // A leader's snapshot past this point was installed meanwhile.
+            self.core.snapshot_build_failed();
+            return;
+        };
+        let (store, tx) = (self.snapshots.clone(), self.built_tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(tasks::write_snapshot(&*store, &meta, &data).await);
+        });
+    }
+
+    fn on_built(&mut self, built: Result<SnapshotMeta, StorageError>) {
+        match built {
+            Ok(meta) => {
+                tracing::debug!(node = %self.core.id(), snapshot = %meta.last_log_id, "snapshot taken");
+                self.core.snapshot_built(&meta);
+                self.answer_snapshot_waiters(Ok(meta.last_log_id));
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.core.id(), error = %e, "cannot write a snapshot; will retry");
+                self.core.snapshot_build_failed();
+                self.answer_snapshot_waiters(Err(e.into()));
+            }
+        }
+    }
+
+    fn answer_snapshot_waiters(&mut self, result: Result<LogId, RaftError>) {
+        for w in self.snapshot_waiters.drain(..) {
+            let answer = match &result {
+                Ok(id) => Ok(*id),
+                Err(e) => Err(RaftError::Storage(StorageError::Backend(format!(
+                    "the snapshot could not be taken: {e}"
+                )))),
+            };
+            let _ = w.send(answer);
         }
     }
 

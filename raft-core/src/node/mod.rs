@@ -28,7 +28,7 @@ use crate::raft::{CoreStatus, InitialState, RaftCore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::{Inbox, Transport};
-use crate::types::{Membership, NodeId};
+use crate::types::{LogId, Membership, NodeId};
 
 /// A node's status: role, term, leader, commit and apply progress, and on a leader each
 /// follower's match index.
@@ -53,6 +53,7 @@ pub(crate) enum Request {
     ProposeBatch(Vec<(Bytes, Reply<Bytes>)>),
     Read(Bytes, Reply<Bytes>),
     Status(oneshot::Sender<Status>),
+    SnapshotNow(Reply<LogId>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -115,6 +116,7 @@ impl RaftNode {
             core,
             config.tick_interval,
             log,
+            snapshots,
             state_machine,
             transport,
             applied,
@@ -188,6 +190,13 @@ impl RaftNode {
         self.call(Request::Status).await
     }
 
+    /// Takes a snapshot now, whatever the policy, and resolves once it is durable (then the
+    /// log behind it is purged, keeping `snapshot_trailing` entries). Resolves to the last
+    /// entry the snapshot covers; with nothing applied since the latest snapshot, to that one.
+    pub async fn snapshot_now(&self) -> Result<LogId, RaftError> {
+        self.call(Request::SnapshotNow).await?
+    }
+
     /// Stops the node and waits until its tasks have finished (pending writes are completed
     /// or abandoned, never half-done). Pending client requests fail with
     /// [`RaftError::ShuttingDown`]. Calling it again is a no-op.
@@ -234,8 +243,8 @@ impl RaftNode {
     }
 }
 
-/// Reads everything the core needs from the stores, restoring the state machine from the
-/// latest snapshot when it is behind it.
+/// Reads everything the core needs from the stores, reconciling the log with the latest
+/// snapshot, and restores the state machine from the snapshot when it is behind it.
 async fn restore(
     log: &dyn LogStore,
     snapshots: &dyn SnapshotStore,
@@ -243,9 +252,9 @@ async fn restore(
     bootstrap: Membership,
 ) -> Result<(InitialState, Box<dyn StateMachine>), RaftError> {
     let hard_state = log.hard_state().await?;
-    let log_state = log.log_state().await?;
     let snapshot = snapshots.latest().await?;
     let base = snapshot.as_ref().map(|s| s.last_log_id).unwrap_or_default();
+    let mut log_state = log.log_state().await?;
     if log_state.last_purged.index > base.index {
         return Err(StorageError::Corrupt {
             location: "log store".into(),
@@ -256,7 +265,17 @@ async fn restore(
         }
         .into());
     }
-    let from = base.index.next();
+    if snapshot.is_some() && !holds(log, base).await? {
+        // A crash between saving a snapshot and purging the log behind it, or a log that
+        // ends before the snapshot or disagrees with its last entry: the snapshot rules
+        // (it holds only committed entries), so the log restarts right after it.
+        if log_state.last.index > log_state.last_purged.index {
+            log.truncate(log_state.first_index()).await?;
+        }
+        log.purge(base).await?;
+        log_state = log.log_state().await?;
+    }
+    let from = log_state.first_index();
     let entries = if log_state.last.index >= from {
         log.entries(from..log_state.last.index.next(), usize::MAX)
             .await?
@@ -273,9 +292,19 @@ async fn restore(
     let init = InitialState {
         hard_state,
         snapshot,
+        last_purged: log_state.last_purged,
         entries,
         applied,
         bootstrap,
     };
     Ok((init, state_machine))
+}
+
+/// Whether the log holds `id` (as an entry, or as its last purged entry).
+async fn holds(log: &dyn LogStore, id: LogId) -> Result<bool, StorageError> {
+    let state = log.log_state().await?;
+    if id.index < state.last_purged.index || id.index > state.last.index {
+        return Ok(false);
+    }
+    Ok(log.term(id.index).await? == Some(id.term))
 }

@@ -9,8 +9,24 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::raft::{PersistOp, WriteId};
 use crate::state_machine::StateMachine;
-use crate::storage::LogStore;
-use crate::types::{Entry, LogIndex};
+use crate::storage::{LogStore, SnapshotStore};
+use crate::types::{Entry, LogIndex, SnapshotMeta};
+
+/// Bytes handed to the snapshot store per `write` call.
+const SNAPSHOT_WRITE_CHUNK: usize = 1 << 20;
+
+/// Streams `data` into the snapshot store as `meta` and finishes it (durable on return).
+pub(crate) async fn write_snapshot(
+    store: &dyn SnapshotStore,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<SnapshotMeta, StorageError> {
+    let mut writer = store.begin(meta).await?;
+    for chunk in data.chunks(SNAPSHOT_WRITE_CHUNK) {
+        writer.write(chunk).await?;
+    }
+    writer.finish().await
+}
 
 /// Where a client waits for its answer.
 pub(crate) type Responder = oneshot::Sender<Result<Bytes, RaftError>>;
@@ -21,6 +37,7 @@ pub(crate) type Responder = oneshot::Sender<Result<Bytes, RaftError>>;
 /// of the failed batch (nothing in it may be presumed durable).
 pub(crate) async fn log_writer(
     log: Arc<dyn LogStore>,
+    snapshots: Arc<dyn SnapshotStore>,
     mut writes: mpsc::UnboundedReceiver<(WriteId, PersistOp)>,
     done: mpsc::UnboundedSender<Result<WriteId, (WriteId, StorageError)>>,
 ) {
@@ -31,7 +48,7 @@ pub(crate) async fn log_writer(
             batch.push(more);
         }
         let last = batch.last().map(|(id, _)| *id).unwrap_or_default();
-        let result = write_batch(&*log, batch)
+        let result = write_batch(&*log, &*snapshots, batch)
             .await
             .map(|()| last)
             .map_err(|e| (first_id, e));
@@ -45,6 +62,7 @@ pub(crate) async fn log_writer(
 /// Carries out a batch in order, merging runs of appends into one call.
 async fn write_batch(
     log: &dyn LogStore,
+    snapshots: &dyn SnapshotStore,
     batch: Vec<(WriteId, PersistOp)>,
 ) -> Result<(), StorageError> {
     let mut appends: Vec<Entry> = Vec::new();
@@ -59,6 +77,10 @@ async fn write_batch(
                 match other {
                     PersistOp::HardState(h) => log.save_hard_state(&h).await?,
                     PersistOp::Truncate(from) => log.truncate(from).await?,
+                    PersistOp::Purge(upto) => log.purge(upto).await?,
+                    PersistOp::Snapshot { meta, data } => {
+                        write_snapshot(snapshots, &meta, &data).await?;
+                    }
                     PersistOp::Append(_) => unreachable!("appends are merged above"),
                 }
             }
@@ -80,7 +102,14 @@ pub(crate) enum ApplyJob {
         query: Bytes,
         reply: Responder,
     },
+    /// Take a snapshot of the state at the applied index; the image goes back to the driver.
+    Snapshot,
+    /// Replace the state with an installed snapshot's.
+    Restore { meta: SnapshotMeta, data: Bytes },
 }
+
+/// A state machine's image at an applied index, for the driver to write to the store.
+pub(crate) type Image = Result<(LogIndex, Bytes), RaftError>;
 
 /// Applies committed entries and serves confirmed reads; reports the applied index.
 pub(crate) async fn applier(
@@ -88,6 +117,7 @@ pub(crate) async fn applier(
     mut applied: LogIndex,
     mut jobs: mpsc::UnboundedReceiver<ApplyJob>,
     progress: mpsc::UnboundedSender<Result<LogIndex, RaftError>>,
+    images: mpsc::UnboundedSender<Image>,
 ) {
     let mut parked: VecDeque<(LogIndex, Bytes, Responder)> = VecDeque::new();
     while let Some(job) = jobs.recv().await {
@@ -125,11 +155,23 @@ pub(crate) async fn applier(
                         return;
                     }
                 }
-                while parked.front().is_some_and(|(i, _, _)| *i <= applied) {
-                    if let Some((_, query, reply)) = parked.pop_front() {
-                        let _ = reply.send(state_machine.query(query).await.map_err(Into::into));
-                    }
+                serve_parked(&mut *state_machine, applied, &mut parked).await;
+            }
+            ApplyJob::Snapshot => {
+                let image = state_machine.snapshot().await.map(|data| (applied, data));
+                let _ = images.send(image.map_err(Into::into));
+            }
+            ApplyJob::Restore { meta, data } => {
+                if let Err(e) = state_machine.restore(&meta, data).await {
+                    let fatal = FatalError::StateMachine(format!("restoring a snapshot: {e}"));
+                    let _ = progress.send(Err(RaftError::Fatal(fatal)));
+                    return;
                 }
+                applied = meta.last_log_id.index;
+                if progress.send(Ok(applied)).is_err() {
+                    return;
+                }
+                serve_parked(&mut *state_machine, applied, &mut parked).await;
             }
             ApplyJob::Read {
                 index,
@@ -143,6 +185,19 @@ pub(crate) async fn applier(
                     parked.push_back((index, query, reply));
                 }
             }
+        }
+    }
+}
+
+/// Answers the reads waiting for an index now applied.
+async fn serve_parked(
+    state_machine: &mut dyn StateMachine,
+    applied: LogIndex,
+    parked: &mut VecDeque<(LogIndex, Bytes, Responder)>,
+) {
+    while parked.front().is_some_and(|(i, _, _)| *i <= applied) {
+        if let Some((_, query, reply)) = parked.pop_front() {
+            let _ = reply.send(state_machine.query(query).await.map_err(Into::into));
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod election;
 mod replication;
+mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -43,6 +44,16 @@ pub enum PersistOp {
     Truncate(LogIndex),
     /// Append these contiguous entries after the current last entry.
     Append(Vec<Entry>),
+    /// Remove entries up to and including this one (log compaction behind a snapshot).
+    Purge(LogId),
+    /// Save a snapshot received from the leader in the snapshot store (begin, write,
+    /// finish), before any later write of the log.
+    Snapshot {
+        /// What the snapshot covers.
+        meta: SnapshotMeta,
+        /// Its bytes.
+        data: Bytes,
+    },
 }
 
 /// Something the driver must do on the core's behalf.
@@ -74,11 +85,22 @@ pub enum Action {
         /// The leader this node knows of, if any.
         leader_hint: Option<NodeId>,
     },
-    /// The follower `to` needs entries that were compacted into a snapshot: stream the
-    /// latest snapshot to it as InstallSnapshot chunks.
-    SendSnapshot {
-        /// The follower.
-        to: NodeId,
+    /// Take a snapshot: ask the state machine for its state at its applied index `i`,
+    /// write it to the snapshot store with [`RaftCore::snapshot_meta_at`]`(i)` as its
+    /// metadata, then report [`RaftCore::snapshot_built`] (or
+    /// [`RaftCore::snapshot_build_failed`]). Writing must not hold up the other actions.
+    BuildSnapshot,
+    /// Read the latest snapshot from the snapshot store and hand it over with
+    /// [`RaftCore::snapshot_loaded`] (or [`RaftCore::snapshot_load_failed`]): a follower
+    /// needs entries that were compacted.
+    LoadSnapshot,
+    /// Replace the state machine's state with this snapshot's (installed from the leader and
+    /// durable), before applying any later entry.
+    RestoreSnapshot {
+        /// What the snapshot covers: afterwards the applied index is its last index.
+        meta: SnapshotMeta,
+        /// Its bytes.
+        data: Bytes,
     },
     /// The core stopped for good (fail-stop); it is always the last action. The driver
     /// stops too and reports the error; a restart recovers from durable state.
@@ -92,7 +114,11 @@ pub struct InitialState {
     pub hard_state: HardState,
     /// The latest snapshot's metadata, if there is one.
     pub snapshot: Option<SnapshotMeta>,
-    /// Every persisted entry after the snapshot, contiguous.
+    /// The last entry the log store purged (`LogState::last_purged`); at or below the
+    /// snapshot's last entry.
+    pub last_purged: LogId,
+    /// Every stored entry after `last_purged`, contiguous; the snapshot's last entry is
+    /// among them, or is `last_purged` itself.
     pub entries: Vec<Entry>,
     /// The state machine's last applied index (entries up to it are not applied again).
     pub applied: LogIndex,
@@ -124,6 +150,8 @@ pub struct CoreStatus {
     pub first_log_index: LogIndex,
     /// The last index covered by the latest snapshot (0 without one).
     pub snapshot_index: LogIndex,
+    /// Encoded size of the log entries held in memory.
+    pub log_bytes: usize,
     /// The last index known durable locally.
     pub stable_index: LogIndex,
     /// The effective configuration.
@@ -196,6 +224,17 @@ pub struct RaftCore {
     actions: Vec<Action>,
     /// Set once the core has stopped (fail-stop); every input is ignored from then on.
     fatal: Option<FatalError>,
+    /// A [`Action::BuildSnapshot`] is outstanding.
+    snapshot_building: bool,
+    /// A [`Action::LoadSnapshot`] is outstanding.
+    snapshot_loading: bool,
+    /// On a leader: the snapshot loaded for followers that need it.
+    snapshot_source: Option<(SnapshotMeta, Bytes)>,
+    /// On a follower: the leader's snapshot being received.
+    incoming: Option<snapshot::Incoming>,
+    /// An installed snapshot waiting for its write to be durable before the state machine
+    /// is reset from it.
+    restore_pending: Option<(WriteId, SnapshotMeta, Bytes)>,
 }
 
 impl RaftCore {
@@ -218,12 +257,15 @@ impl RaftCore {
                 _ => None,
             })
             .collect();
-        let contiguous = init
-            .entries
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.index().0 == snapshot_last.index.0 + 1 + i as u64);
-        let mut log = RaftLog::restore(snapshot_last, init.entries);
+        let restored = RaftLog::restore(init.last_purged, snapshot_last, init.entries);
+        let (mut log, bad_restore) = match restored {
+            Ok(log) => (log, None),
+            Err(why) => (
+                RaftLog::restore(snapshot_last, snapshot_last, Vec::new())
+                    .expect("invariant: an empty log at the snapshot is consistent"),
+                Some(why),
+            ),
+        };
         // Entries the state machine already applied are committed.
         let applied = init.applied.max(snapshot_last.index).min(log.last_index());
         log.committed = applied;
@@ -252,15 +294,17 @@ impl RaftCore {
             held: VecDeque::new(),
             actions: Vec::new(),
             fatal: None,
+            snapshot_building: false,
+            snapshot_loading: false,
+            snapshot_source: None,
+            incoming: None,
+            restore_pending: None,
             cfg,
         };
         core.role = core.follower_role();
         core.reset_election_timer();
-        if !contiguous {
-            core.halt(FatalError::Restore(format!(
-                "the restored entries do not directly follow the snapshot at {} one by one",
-                snapshot_last.index
-            )));
+        if let Some(why) = bad_restore {
+            core.halt(FatalError::Restore(why));
         }
         core
     }
@@ -342,6 +386,7 @@ impl RaftCore {
                 self.actions.push(Action::Send(msg));
             }
         }
+        self.release_restore(upto);
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -363,6 +408,7 @@ impl RaftCore {
     /// The state machine has applied every entry up to `index`.
     pub fn applied(&mut self, index: LogIndex) {
         self.applied = self.applied.max(index.min(self.apply_sent));
+        self.maybe_snapshot();
     }
 
     /// Takes the actions produced so far, in the order they must be carried out. After
@@ -425,6 +471,17 @@ impl RaftCore {
         self.log.get(index)
     }
 
+    /// The first index still held in the log (entries before it were compacted).
+    pub fn first_log_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    /// The id of the entry at `index`, if the log still knows it (the last purged entry
+    /// included).
+    pub fn log_id_at(&self, index: LogIndex) -> Option<LogId> {
+        self.log.log_id_at(index)
+    }
+
     /// The id of the last log entry.
     pub fn last_log_id(&self) -> LogId {
         self.log.last_log_id()
@@ -443,6 +500,7 @@ impl RaftCore {
             last_log_id: self.log.last_log_id(),
             first_log_index: self.log.first_index(),
             snapshot_index: self.log.snapshot_last().index,
+            log_bytes: self.log.bytes(),
             stable_index: self.log.stable,
             membership: self.membership().clone(),
             peers: self
@@ -583,7 +641,8 @@ impl RaftCore {
     /// Hands newly committed and locally durable entries to the state machine.
     fn maybe_apply(&mut self) {
         let upto = self.log.committed.min(self.log.stable);
-        if upto > self.apply_sent && self.fatal.is_none() {
+        // After an installed snapshot, nothing is applied before the state machine has it.
+        if upto > self.apply_sent && self.fatal.is_none() && self.restore_pending.is_none() {
             let from = self.apply_sent.next();
             let entries = self.log.range(from, upto);
             if entries.len() as u64 != upto.0 - self.apply_sent.0 {
@@ -640,6 +699,7 @@ impl RaftCore {
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
+        self.snapshot_source = None;
         if was_leader {
             self.fail_pending_reads();
         }

@@ -48,6 +48,7 @@ impl RaftCore {
     pub(super) fn step_leader(&mut self, msg: Message) {
         match msg.body {
             MessageBody::AppendResponse(resp) => self.handle_append_response(msg.from, resp),
+            MessageBody::SnapshotResponse(resp) => self.handle_snapshot_response(msg.from, resp),
             MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
             MessageBody::AppendEntries(_) => {
                 // Election Safety makes this impossible; never act on it.
@@ -65,6 +66,7 @@ impl RaftCore {
                 self.election_elapsed = 0;
                 self.handle_append_entries(msg.from, req);
             }
+            MessageBody::InstallSnapshot(req) => self.handle_install_snapshot(msg.from, req),
             MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
             // Leadership transfer: campaign at once, skipping PreVote.
             MessageBody::TimeoutNow if self.membership().is_voter(self.id) => {
@@ -192,7 +194,9 @@ impl RaftCore {
                             pr.become_probe();
                         }
                     }
-                    ReplicationState::Snapshot => {}
+                    ReplicationState::Snapshot => {
+                        self.snapshot_heartbeat(peer, stall_limit);
+                    }
                 }
             }
             self.send_append(peer, true);
@@ -230,15 +234,16 @@ impl RaftCore {
             }
         } else if heartbeat && replicating {
             (pr.match_index, Vec::new())
+        } else if heartbeat && state == ReplicationState::Snapshot {
+            // Keeps its election timer quiet while the snapshot streams; it succeeds (and
+            // ends the transfer early) if the follower turns out to hold our first entry.
+            (pr.match_index.max(self.log.purged().index), Vec::new())
         } else {
             return false;
         };
         let Some(prev_log_id) = self.log.log_id_at(prev_index) else {
             // The entries this follower needs were compacted away.
-            if let Some(pr) = self.progress.get_mut(&to) {
-                pr.state = ReplicationState::Snapshot;
-            }
-            self.actions.push(Action::SendSnapshot { to });
+            self.start_snapshot_send(to);
             return false;
         };
         let last = entries.last().map(|e| e.index());

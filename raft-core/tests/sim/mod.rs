@@ -10,7 +10,7 @@ use bytes::Bytes;
 use raft_core::message::{AppendOutcome, AppendResponse};
 use raft_core::{
     Action, Config, Entry, EntryPayload, HardState, InitialState, LogId, LogIndex, Membership,
-    Message, MessageBody, NodeId, PersistOp, RaftCore, Role, Term, WriteId,
+    Message, MessageBody, NodeId, PersistOp, RaftCore, Role, SnapshotMeta, Term, WriteId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,20 +88,35 @@ impl Faults {
     }
 }
 
-/// What survives a crash.
+/// What survives a crash: the hard state, the log after its purge point, and the latest
+/// snapshot (the simulated state machine's image, see [`encode_state`]).
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     pub hard: HardState,
+    /// The last purged entry; `log` follows it.
+    pub purged: LogId,
     pub log: Vec<Entry>,
+    pub snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
 impl Disk {
-    /// The id of the durable entry at `index` (index 0 is the empty prefix).
+    /// The id of the durable entry at `index` (the purge point included).
     fn log_id_at(&self, index: LogIndex) -> Option<LogId> {
-        match index.0 {
-            0 => Some(LogId::default()),
-            i => self.log.get(i as usize - 1).map(|e| e.log_id),
+        if index == self.purged.index {
+            return Some(self.purged);
         }
+        let offset = index.0.checked_sub(self.purged.index.0 + 1)?;
+        self.log.get(offset as usize).map(|e| e.log_id)
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.log.last().map_or(self.purged.index, |e| e.index())
+    }
+
+    /// Whether everything up to `id` is durable here: in the log, or in the snapshot.
+    fn holds(&self, id: LogId) -> bool {
+        let snapshot = self.snapshot.as_ref().map(|(m, _)| m.last_log_id);
+        snapshot.is_some_and(|s| s.index >= id.index) || self.log_id_at(id.index) == Some(id)
     }
 
     /// Part of `op` reached the disk before a crash or failure: for an append, a prefix
@@ -120,19 +135,75 @@ impl Disk {
     fn apply(&mut self, op: &PersistOp) {
         match op {
             PersistOp::HardState(h) => self.hard = *h,
-            PersistOp::Truncate(from) => self.log.truncate(from.0 as usize - 1),
+            PersistOp::Truncate(from) => {
+                assert!(
+                    from.0 > self.purged.index.0,
+                    "disk truncates purged entries"
+                );
+                self.log
+                    .truncate((from.0 - self.purged.index.0 - 1) as usize);
+            }
             PersistOp::Append(entries) => {
                 for e in entries {
-                    assert_eq!(
-                        e.index().0 as usize,
-                        self.log.len() + 1,
-                        "disk append has a gap"
-                    );
+                    assert_eq!(e.index(), self.last_index().next(), "disk append has a gap");
                     self.log.push(e.clone());
                 }
             }
+            PersistOp::Purge(upto) => {
+                if upto.index <= self.purged.index {
+                    return;
+                }
+                let drop = (upto.index.0 - self.purged.index.0).min(self.log.len() as u64);
+                self.log.drain(..drop as usize);
+                self.purged = *upto;
+            }
+            PersistOp::Snapshot { meta, data } => self.save_snapshot(meta, data),
         }
     }
+
+    /// The snapshot store keeps the one with the highest last log id.
+    fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &Bytes) {
+        let newer = self
+            .snapshot
+            .as_ref()
+            .is_none_or(|(m, _)| m.last_log_id < meta.last_log_id);
+        if newer {
+            self.snapshot = Some((meta.clone(), data.clone()));
+        }
+    }
+
+    /// What the node does at start: a log that does not hold the snapshot's last entry is
+    /// emptied and restarts right after it.
+    fn reconcile(&mut self) {
+        let Some(id) = self.snapshot.as_ref().map(|(m, _)| m.last_log_id) else {
+            return;
+        };
+        let holds = id.index >= self.purged.index && self.log_id_at(id.index) == Some(id);
+        if !holds {
+            self.log.clear();
+            self.purged = id;
+        }
+    }
+}
+
+/// The simulated state machine's state is the list of entries it applied; a snapshot of it
+/// is their ids, 16 bytes each.
+pub fn encode_state(applied: &[Entry]) -> Bytes {
+    let mut out = Vec::with_capacity(applied.len() * 16);
+    for e in applied {
+        out.extend_from_slice(&e.log_id.term.0.to_le_bytes());
+        out.extend_from_slice(&e.log_id.index.0.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+fn decode_state(data: &[u8]) -> Vec<LogId> {
+    data.chunks_exact(16)
+        .map(|c| {
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            LogId::new(word(&c[..8]), word(&c[8..]))
+        })
+        .collect()
 }
 
 /// One simulated server.
@@ -145,6 +216,10 @@ pub struct SimNode {
     restarts: u64,
     /// Set when a write was reported failed: the node must send nothing more.
     write_failed: bool,
+    /// A snapshot being written to the disk (lost if the node crashes first).
+    building: Option<(SnapshotMeta, Bytes)>,
+    /// The core asked for its latest snapshot to send it.
+    loading: bool,
 }
 
 impl SimNode {
@@ -181,7 +256,7 @@ pub struct Sim {
     pub blocked: BTreeSet<(NodeId, NodeId)>,
     // ----- what the checker remembers -----
     leaders: BTreeMap<Term, NodeId>,
-    leader_logs: BTreeMap<NodeId, (Term, Vec<LogId>)>,
+    leader_logs: BTreeMap<NodeId, (Term, LogWindow)>,
     /// Every entry ever seen in any log: its payload and the term of the entry before it.
     seen: HashMap<LogId, (EntryPayload, Term)>,
     /// The one entry applied at each index, cluster-wide.
@@ -197,6 +272,9 @@ pub struct Sim {
     next_command: u64,
     /// Messages sent, by kind.
     pub sent: BTreeMap<&'static str, u64>,
+    /// Snapshots taken, and installed from a leader.
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
     /// Every fail-stop so far: the node and why it stopped.
     pub stops: Vec<(NodeId, raft_core::FatalError)>,
     /// Whether a stop without a storage fault is expected (rule tests of invariants);
@@ -241,6 +319,8 @@ impl Sim {
             sent: BTreeMap::new(),
             stops: Vec::new(),
             expect_fatal: false,
+            snapshots_built: 0,
+            snapshots_installed: 0,
         };
         for id in ids {
             sim.add_node(id, Disk::default());
@@ -259,27 +339,70 @@ impl Sim {
                 applied: Vec::new(),
                 restarts: 0,
                 write_failed: false,
+                building: None,
+                loading: false,
             },
         );
         self.start(id);
     }
 
+    /// Starts a node from its disk, as the real node does: the log reconciled with the
+    /// snapshot, and the (volatile) state machine restored from the snapshot.
     fn start(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.restarts += 1;
+        node.disk.reconcile();
+        let snapshot = node.disk.snapshot.clone();
+        let applied = match &snapshot {
+            Some((meta, data)) => self.restore_state(id, meta, data),
+            None => Vec::new(),
+        };
+        let node = self.nodes.get_mut(&id).expect("known node");
         let init = InitialState {
             hard_state: node.disk.hard,
-            snapshot: None,
+            snapshot: snapshot.map(|(m, _)| m),
+            last_purged: node.disk.purged,
             entries: node.disk.log.clone(),
-            applied: LogIndex(0),
+            applied: LogIndex(applied.len() as u64),
             bootstrap: self.membership.clone(),
         };
         let seed = self.seed ^ (id.0 << 32) ^ node.restarts;
-        node.applied.clear();
+        node.applied = applied;
         node.pending.clear();
+        node.building = None;
+        node.loading = false;
         node.write_failed = false;
         node.core = Some(RaftCore::new(id, self.cfg.clone(), init, seed));
         self.leader_logs.remove(&id);
+    }
+
+    /// The state a snapshot holds, checked against the committed log: every entry it
+    /// covers is the one applied at that index cluster-wide (State Machine Safety for
+    /// snapshots: the state equals the committed log's at the snapshot's index).
+    fn restore_state(&self, id: NodeId, meta: &SnapshotMeta, data: &Bytes) -> Vec<Entry> {
+        let ids = decode_state(data);
+        if ids.len() as u64 != meta.last_log_id.index.0
+            || ids.last().copied().unwrap_or_default() != meta.last_log_id
+        {
+            self.fail(format!(
+                "snapshot at {id}: {} holds {} entries ending at {:?}",
+                meta.last_log_id,
+                ids.len(),
+                ids.last()
+            ));
+        }
+        ids.iter()
+            .map(|lid| match self.applied_at.get(&lid.index) {
+                Some(e) if e.log_id == *lid => e.clone(),
+                other => {
+                    self.fail(format!(
+                        "state machine safety: {id}'s snapshot holds {lid} where {:?} was applied",
+                        other.map(|e| e.log_id)
+                    ));
+                    unreachable!()
+                }
+            })
+            .collect()
     }
 
     /// Crashes a node: everything not on its disk is lost.
@@ -287,6 +410,8 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.core = None;
         node.pending.clear();
+        node.building = None;
+        node.loading = false;
         self.leader_logs.remove(&id);
         self.net.retain(|f| f.msg.to != id);
     }
@@ -372,7 +497,31 @@ impl Sim {
         if self.faults.disk >= 1.0 && !self.nodes[&id].pending.is_empty() {
             self.complete_writes(id, usize::MAX);
         }
+        if self.faults.disk >= 1.0 {
+            self.snapshot_io(id);
+        }
         Some(r)
+    }
+
+    /// Finishes the snapshot being written (then the core may purge its log) and answers
+    /// a request for the latest snapshot.
+    fn snapshot_io(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id).filter(|n| n.is_up()) else {
+            return;
+        };
+        if let Some((meta, data)) = node.building.take() {
+            node.disk.save_snapshot(&meta, &data);
+            self.snapshots_built += 1;
+            self.with_core(id, |c| c.snapshot_built(&meta));
+        }
+        let Some(node) = self.nodes.get_mut(&id).filter(|n| n.is_up() && n.loading) else {
+            return;
+        };
+        node.loading = false;
+        match node.disk.snapshot.clone() {
+            Some((meta, data)) => self.with_core(id, |c| c.snapshot_loaded(meta, data)),
+            None => self.with_core(id, |c| c.snapshot_load_failed()),
+        };
     }
 
     fn drain(&mut self, id: NodeId) {
@@ -414,10 +563,28 @@ impl Sim {
                 self.read_results.insert(rid, None);
                 self.reads.remove(&rid);
             }
-            Action::SendSnapshot { to } => {
-                self.fail(format!(
-                    "{id} asked to send a snapshot to {to} without compaction"
-                ));
+            Action::BuildSnapshot => {
+                // The image is taken now, at the applied index; writing it takes a while.
+                let node = &self.nodes[&id];
+                let index = LogIndex(node.applied.len() as u64);
+                match node.core().snapshot_meta_at(index) {
+                    Some(meta) => {
+                        let data = encode_state(&node.applied);
+                        self.nodes.get_mut(&id).expect("known node").building = Some((meta, data));
+                    }
+                    None => self.fail(format!("{id} cannot describe its applied index {index}")),
+                }
+            }
+            Action::LoadSnapshot => self.nodes.get_mut(&id).expect("known node").loading = true,
+            Action::RestoreSnapshot { meta, data } => {
+                self.snapshots_installed += 1;
+                let state = self.restore_state(id, &meta, &data);
+                let node = self.nodes.get_mut(&id).expect("known node");
+                node.applied = state;
+                let index = meta.last_log_id.index;
+                if let Some(core) = node.core.as_mut() {
+                    core.applied(index);
+                }
             }
             Action::Stop(fatal) => {
                 if !self.nodes[&id].write_failed && !self.expect_fatal {
@@ -474,14 +641,32 @@ impl Sim {
                 outcome: AppendOutcome::Success { match_index },
                 ..
             }) => {
-                let held = node.core().entry(*match_index).map(|e| e.log_id);
-                let durable = disk.log_id_at(*match_index);
-                if match_index.0 > 0 && held != durable {
+                // What the core holds at the index it acknowledges is durable (in the log, or
+                // covered by the snapshot).
+                let held = node.core().log_id_at(*match_index);
+                let snapshot = disk.snapshot.as_ref().map(|(m, _)| m.last_log_id.index);
+                let durable = match held {
+                    Some(h) => disk.holds(h),
+                    // Compacted since (after a snapshot): committed, so durable means in the
+                    // disk's snapshot or the committed entry in its log.
+                    None => {
+                        snapshot.is_some_and(|s| s >= *match_index)
+                            || self.applied_at.get(match_index).map(|e| e.log_id)
+                                == disk.log_id_at(*match_index)
+                    }
+                };
+                if !durable {
                     self.fail(format!(
-                        "durability: {} acknowledged {} holding {held:?} with {durable:?} on disk",
-                        msg.from, match_index.0
+                        "durability: {} acknowledged {} holding {held:?} (log {}..={}), not durable: disk purged {}, snapshot {:?}, last {:?}",
+                        msg.from, match_index.0, node.core().first_log_index(), node.core().last_log_id(), disk.purged, disk.snapshot.as_ref().map(|s| s.0.last_log_id), disk.log.last().map(|e| e.log_id)
                     ));
                 }
+            }
+            MessageBody::SnapshotResponse(r) if r.done && !disk.holds(r.last_log_id) => {
+                self.fail(format!(
+                    "durability: {} confirmed snapshot {} without holding it durably",
+                    msg.from, r.last_log_id
+                ));
             }
             _ => {}
         }
@@ -643,8 +828,10 @@ impl Sim {
             }
         }
         // Leader Completeness: the new leader holds every entry applied anywhere.
+        // Entries compacted into its snapshot were checked when the snapshot was taken.
+        let core = self.nodes[&id].core();
         let missing = self.applied_at.iter().find(|(idx, e)| {
-            self.nodes[&id].core().entry(**idx).map(|x| x.log_id) != Some(e.log_id)
+            **idx >= core.first_log_index() && core.log_id_at(**idx) != Some(e.log_id)
         });
         if let Some((idx, e)) = missing {
             let msg = format!(
@@ -663,12 +850,9 @@ impl Sim {
                 self.leader_logs.remove(&id);
                 continue;
             }
-            let last = core.last_log_id().index.0;
-            let now: Vec<LogId> = (1..=last)
-                .filter_map(|i| core.entry(LogIndex(i)).map(|e| e.log_id))
-                .collect();
+            let now = log_window(core);
             if let Some((term, before)) = self.leader_logs.get(&id) {
-                if *term == core.term() && !now.starts_with(before) {
+                if *term == core.term() && !extends(&now, before) {
                     let msg = format!(
                         "leader append-only: {id}'s log in term {} lost or changed entries",
                         term.0
@@ -682,31 +866,26 @@ impl Sim {
 
     /// Log Matching over whole logs: if two logs hold an entry with the same id, they agree
     /// on every entry before it.
+    /// (Entries compacted into snapshots are checked when a snapshot is taken or restored.)
     pub fn check_log_matching(&self) {
-        let logs: Vec<(NodeId, Vec<LogId>)> = self
+        let logs: Vec<(NodeId, LogWindow)> = self
             .nodes
             .iter()
-            .filter_map(|(&id, n)| {
-                let core = n.core.as_ref()?;
-                let last = core.last_log_id().index.0;
-                Some((
-                    id,
-                    (1..=last)
-                        .filter_map(|i| core.entry(LogIndex(i)).map(|e| e.log_id))
-                        .collect(),
-                ))
-            })
+            .filter_map(|(&id, n)| Some((id, log_window(n.core.as_ref()?))))
             .collect();
         for (i, (a, la)) in logs.iter().enumerate() {
             for (b, lb) in &logs[i + 1..] {
-                let common = la.iter().zip(lb).rposition(|(x, y)| x == y);
+                let from = la.0.max(lb.0);
+                let to = (la.0 + la.1.len() as u64).min(lb.0 + lb.1.len() as u64);
+                let at = |w: &LogWindow, i: u64| w.1[(i - w.0) as usize];
+                let common = (from..to).rev().find(|&i| at(la, i) == at(lb, i));
                 if let Some(k) = common {
-                    if la[..=k] != lb[..=k] {
+                    if let Some(i) = (from..k).find(|&i| at(la, i) != at(lb, i)) {
                         panic!(
                             "{}",
                             self.report(&format!(
-                                "log matching: {a} and {b} share {} but differ before it",
-                                la[k]
+                                "log matching: {a} and {b} share {} but differ at {i}",
+                                at(la, k)
                             ))
                         );
                     }
@@ -835,6 +1014,9 @@ impl Sim {
                 let n = self.rng.gen_range(1..=self.nodes[&id].pending.len());
                 self.complete_writes(id, n);
             }
+            if self.nodes[&id].is_up() && self.rng.gen_bool(self.faults.disk) {
+                self.snapshot_io(id);
+            }
         }
         self.tick_all();
         if inject_faults {
@@ -930,7 +1112,10 @@ impl Sim {
         let backlog = longest - shortest;
         let window = (self.cfg.max_entries_per_append * self.cfg.max_inflight).max(1) as u64;
         let round_trip = 2 * self.faults.max_delay;
-        base + backlog.div_ceil(window) * round_trip
+        // A snapshot (16 bytes per entry here) moves four chunks per round trip.
+        let snapshot_bytes = 16 * longest;
+        let chunks = snapshot_bytes.div_ceil(4 * self.cfg.snapshot_chunk_bytes as u64);
+        base + backlog.div_ceil(window) * round_trip + chunks * round_trip
     }
 
     /// Steps without faults until a leader exists and every node has applied every
@@ -983,6 +1168,27 @@ impl Sim {
     }
 }
 
+/// The ids of a core's log entries in memory, from the first index held.
+type LogWindow = (u64, Vec<LogId>);
+
+fn log_window(core: &RaftCore) -> LogWindow {
+    let first = core.first_log_index().0;
+    let last = core.last_log_id().index.0;
+    let ids = (first..=last)
+        .map(|i| core.log_id_at(LogIndex(i)).expect("held"))
+        .collect();
+    (first, ids)
+}
+
+/// Whether `now` keeps every entry of `before` it still holds, and ends no earlier.
+fn extends(now: &LogWindow, before: &LogWindow) -> bool {
+    let end_before = before.0 + before.1.len() as u64;
+    let end_now = now.0 + now.1.len() as u64;
+    end_now >= end_before
+        && (now.0.max(before.0)..end_before)
+            .all(|i| now.1[(i - now.0) as usize] == before.1[(i - before.0) as usize])
+}
+
 // ----- helpers for scripted scenarios ----------------------------------------------------
 
 /// A disk holding entries of the given terms at indexes 1, 2, ... and the given hard state.
@@ -1000,6 +1206,7 @@ pub fn disk(term: u64, entry_terms: &[u64]) -> Disk {
                 payload: EntryPayload::Command(Bytes::from(format!("t{t}i{}", i + 1))),
             })
             .collect(),
+        ..Disk::default()
     }
 }
 
