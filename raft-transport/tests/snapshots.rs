@@ -1,0 +1,253 @@
+//! Snapshots and log compaction on the real async node, in the shape of the MIT 6.5840 Raft
+//! lab's 3D tests: a snapshot every few entries, followers that fall behind (disconnected,
+//! crashed, on an unreliable network) and catch up through InstallSnapshot, whole-cluster
+//! restarts from snapshots, and a log that stays bounded however many entries pass through.
+//! Everything runs on tokio's paused clock.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{cmd, test_config, Cluster};
+use raft_core::{Config, NodeId};
+use raft_transport::LinkFaults;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The lab's `SnapShotInterval`: a snapshot every this many applied entries.
+const SNAPSHOT_INTERVAL: u64 = 10;
+
+fn snapshot_config(trailing: u64) -> Config {
+    Config {
+        snapshot_threshold: SNAPSHOT_INTERVAL,
+        snapshot_trailing: trailing,
+        // Small chunks: every InstallSnapshot crosses the network in several pieces.
+        snapshot_chunk_bytes: 64,
+        ..test_config()
+    }
+}
+
+fn seed(offset: u64) -> u64 {
+    std::env::var("RAFT_SCENARIO_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        + offset
+}
+
+fn iterations() -> u64 {
+    if std::env::var("RAFT_SCENARIO_LONG").is_ok() {
+        30
+    } else {
+        10
+    }
+}
+
+fn random_cmd(r: &mut ChaCha8Rng) -> Bytes {
+    cmd(format!("v{}", r.gen::<u32>()))
+}
+
+fn nth(c: &Cluster, id: NodeId, k: u64) -> NodeId {
+    let n = c.ids().len() as u64;
+    NodeId((id.0 - 1 + k) % n + 1)
+}
+
+/// Entries each running node holds in its log; none may hold more than `max`.
+async fn check_log_sizes(c: &Cluster, max: u64) {
+    for id in c.ids() {
+        let Some(node) = c.node(id) else { continue };
+        let Ok(s) = node.status().await else { continue };
+        let held = (s.last_log_id.index.0 + 1).saturating_sub(s.first_log_index.0);
+        assert!(
+            held <= max,
+            "{id} holds {held} entries ({}..={}), more than {max}",
+            s.first_log_index,
+            s.last_log_id.index
+        );
+    }
+}
+
+fn install_snapshot_messages(c: &Cluster) -> u64 {
+    c.net
+        .sent_by_kind()
+        .get("InstallSnapshot")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The lab's `snapcommon`: each iteration takes a follower (or the leader) away, commits
+/// enough for the others to snapshot past it, and brings it back.
+async fn snapshot_common(seed: u64, disconnect: bool, reliable: bool, crash: bool) {
+    println!("snapshot scenario seed {seed}");
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let mut c = Cluster::with_config(3, seed, snapshot_config(0)).await;
+    if !reliable {
+        c.net.set_faults(LinkFaults {
+            drop_rate: 0.1,
+            delay: (Duration::ZERO, Duration::from_millis(27)),
+            ..LinkFaults::default()
+        });
+    }
+    c.one(random_cmd(&mut r), 3, true).await;
+    let mut leader = c.check_one_leader().await;
+    for i in 0..iterations() {
+        // --- take a node away (the leader itself every third round)
+        let (victim, sender) = if i % 3 == 1 {
+            (leader, nth(&c, leader, 1))
+        } else {
+            (nth(&c, leader, 1), leader)
+        };
+        if disconnect {
+            c.disconnect(victim);
+            c.one(random_cmd(&mut r), 2, true).await;
+        }
+        if crash {
+            c.crash(victim).await;
+            c.one(random_cmd(&mut r), 2, true).await;
+        }
+        // --- enough proposals for the others to take a snapshot and compact past it
+        let n = SNAPSHOT_INTERVAL / 2 + r.gen_range(0..SNAPSHOT_INTERVAL);
+        if c.node(sender).is_some() {
+            for _ in 0..n {
+                let _ = c.start_command(sender, random_cmd(&mut r));
+            }
+        }
+        let live = if disconnect || crash { 2 } else { 3 };
+        c.one(random_cmd(&mut r), live, true).await;
+        check_log_sizes(&c, 4 * SNAPSHOT_INTERVAL).await;
+        // --- bring it back: it catches up (through InstallSnapshot when it is behind the
+        // others' compacted logs)
+        if disconnect {
+            c.connect(victim);
+            c.one(random_cmd(&mut r), 3, true).await;
+            leader = c.check_one_leader().await;
+        }
+        if crash {
+            c.start(victim).await;
+            c.one(random_cmd(&mut r), 3, true).await;
+            leader = c.check_one_leader().await;
+        }
+    }
+    println!(
+        "{} InstallSnapshot messages, {:?}",
+        install_snapshot_messages(&c),
+        c.node(leader).expect("up").status().await.map(|s| (
+            s.snapshot_index,
+            s.first_log_index,
+            s.last_log_id
+        ))
+    );
+    if disconnect || crash {
+        assert!(
+            install_snapshot_messages(&c) > 0,
+            "no follower ever needed a snapshot"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_basic() {
+    snapshot_common(seed(301), false, true, false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_install_after_disconnect() {
+    snapshot_common(seed(302), true, true, false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_install_unreliable() {
+    snapshot_common(seed(303), true, false, false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_install_after_crash() {
+    snapshot_common(seed(304), false, true, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_install_unreliable_crash() {
+    snapshot_common(seed(305), false, false, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_all_nodes_crash() {
+    // The lab's TestSnapshotAllCrash3D: after every node restarts from its snapshot and log,
+    // the log index never goes back.
+    let mut r = ChaCha8Rng::seed_from_u64(seed(306));
+    let mut c = Cluster::with_config(3, seed(306), snapshot_config(2)).await;
+    c.one(random_cmd(&mut r), 3, true).await;
+    for _ in 0..iterations() {
+        let n = SNAPSHOT_INTERVAL / 2 + r.gen_range(0..SNAPSHOT_INTERVAL);
+        for _ in 0..n {
+            c.one(random_cmd(&mut r), 3, true).await;
+        }
+        let before = c.one(random_cmd(&mut r), 3, true).await;
+        // --- crash and restart all
+        for id in c.ids() {
+            c.crash(id).await;
+        }
+        for id in c.ids() {
+            c.start(id).await;
+        }
+        let after = c.one(random_cmd(&mut r), 3, true).await;
+        assert!(after > before, "index went back from {before} to {after}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_restart_right_after_snapshot() {
+    // The lab's TestSnapshotInit3D: a restart right after a snapshot, twice.
+    let mut r = ChaCha8Rng::seed_from_u64(seed(307));
+    let mut c = Cluster::with_config(3, seed(307), snapshot_config(0)).await;
+    for _ in 0..=SNAPSHOT_INTERVAL {
+        c.one(random_cmd(&mut r), 3, true).await;
+    }
+    for _ in 0..2 {
+        for id in c.ids() {
+            c.crash(id).await;
+        }
+        for id in c.ids() {
+            c.start(id).await;
+        }
+        c.one(random_cmd(&mut r), 3, true).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_log() {
+    // After 10,000 proposals with a snapshot every 1,000 entries, every node holds at most
+    // threshold + trailing window entries.
+    let (threshold, trailing) = (1_000, 100);
+    let cfg = Config {
+        snapshot_threshold: threshold,
+        snapshot_trailing: trailing,
+        ..test_config()
+    };
+    let c = Cluster::with_config(3, seed(308), cfg).await;
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).cloned().expect("leader is up");
+    for batch in 0..100 {
+        let cmds = (0..100).map(|i| cmd(format!("b{batch}-{i}"))).collect();
+        for r in node.propose_batch(cmds).await {
+            r.expect("the stable leader commits");
+        }
+    }
+    let last = c.one(cmd("last"), 3, true).await;
+    assert!(last > 10_000);
+    for id in c.ids() {
+        let s = c.node(id).expect("up").status().await.expect("status");
+        assert!(
+            s.snapshot_index.0 + threshold > last,
+            "{id}: snapshot at {} is more than a threshold behind {last}",
+            s.snapshot_index
+        );
+    }
+    check_log_sizes(&c, threshold + trailing).await;
+    println!("bounded_log: last {last}");
+    c.shutdown().await;
+}
