@@ -110,7 +110,7 @@ async fn snapshot_common(seed: u64, disconnect: bool, reliable: bool, crash: boo
         let n = SNAPSHOT_INTERVAL / 2 + r.gen_range(0..SNAPSHOT_INTERVAL);
         if c.node(sender).is_some() {
             for _ in 0..n {
-                let _ = c.start_command(sender, random_cmd(&mut r));
+                drop(c.start_command(sender, random_cmd(&mut r)));
             }
         }
         let live = if disconnect || crash { 2 } else { 3 };
