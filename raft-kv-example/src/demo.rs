@@ -107,6 +107,11 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         })
         .collect();
     let log = |i: usize| dir.join(format!("node-{}.log", i + 1));
+    // Small enough that compaction shows within the demo's few hundred writes.
+    let snapshots = runner::SnapshotPolicy {
+        threshold: 40,
+        trailing: 10,
+    };
 
     step(
         1,
@@ -114,7 +119,13 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
     );
     let mut children: Vec<Option<Child>> = Vec::new();
     for (i, n) in layout.iter().enumerate() {
-        children.push(Some(runner::spawn_node(&exe, n, &layout, Some(&log(i)))?));
+        children.push(Some(runner::spawn_node(
+            &exe,
+            n,
+            &layout,
+            snapshots,
+            Some(&log(i)),
+        )?));
         println!(
             "    node {}  clients {}  raft {}  data {}",
             n.id.0,
@@ -203,13 +214,23 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         )));
     }
     println!("    all 50 keys and the counter are intact: no acknowledged write was lost");
-    for k in 50..60 {
+    for k in 50..150 {
         client
             .set(&format!("key:{k}"), &format!("value-{k}"))
             .await
             .map_err(|e| fail(e.to_string()))?;
     }
-    println!("    10 more keys written while the old leader is down");
+    println!("    100 more keys written while the old leader is down");
+    if let Some(f) = info(survivors[new_leader].client).await {
+        let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("?").to_string();
+        println!(
+            "    node {} took a snapshot at index {} ({} bytes) and compacted its log: it now starts at index {}, so the old leader will need the snapshot",
+            survivors[new_leader].id.0,
+            field("snapshot_index"),
+            field("snapshot_bytes"),
+            field("first_log_index")
+        );
+    }
 
     step(
         5,
@@ -222,6 +243,7 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         &exe,
         &layout[leader],
         &layout,
+        snapshots,
         Some(&log(leader)),
     )?);
     let target = info(survivors[new_leader].client)
@@ -237,10 +259,11 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
                 .unwrap_or(0);
             if applied >= target {
                 println!(
-                    "    node {} is a {} in term {}, applied index {applied} (the leader's commit index was {target})",
+                    "    node {} is a {} in term {}, applied index {applied} (the leader's commit index was {target}); it installed a snapshot at index {}",
                     layout[leader].id.0,
                     f.get("role").map(String::as_str).unwrap_or("?"),
-                    f.get("term").map(String::as_str).unwrap_or("?")
+                    f.get("term").map(String::as_str).unwrap_or("?"),
+                    f.get("snapshot_index").map(String::as_str).unwrap_or("?")
                 );
                 break;
             }
@@ -252,11 +275,11 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
     }
     let mut via_old = KvClient::new(vec![layout[leader].client]);
     let v = via_old
-        .get("key:59")
+        .get("key:149")
         .await
         .map_err(|e| fail(e.to_string()))?;
     println!(
-        "    GET key:59 via node {} -> {:?}",
+        "    GET key:149 via node {} -> {:?}",
         layout[leader].id.0,
         v.map(|b| String::from_utf8_lossy(&b).into_owned())
     );

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use raft_core::{Config, NodeId, RaftError};
-use raft_kv_example::runner::{self, NodeOptions, RunError};
+use raft_kv_example::runner::{self, NodeOptions, RunError, SnapshotPolicy};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +58,13 @@ enum Cmd {
         /// Cluster id shared by all members.
         #[arg(long, default_value_t = 1)]
         cluster_id: u64,
+        /// Take a snapshot every N applied entries (then the log behind it is purged);
+        /// 0 turns snapshots off.
+        #[arg(long, default_value_t = SnapshotPolicy::default().threshold)]
+        snapshot_threshold: u64,
+        /// Entries kept behind a snapshot, so followers slightly behind need no snapshot.
+        #[arg(long, default_value_t = SnapshotPolicy::default().trailing)]
+        snapshot_trailing: u64,
     },
     /// Run a local cluster of child processes on 127.0.0.1 until Ctrl-C.
     Cluster {
@@ -70,6 +77,12 @@ enum Cmd {
         /// First client port; node N listens for clients on BASE+N-1 and for Raft on BASE+1000+N-1.
         #[arg(long, default_value_t = 6380)]
         base_port: u16,
+        /// Take a snapshot every N applied entries; 0 turns snapshots off.
+        #[arg(long, default_value_t = SnapshotPolicy::default().threshold)]
+        snapshot_threshold: u64,
+        /// Entries kept behind a snapshot.
+        #[arg(long, default_value_t = SnapshotPolicy::default().trailing)]
+        snapshot_trailing: u64,
     },
     /// Start a 3-node cluster in a temporary directory, write, kill the leader, show the
     /// failover and the old leader catching up, and explain each step.
@@ -102,12 +115,16 @@ async fn main() -> ExitCode {
             election_max_ticks,
             heartbeat_ticks,
             cluster_id,
+            snapshot_threshold,
+            snapshot_trailing,
         } => {
             let raft = Config {
                 tick_interval: Duration::from_millis(tick_ms),
                 election_timeout_min: election_min_ticks,
                 election_timeout_max: election_max_ticks,
                 heartbeat_interval: heartbeat_ticks,
+                snapshot_threshold,
+                snapshot_trailing,
                 ..Config::default()
             };
             match (
@@ -134,7 +151,15 @@ async fn main() -> ExitCode {
             nodes,
             data_dir,
             base_port,
-        } => run_cluster(nodes, data_dir, base_port).await,
+            snapshot_threshold,
+            snapshot_trailing,
+        } => {
+            let snapshots = SnapshotPolicy {
+                threshold: snapshot_threshold,
+                trailing: snapshot_trailing,
+            };
+            run_cluster(nodes, data_dir, base_port, snapshots).await
+        }
         Cmd::Demo => demo::run().await,
     };
     match result {
@@ -170,7 +195,12 @@ async fn run_node(opts: NodeOptions) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn run_cluster(nodes: u64, data_dir: PathBuf, base_port: u16) -> Result<(), RunError> {
+async fn run_cluster(
+    nodes: u64,
+    data_dir: PathBuf,
+    base_port: u16,
+    snapshots: SnapshotPolicy,
+) -> Result<(), RunError> {
     if nodes == 0 {
         return Err(RunError::Usage("--nodes must be at least 1".into()));
     }
@@ -181,7 +211,7 @@ async fn run_cluster(nodes: u64, data_dir: PathBuf, base_port: u16) -> Result<()
     let layout = runner::local_layout(nodes, base_port, &data_dir);
     let mut children = Vec::new();
     for n in &layout {
-        children.push(runner::spawn_node(&exe, n, &layout, None)?);
+        children.push(runner::spawn_node(&exe, n, &layout, snapshots, None)?);
     }
     println!(
         "local cluster of {nodes} nodes, data in {}",

@@ -206,11 +206,31 @@ fn joined(nodes: &[LocalNode], f: impl Fn(&LocalNode) -> SocketAddr) -> String {
         .join(",")
 }
 
+/// When a node takes a snapshot and how much log it keeps behind one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Entries applied between snapshots.
+    pub threshold: u64,
+    /// Entries kept behind a snapshot for followers slightly behind.
+    pub trailing: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        let cfg = Config::default();
+        SnapshotPolicy {
+            threshold: cfg.snapshot_threshold,
+            trailing: cfg.snapshot_trailing,
+        }
+    }
+}
+
 /// Spawns `raft-kv node` for `node` of `all`, as a child process of `exe`.
 pub fn spawn_node(
     exe: &Path,
     node: &LocalNode,
     all: &[LocalNode],
+    snapshots: SnapshotPolicy,
     log: Option<&Path>,
 ) -> Result<Child, RunError> {
     let mut cmd = Command::new(exe);
@@ -227,6 +247,10 @@ pub fn spawn_node(
         .arg(joined(all, |n| n.raft))
         .arg("--peer-clients")
         .arg(joined(all, |n| n.client))
+        .arg("--snapshot-threshold")
+        .arg(snapshots.threshold.to_string())
+        .arg("--snapshot-trailing")
+        .arg(snapshots.trailing.to_string())
         .kill_on_drop(true);
     if let Some(path) = log {
         let file =

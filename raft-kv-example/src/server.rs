@@ -508,6 +508,8 @@ impl KvServer {
         kv("last_log_index", s.last_log_id.index.0.to_string());
         kv("last_log_term", s.last_log_id.term.0.to_string());
         kv("snapshot_index", s.snapshot_index.0.to_string());
+        kv("snapshot_bytes", s.snapshot_bytes.to_string());
+        kv("log_bytes", s.log_bytes.to_string());
         kv(
             "voters",
             s.membership

@@ -43,8 +43,8 @@ pub(crate) struct Driver {
     /// State-machine images for snapshots, from the applier.
     images: mpsc::UnboundedReceiver<tasks::Image>,
     /// Snapshots written to the store (or why not).
-    built_tx: mpsc::UnboundedSender<Result<SnapshotMeta, StorageError>>,
-    built: mpsc::UnboundedReceiver<Result<SnapshotMeta, StorageError>>,
+    built_tx: mpsc::UnboundedSender<Result<(SnapshotMeta, u64), StorageError>>,
+    built: mpsc::UnboundedReceiver<Result<(SnapshotMeta, u64), StorageError>>,
     /// The latest snapshot read back for sending (or why not).
     loaded_tx: mpsc::UnboundedSender<Loaded>,
     loaded: mpsc::UnboundedReceiver<Loaded>,
@@ -350,15 +350,16 @@ impl Driver {
         };
         let (store, tx) = (self.snapshots.clone(), self.built_tx.clone());
         tokio::spawn(async move {
-            let _ = tx.send(tasks::write_snapshot(&*store, &meta, &data).await);
+            let written = tasks::write_snapshot(&*store, &meta, &data).await;
+            let _ = tx.send(written.map(|meta| (meta, data.len() as u64)));
         });
     }
 
-    fn on_built(&mut self, built: Result<SnapshotMeta, StorageError>) {
+    fn on_built(&mut self, built: Result<(SnapshotMeta, u64), StorageError>) {
         match built {
-            Ok(meta) => {
-                tracing::debug!(node = %self.core.id(), snapshot = %meta.last_log_id, "snapshot taken");
-                self.core.snapshot_built(&meta);
+            Ok((meta, bytes)) => {
+                tracing::debug!(node = %self.core.id(), snapshot = %meta.last_log_id, bytes, "snapshot taken");
+                self.core.snapshot_built(&meta, bytes);
                 self.answer_snapshot_waiters(Ok(meta.last_log_id));
             }
             Err(e) => {

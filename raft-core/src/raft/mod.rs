@@ -152,6 +152,8 @@ pub struct CoreStatus {
     pub snapshot_index: LogIndex,
     /// Encoded size of the log entries held in memory.
     pub log_bytes: usize,
+    /// Size of the latest snapshot taken or installed since start (0 if none yet).
+    pub snapshot_bytes: u64,
     /// The last index known durable locally.
     pub stable_index: LogIndex,
     /// The effective configuration.
@@ -226,6 +228,8 @@ pub struct RaftCore {
     fatal: Option<FatalError>,
     /// A [`Action::BuildSnapshot`] is outstanding.
     snapshot_building: bool,
+    /// Size of the latest snapshot taken or installed since start.
+    snapshot_bytes: u64,
     /// A [`Action::LoadSnapshot`] is outstanding.
     snapshot_loading: bool,
     /// On a leader: the snapshot loaded for followers that need it.
@@ -295,6 +299,7 @@ impl RaftCore {
             actions: Vec::new(),
             fatal: None,
             snapshot_building: false,
+            snapshot_bytes: 0,
             snapshot_loading: false,
             snapshot_source: None,
             incoming: None,
@@ -501,6 +506,7 @@ impl RaftCore {
             first_log_index: self.log.first_index(),
             snapshot_index: self.log.snapshot_last().index,
             log_bytes: self.log.bytes(),
+            snapshot_bytes: self.snapshot_bytes,
             stable_index: self.log.stable,
             membership: self.membership().clone(),
             peers: self

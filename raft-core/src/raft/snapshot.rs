@@ -90,14 +90,15 @@ impl RaftCore {
     }
 
     /// The snapshot asked for with [`Action::BuildSnapshot`] is durable in the snapshot
-    /// store: the log behind it can go.
-    pub fn snapshot_built(&mut self, meta: &SnapshotMeta) {
+    /// store (`bytes` long): the log behind it can go.
+    pub fn snapshot_built(&mut self, meta: &SnapshotMeta, bytes: u64) {
         self.snapshot_building = false;
         let id = meta.last_log_id;
         // Stale if a leader's newer snapshot was installed meanwhile.
         if self.fatal.is_some() || id <= self.log.snapshot_last() || !self.log.matches(id) {
             return;
         }
+        self.snapshot_bytes = bytes;
         self.log.set_snapshot(id);
         self.rebase_config(id, &meta.membership);
         self.compact_log();
@@ -359,6 +360,7 @@ impl RaftCore {
             self.persist(PersistOp::Truncate(first));
         }
         self.persist(PersistOp::Purge(id));
+        self.snapshot_bytes = data.len() as u64;
         self.restore_pending = Some((write, meta, data));
         if self.role != Role::Leader {
             self.role = self.follower_role();

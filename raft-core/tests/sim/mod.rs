@@ -512,7 +512,8 @@ impl Sim {
         if let Some((meta, data)) = node.building.take() {
             node.disk.save_snapshot(&meta, &data);
             self.snapshots_built += 1;
-            self.with_core(id, |c| c.snapshot_built(&meta));
+            let bytes = data.len() as u64;
+            self.with_core(id, |c| c.snapshot_built(&meta, bytes));
         }
         let Some(node) = self.nodes.get_mut(&id).filter(|n| n.is_up() && n.loading) else {
             return;
