@@ -21,6 +21,8 @@ struct Proc {
 struct ProcCluster {
     _tmp: tempfile::TempDir,
     nodes: Vec<Proc>,
+    /// Extra arguments for every `raft-kv node`.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -52,7 +54,11 @@ impl ProcCluster {
                 child: None,
             })
             .collect();
-        ProcCluster { _tmp: tmp, nodes }
+        ProcCluster {
+            _tmp: tmp,
+            nodes,
+            extra: Vec::new(),
+        }
     }
 
     /// Waits for node `i`'s process to exit on its own.
@@ -86,6 +92,7 @@ impl ProcCluster {
     fn spawn_with(&mut self, i: usize, mut cmd: Command) {
         let peers = self.list(|p| p.raft);
         let clients = self.list(|p| p.client);
+        let extra = self.extra.clone();
         let p = &mut self.nodes[i];
         let log = std::fs::File::create(p.dir.with_extension("log")).unwrap();
         let child = cmd
@@ -100,6 +107,7 @@ impl ProcCluster {
             ])
             .args(["--peers", &peers, "--peer-clients", &clients])
             .args(["--tick-ms", "20"])
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -385,6 +393,55 @@ fn a_full_disk_stops_the_node_with_the_cause_and_a_nonzero_exit() {
         assert_eq!(v.as_deref(), Some(value.as_slice()), "k{i} lost");
     }
     let _: () = conn.set("after", 1).unwrap();
+}
+
+#[test]
+fn a_node_down_while_the_others_compact_catches_up_through_a_snapshot() {
+    let mut c = ProcCluster::start_stopped(3);
+    c.extra = ["--snapshot-threshold", "20", "--snapshot-trailing", "5"]
+        .map(String::from)
+        .to_vec();
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = c.leader();
+    let down = (leader + 1) % 3;
+    let mut conn = c.conn(leader);
+    let _: () = conn.set("early", "1").unwrap();
+    c.sigkill(down);
+    // --- the others move on and compact their logs past everything the node holds
+    for i in 0..200 {
+        let _: () = conn.set(format!("k{i}"), i).unwrap();
+    }
+    let info = c.info(leader).unwrap();
+    let first: u64 = info["first_log_index"].parse().unwrap();
+    let snapshot: u64 = info["snapshot_index"].parse().unwrap();
+    assert!(snapshot >= 180 && first > 100, "{info:?}");
+    assert!(info["snapshot_bytes"].parse::<u64>().unwrap() > 0);
+    // --- restarted, it can only catch up from the leader's snapshot
+    c.spawn(down);
+    let commit: u64 = info["commit_index"].parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = c.info(down).is_some_and(|f| {
+            f["applied_index"].parse::<u64>().unwrap() >= commit
+                && f["snapshot_index"].parse::<u64>().unwrap() >= snapshot
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} did not catch up",
+            down + 1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut via_down = c.conn(down);
+    let v: Option<i64> = via_down.get("k199").unwrap();
+    assert_eq!(v, Some(199));
+    let early: Option<String> = via_down.get("early").unwrap();
+    assert_eq!(early.as_deref(), Some("1"));
 }
 
 #[test]
