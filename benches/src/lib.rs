@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use raft_core::{
     Config, Entry, LogIndex, LogStore, Membership, NodeId, RaftError, RaftNode, Role, Seams,
     SnapshotMeta, SnapshotStore, StateMachine, StateMachineError, StorageError, Transport,
@@ -241,16 +242,33 @@ impl BenchCluster {
 }
 
 /// What a load run measured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoadResult {
     /// Proposals committed and applied.
     pub ops: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Per-proposal commit latencies, in microseconds, sorted.
-    pub latencies_us: Vec<u64>,
+    /// Commit latencies in microseconds (3 significant digits, bounded memory however
+    /// long the run).
+    pub latencies_us: Histogram<u64>,
     /// Proposals that failed (leader changes).
     pub errors: u64,
+}
+
+/// An empty latency histogram: 1 µs to 1 h, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("invariant: valid histogram bounds")
+}
+
+impl Default for LoadResult {
+    fn default() -> Self {
+        LoadResult {
+            ops: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: latency_histogram(),
+            errors: 0,
+        }
+    }
 }
 
 impl LoadResult {
@@ -261,11 +279,7 @@ impl LoadResult {
 
     /// The `q` quantile (0..=1) of latency in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        self.latencies_us.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
@@ -290,7 +304,7 @@ pub async fn run_load(
             let data = data.clone();
             let budget = budget.clone();
             tokio::spawn(async move {
-                let mut lat = Vec::new();
+                let mut lat = latency_histogram();
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
                     let left = budget.fetch_update(
@@ -303,7 +317,7 @@ pub async fn run_load(
                     }
                     let t = Instant::now();
                     match node.propose(data.clone()).await {
-                        Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+                        Ok(_) => lat.saturating_record(t.elapsed().as_micros() as u64),
                         Err(RaftError::ShuttingDown) => break,
                         Err(_) => errors += 1,
                     }
@@ -315,13 +329,12 @@ pub async fn run_load(
     let mut result = LoadResult::default();
     for t in tasks {
         if let Ok((lat, errors)) = t.await {
-            result.latencies_us.extend(lat);
+            let _ = result.latencies_us.add(&lat);
             result.errors += errors;
         }
     }
     result.elapsed = start.elapsed();
-    result.ops = result.latencies_us.len() as u64;
-    result.latencies_us.sort_unstable();
+    result.ops = result.latencies_us.len();
     result
 }
 
