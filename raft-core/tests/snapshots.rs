@@ -1,0 +1,259 @@
+//! Rule tests for snapshots and log compaction (section 7 and Figure 13 of the extended Raft
+//! paper): the leader streams a snapshot to a follower that needs compacted entries, chunk
+//! by chunk; the follower takes chunks only in order, and installs per Figure 13's rules.
+
+mod sim;
+
+use bytes::Bytes;
+use raft_core::message::{InstallSnapshot, SnapshotResponse};
+use raft_core::{
+    Config, LogId, LogIndex, Membership, Message, MessageBody, NodeId, ReplicationState,
+    SnapshotMeta, Term,
+};
+use sim::{disk, encode_state, Faults, Sim};
+
+/// A snapshot every 5 entries, no trailing window, and 16-byte chunks: the simulated state
+/// machine's image is 16 bytes per entry, so a snapshot of n entries is n chunks.
+fn cfg() -> Config {
+    Config {
+        pre_vote: false,
+        check_quorum: false,
+        snapshot_threshold: 5,
+        snapshot_trailing: 0,
+        snapshot_chunk_bytes: 16,
+        ..Config::default()
+    }
+}
+
+/// Node 1 leads; node 3 missed 12 entries that nodes 1 and 2 applied and compacted.
+fn node_3_behind_a_compacted_log() -> Sim {
+    let mut sim = Sim::new(1, 3, cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    sim.isolate(NodeId(3));
+    for _ in 0..12 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    sim.run_ticks(2);
+    let leader = sim.core(1).status();
+    assert!(leader.snapshot_index >= LogIndex(10), "{leader:?}");
+    assert!(leader.first_log_index > sim.core(3).last_log_id().index.next());
+    sim.heal();
+    sim
+}
+
+fn chunks_to_3(msgs: &[Message]) -> Vec<Message> {
+    msgs.iter()
+        .filter(|m| m.to == NodeId(3) && matches!(m.body, MessageBody::InstallSnapshot(_)))
+        .cloned()
+        .collect()
+}
+
+fn offset(m: &Message) -> u64 {
+    match &m.body {
+        MessageBody::InstallSnapshot(c) => c.offset,
+        _ => unreachable!("a chunk"),
+    }
+}
+
+/// Ticks the leader until it sends node 3 snapshot chunks; returns them (taken off the wire).
+fn first_chunks(sim: &mut Sim) -> Vec<Message> {
+    for _ in 0..cfg().election_timeout_min * 4 {
+        sim.with_core(NodeId(1), |c| c.tick());
+        let msgs = sim.take_in_flight();
+        let chunks = chunks_to_3(&msgs);
+        for m in msgs {
+            if !chunks.contains(&m) {
+                sim.deliver(m);
+            }
+        }
+        if !chunks.is_empty() {
+            return chunks;
+        }
+        sim.deliver_all();
+    }
+    panic!("the leader never sent a snapshot");
+}
+
+fn caught_up(sim: &Sim) -> bool {
+    sim.core(3).last_log_id() == sim.core(1).last_log_id()
+        && sim.nodes[&NodeId(3)].applied == sim.nodes[&NodeId(1)].applied
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_through_install_snapshot() {
+    // Reference: section 7, "the leader must occasionally send snapshots to followers that
+    // lag behind".
+    let mut sim = node_3_behind_a_compacted_log();
+    sim.run_ticks(cfg().election_timeout_min * 4);
+    assert!(caught_up(&sim), "{}", sim.describe());
+    assert!(sim.count("InstallSnapshot") > 4, "sent in many chunks");
+    assert!(sim.core(3).status().snapshot_index >= LogIndex(10));
+    let (_, state) = sim.core(1).status().peers[&NodeId(3)];
+    assert_eq!(
+        state,
+        ReplicationState::Replicate,
+        "replication continues after it"
+    );
+}
+
+#[test]
+fn out_of_order_and_duplicate_chunks_are_ignored() {
+    // Figure 13, receiver: chunks are written at their offset in order; a chunk that is not
+    // the next one is answered with the offset expected, and changes nothing.
+    let mut sim = node_3_behind_a_compacted_log();
+    let chunks = first_chunks(&mut sim);
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    for m in chunks.iter().rev() {
+        sim.deliver(m.clone());
+    }
+    let answers: Vec<u64> = sim
+        .take_in_flight()
+        .into_iter()
+        .filter_map(|m| match m.body {
+            MessageBody::SnapshotResponse(SnapshotResponse { next_offset, .. }) => {
+                Some(next_offset)
+            }
+            _ => None,
+        })
+        .collect();
+    let len = |m: &Message| match &m.body {
+        MessageBody::InstallSnapshot(c) => c.data.len() as u64,
+        _ => 0,
+    };
+    // Only the first chunk (delivered last) was taken.
+    assert_eq!(answers.last(), Some(&len(&chunks[0])), "{answers:?}");
+    assert!(answers[..answers.len() - 1].iter().all(|&a| a == 0));
+    // In order now, the first one duplicated: the duplicate is ignored.
+    for m in &chunks {
+        sim.deliver(m.clone());
+    }
+    sim.take_in_flight();
+    sim.run_ticks(cfg().election_timeout_min * 4);
+    assert!(caught_up(&sim), "{}", sim.describe());
+}
+
+#[test]
+fn a_lost_chunk_is_resent_from_the_confirmed_offset() {
+    let mut sim = node_3_behind_a_compacted_log();
+    let chunks = first_chunks(&mut sim);
+    let lost = offset(&chunks[1]);
+    sim.deliver(chunks[0].clone());
+    for m in &chunks[2..] {
+        sim.deliver(m.clone());
+    }
+    // The follower keeps answering with the lost chunk's offset; once the transfer stalls,
+    // the leader resends from there, not from the start.
+    let mut resent = Vec::new();
+    for _ in 0..cfg().election_timeout_min * 2 {
+        sim.with_core(NodeId(1), |c| c.tick());
+        for m in sim.take_in_flight() {
+            if m.to == NodeId(3) && matches!(m.body, MessageBody::InstallSnapshot(_)) {
+                resent.push(offset(&m));
+            }
+            sim.deliver(m);
+        }
+        sim.deliver_all();
+        if !resent.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(resent.first(), Some(&lost), "{resent:?}");
+    sim.run_ticks(cfg().election_timeout_min * 4);
+    assert!(caught_up(&sim), "{}", sim.describe());
+}
+
+#[test]
+fn a_transfer_that_makes_no_progress_restarts_and_the_follower_is_never_stuck() {
+    // Every chunk of the first attempt is lost: the follower still gets heartbeats (its
+    // election timer stays quiet), and the leader starts over.
+    let mut sim = node_3_behind_a_compacted_log();
+    let term = sim.core(1).term();
+    drop(first_chunks(&mut sim));
+    sim.run_ticks(cfg().election_timeout_min * 6);
+    assert!(caught_up(&sim), "{}", sim.describe());
+    assert_eq!(sim.core(3).term(), term, "node 3 never started an election");
+}
+
+/// A snapshot of entries 1..=last (terms from `terms`) as node 2 would send it, with the
+/// entries recorded as applied cluster-wide (the simulator checks restored state).
+fn leader_snapshot(sim: &mut Sim, terms: &[u64], last: u64) -> (SnapshotMeta, Bytes) {
+    let entries = disk(0, terms).log;
+    for e in &entries[..last as usize] {
+        sim.applied_at.insert(e.index(), e.clone());
+    }
+    let meta = SnapshotMeta {
+        last_log_id: entries[last as usize - 1].log_id,
+        membership: Membership::new((1..=3).map(NodeId)),
+    };
+    (meta, encode_state(&entries[..last as usize]))
+}
+
+fn install(sim: &mut Sim, term: u64, meta: SnapshotMeta, data: Bytes) {
+    let body = MessageBody::InstallSnapshot(InstallSnapshot {
+        meta,
+        offset: 0,
+        data,
+        done: true,
+    });
+    sim.deliver(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(term),
+        body,
+    });
+}
+
+#[test]
+fn install_keeps_the_log_after_a_snapshot_entry_it_holds() {
+    // Reference: Figure 13, receiver rule 6: "If existing log entry has same index and term
+    // as snapshot's last included entry, retain log entries following it and reply".
+    let terms = [1; 10];
+    let mut sim = Sim::from_disks(
+        1,
+        cfg(),
+        vec![disk(1, &terms), disk(1, &terms), disk(1, &[])],
+    );
+    let (meta, data) = leader_snapshot(&mut sim, &terms, 5);
+    install(&mut sim, 1, meta, data);
+    let core = sim.core(1);
+    assert_eq!(core.first_log_index(), LogIndex(6));
+    assert_eq!(core.last_log_id(), LogId::new(1, 10), "entries 6..=10 kept");
+    assert_eq!(
+        sim.nodes[&NodeId(1)].applied.len(),
+        5,
+        "state machine reset to 5"
+    );
+}
+
+#[test]
+fn install_discards_a_log_that_disagrees_with_the_snapshot() {
+    // Reference: Figure 13, receiver rules 7 and 8: discard the entire log and reset the
+    // state machine from the snapshot.
+    let leader = [1, 1, 3, 3, 3];
+    let mut sim = Sim::from_disks(
+        1,
+        cfg(),
+        vec![
+            disk(2, &[1, 1, 2, 2, 2, 2]),
+            disk(3, &leader),
+            disk(3, &leader),
+        ],
+    );
+    let (meta, data) = leader_snapshot(&mut sim, &leader, 4);
+    install(&mut sim, 3, meta, data);
+    let core = sim.core(1);
+    assert_eq!(
+        core.last_log_id(),
+        LogId::new(3, 4),
+        "nothing of term 2 is left"
+    );
+    assert_eq!(core.first_log_index(), LogIndex(5));
+    assert_eq!(sim.nodes[&NodeId(1)].applied.len(), 4);
+    // --- and a restart resumes from the snapshot, not from index 0
+    sim.crash(NodeId(1));
+    sim.restart(NodeId(1));
+    assert_eq!(sim.core(1).last_log_id(), LogId::new(3, 4));
+    assert_eq!(sim.nodes[&NodeId(1)].applied.len(), 4);
+}
