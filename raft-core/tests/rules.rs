@@ -1140,6 +1140,186 @@ fn check_quorum_makes_an_isolated_leader_step_down() {
 }
 
 #[test]
+fn check_quorum_steps_down_after_exactly_one_silent_election_timeout() {
+    // Reference: dissertation 6.2: the leader checks its quorum once per election timeout.
+    // Right after the election every follower answered; isolated from then on, the first
+    // check still sees those answers, the second (two timeouts in) finds a silent quorum.
+    let mut sim = Sim::new(3, 3, cfg(), Faults::none());
+    sim.elect(1);
+    sim.isolate(NodeId(1));
+    let min = cfg().election_timeout_min;
+    for _ in 0..2 * min - 1 {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    assert_eq!(
+        sim.core(1).role(),
+        Role::Leader,
+        "not before the second check"
+    );
+    sim.with_core(NodeId(1), |c| c.tick());
+    assert_eq!(sim.core(1).role(), Role::Follower, "at the second check");
+}
+
+#[test]
+fn check_quorum_lease_ends_after_exactly_the_minimum_election_timeout() {
+    // Reference: dissertation 6.2 and 9.6: a follower that heard from the leader within the
+    // minimum election timeout ignores vote requests; from that timeout on it considers them.
+    let cfg = Config {
+        election_timeout_min: 10,
+        election_timeout_max: 100, // the follower's own timer fires later than the lease ends
+        ..cfg()
+    };
+    let mut sim = Sim::new(5, 3, cfg.clone(), Faults::none());
+    sim.elect(1);
+    sim.tick_node(1, cfg.heartbeat_interval); // a heartbeat: node 2's lease starts now
+    let term = sim.core(2).term().0;
+    let last = sim.core(2).last_log_id();
+    sim.take_in_flight();
+    for _ in 0..cfg.election_timeout_min - 1 {
+        sim.with_core(NodeId(2), |c| c.tick());
+    }
+    let ask = |t| msg(3, 2, t, vote_request(last));
+    assert!(
+        !granted(&exchange(&mut sim, ask(term + 1))),
+        "inside the lease"
+    );
+    sim.with_core(NodeId(2), |c| c.tick());
+    assert_eq!(
+        sim.core(2).role(),
+        Role::Follower,
+        "its own timer has not fired"
+    );
+    assert!(
+        granted(&exchange(&mut sim, ask(term + 1))),
+        "the lease is over"
+    );
+}
+
+#[test]
+fn a_refused_vote_from_a_higher_term_makes_a_candidate_step_down() {
+    // Reference: Figure 2, Rules for All Servers: a response with a higher term converts
+    // the candidate to follower in that term, granted or not.
+    let mut sim = Sim::new(1, 3, plain_cfg(), Faults::none());
+    sim.campaign(1);
+    let term = sim.core(1).term().0;
+    let refusal = MessageBody::VoteResponse(VoteResponse {
+        granted: false,
+        pre_vote: false,
+    });
+    sim.deliver(msg(2, 1, term + 3, refusal));
+    assert_eq!(sim.core(1).role(), Role::Follower);
+    assert_eq!(sim.core(1).term(), Term(term + 3));
+}
+
+#[test]
+fn a_refused_pre_vote_from_a_higher_term_makes_a_pre_candidate_step_down() {
+    // Reference: dissertation 9.6: a refused pre-vote carries the voter's current term, which
+    // the pre-candidate adopts (only a granted one carries the pre-candidate's future term).
+    let mut sim = Sim::new(1, 3, cfg(), Faults::none());
+    sim.with_core(NodeId(1), |c| {
+        for _ in 0..cfg().election_timeout_max {
+            c.tick();
+        }
+    });
+    assert_eq!(sim.core(1).role(), Role::PreCandidate);
+    let term = sim.core(1).term().0;
+    let refusal = MessageBody::VoteResponse(VoteResponse {
+        granted: false,
+        pre_vote: true,
+    });
+    sim.deliver(msg(2, 1, term + 5, refusal));
+    assert_eq!(sim.core(1).role(), Role::Follower);
+    assert_eq!(sim.core(1).term(), Term(term + 5));
+}
+
+#[test]
+fn a_vote_request_from_a_stale_term_is_answered_with_our_term() {
+    // Reference: Figure 2, RequestVote rule 1: the reply carries currentTerm, so a stale
+    // candidate learns it is behind and steps down.
+    let mut sim = Sim::from_disks(
+        1,
+        plain_cfg(),
+        vec![disk(5, &[]), disk(5, &[]), disk(5, &[])],
+    );
+    sim.take_in_flight();
+    sim.deliver(msg(2, 1, 4, vote_request(LogId::default())));
+    let replies = sim.take_in_flight();
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [Message {
+                to: NodeId(2),
+                term: Term(5),
+                body: MessageBody::VoteResponse(VoteResponse { granted: false, .. }),
+                ..
+            }]
+        ),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn a_refused_pre_vote_is_answered_in_the_voters_term() {
+    // Reference: dissertation 9.6: only a granted pre-vote answers in the candidate's future
+    // term; a refusal carries the voter's term.
+    let mut sim = Sim::from_disks(1, cfg(), vec![disk(5, &[5, 5]), disk(5, &[]), disk(5, &[])]);
+    sim.take_in_flight();
+    let pre_vote = MessageBody::RequestVote(RequestVote {
+        last_log_id: LogId::default(), // behind our log: refused
+        pre_vote: true,
+        transfer: false,
+    });
+    sim.deliver(msg(2, 1, 6, pre_vote));
+    let replies = sim.take_in_flight();
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [Message {
+                term: Term(5),
+                body: MessageBody::VoteResponse(VoteResponse {
+                    granted: false,
+                    pre_vote: true
+                }),
+                ..
+            }]
+        ),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn a_pre_vote_for_our_own_term_is_refused_once_we_follow_a_leader() {
+    // Reference: dissertation 9.6: a pre-vote is granted only for a later term; in our own
+    // term the usual rule holds (we follow a leader, so no vote).
+    let mut sim = Sim::new(1, 3, plain_cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    let term = sim.core(2).term().0;
+    let pre_vote = MessageBody::RequestVote(RequestVote {
+        last_log_id: sim.core(2).last_log_id(),
+        pre_vote: true,
+        transfer: false,
+    });
+    assert!(!granted(&exchange(&mut sim, msg(3, 2, term, pre_vote))));
+}
+
+#[test]
+fn a_read_on_a_sole_voter_needs_no_heartbeat_round() {
+    // Dissertation 6.4: a quorum of one confirms the read at once; learners are not asked.
+    let members = raft_core::Membership {
+        learners: [NodeId(2)].into(),
+        ..raft_core::Membership::new([NodeId(1)])
+    };
+    let mut sim = Sim::with_membership(1, members, plain_cfg(), Faults::none());
+    sim.campaign(1);
+    sim.deliver_all();
+    let before = sim.count("AppendEntries");
+    sim.read(NodeId(1));
+    assert_eq!(sim.reads_served, 1);
+    assert_eq!(sim.count("AppendEntries"), before, "no heartbeat round");
+}
+
+#[test]
 fn without_check_quorum_an_isolated_leader_keeps_leading() {
     let mut sim = stable_leader(plain_cfg());
     let leader = sim.leader().expect("leader");

@@ -108,9 +108,6 @@ impl RaftCore {
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.id, true);
-        if self.tally_votes() {
-            return;
-        }
         let last_log_id = self.log.last_log_id();
         for peer in self.voter_peers() {
             let body = MessageBody::RequestVote(RequestVote {
@@ -120,10 +117,12 @@ impl RaftCore {
             });
             self.send_with_term(peer, term, body);
         }
+        // A sole voter has won already.
+        self.tally_votes();
     }
 
-    /// Counts votes; acts on a decided election. Returns true when decided.
-    fn tally_votes(&mut self) -> bool {
+    /// Counts votes; acts on a decided election.
+    fn tally_votes(&mut self) {
         let m = self.membership();
         let won = quorum::has_quorum(m, |id| self.votes.get(&id) == Some(&true));
         let lost = quorum::has_quorum(m, |id| self.votes.get(&id) == Some(&false));
@@ -136,7 +135,6 @@ impl RaftCore {
         } else if lost {
             self.become_follower(self.hard.term, None);
         }
-        won || lost
     }
 
     /// RequestVote and PreVote, in every role.
