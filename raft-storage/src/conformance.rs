@@ -228,6 +228,13 @@ cases!(
     snapshot_checksum_mismatch_is_reported,
     old_snapshots_are_pruned,
     reopen_keeps_the_latest_snapshot,
+    reopen_after_purge_keeps_first_index_and_last_purged_term,
+    snapshot_streamed_in_many_small_chunks_reads_back_byte_identical,
+    abandoned_snapshot_writer_leaves_the_previous_one_across_reopen,
+    higher_snapshot_stays_the_latest_when_a_lower_one_finishes_after_it,
+    damaged_latest_snapshot_falls_back_to_the_previous_one,
+    snapshot_then_purge_then_reopen_is_consistent,
+    purge_then_reopen_then_snapshot_is_consistent,
 );
 
 // ----- helpers -------------------------------------------------------------------------
@@ -310,6 +317,71 @@ async fn write_snapshot(
     }
     ok("finish", w.finish().await)?;
     Ok(())
+}
+
+fn expect_same_bytes(what: &str, got: &[u8], want: &[u8]) -> Result<(), String> {
+    if got == want {
+        return Ok(());
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    Err(format!(
+        "{what}: {} bytes where {} were written, first difference at byte {at}",
+        got.len(),
+        want.len()
+    ))
+}
+
+/// Checks that both `latest` and `read_latest` name `want` with `data`.
+async fn expect_latest(
+    what: &str,
+    snaps: &dyn SnapshotStore,
+    want: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), String> {
+    expect_eq(
+        &format!("latest {what}"),
+        ok("latest", snaps.latest().await)?,
+        Some(want.clone()),
+    )?;
+    let Some((got, bytes)) = ok("read_latest", snaps.read_latest().await)? else {
+        return Err(format!("read_latest {what}: no snapshot, want {want:?}"));
+    };
+    expect_eq(&format!("read_latest {what}"), &got, want)?;
+    expect_same_bytes(&format!("snapshot data {what}"), &bytes, data)
+}
+
+/// Checks the state a (restarted) node finds after compacting up to `base`: the snapshot
+/// with its data, and the log starting right after it with `tail` intact.
+async fn expect_compacted(
+    what: &str,
+    s: &Stores,
+    base: &SnapshotMeta,
+    data: &[u8],
+    tail: &[Entry],
+) -> Result<(), String> {
+    expect_latest(what, &*s.snapshots, base, data).await?;
+    let st = ok("log_state", s.log.log_state().await)?;
+    let at = base.last_log_id;
+    expect_eq(&format!("last purged {what}"), st.last_purged, at)?;
+    expect_eq(
+        &format!("first index {what}"),
+        st.first_index(),
+        at.index.next(),
+    )?;
+    expect_eq(
+        &format!("term of the last purged index {what}"),
+        ok("term", s.log.term(at.index).await)?,
+        Some(at.term),
+    )?;
+    expect_eq(
+        &format!("entries {what}"),
+        ids(&read_all(&*s.log).await?),
+        ids(tail),
+    )
 }
 
 // ----- log cases -----------------------------------------------------------------------
@@ -941,5 +1013,237 @@ async fn reopen_keeps_the_latest_snapshot(h: &mut dyn StoreHarness) -> CaseResul
         ok("read_latest", s.snapshots.read_latest().await)?,
         Some((meta(5, 99), Bytes::from_static(b"durable snapshot"))),
     )?;
+    Ok(Outcome::Passed)
+}
+
+async fn reopen_after_purge_keeps_first_index_and_last_purged_term(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    ok(
+        "append",
+        s.log
+            .append(&[
+                entry(1, 1),
+                entry(2, 2),
+                entry(2, 3),
+                entry(3, 4),
+                entry(3, 5),
+            ])
+            .await,
+    )?;
+    ok("purge", s.log.purge(LogId::new(2, 3)).await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Skipped("not durable"));
+    };
+    let st = ok("log_state", s.log.log_state().await)?;
+    expect_eq("last purged after reopen", st.last_purged, LogId::new(2, 3))?;
+    expect_eq("first index after reopen", st.first_index(), LogIndex(4))?;
+    expect_eq(
+        "term of the last purged index after reopen",
+        ok("term", s.log.term(LogIndex(3)).await)?,
+        Some(Term(2)),
+    )?;
+    expect_invalid("term at 2 after reopen", s.log.term(LogIndex(2)).await)?;
+    expect_eq(
+        "entries after reopen",
+        ids(&read_all(&*s.log).await?),
+        vec![LogId::new(3, 4), LogId::new(3, 5)],
+    )?;
+    // --- a purge past the end: the log is empty but still starts after the purge point
+    ok("purge past the end", s.log.purge(LogId::new(4, 9)).await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Err("the stores reopened once but not twice".into());
+    };
+    let st = ok("log_state", s.log.log_state().await)?;
+    expect_eq("last purged after reopen", st.last_purged, LogId::new(4, 9))?;
+    expect_eq("last after reopen", st.last, LogId::new(4, 9))?;
+    expect_eq(
+        "term of the last purged index after reopen",
+        ok("term", s.log.term(LogIndex(9)).await)?,
+        Some(Term(4)),
+    )?;
+    ok(
+        "append after reopen",
+        s.log.append(&entries(4, 10, 11)).await,
+    )?;
+    expect_eq(
+        "entries",
+        ids(&read_all(&*s.log).await?),
+        ids(&entries(4, 10, 11)),
+    )?;
+    Ok(Outcome::Passed)
+}
+
+async fn snapshot_streamed_in_many_small_chunks_reads_back_byte_identical(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    // Every byte value, in an order that is not a simple ramp.
+    let data: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let m = meta(4, 77);
+    let mut w = ok("begin", s.snapshots.begin(&m).await)?;
+    // Chunks of 0 to 12 bytes, empty ones included, cutting across any internal buffer.
+    let (mut rest, mut n) = (&data[..], 0usize);
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at((n % 13).min(rest.len()));
+        ok("write", w.write(chunk).await)?;
+        rest = tail;
+        n += 1;
+    }
+    ok("finish", w.finish().await)?;
+    expect_latest("after finishing", &*s.snapshots, &m, &data).await?;
+    if let Some(s) = reopen(h, s).await? {
+        expect_latest("after reopen", &*s.snapshots, &m, &data).await?;
+    }
+    Ok(Outcome::Passed)
+}
+
+async fn abandoned_snapshot_writer_leaves_the_previous_one_across_reopen(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    write_snapshot(&*s.snapshots, &meta(1, 10), b"kept").await?;
+    // --- phase 1: a writer for a newer snapshot is dropped without finishing
+    let mut w = ok("begin", s.snapshots.begin(&meta(2, 20)).await)?;
+    ok("write", w.write(b"half of a snapsh").await)?;
+    drop(w);
+    expect_latest(
+        "after the abandoned writer",
+        &*s.snapshots,
+        &meta(1, 10),
+        b"kept",
+    )
+    .await?;
+    // --- phase 2: another is still open when the process stops
+    let mut w = ok("begin", s.snapshots.begin(&meta(3, 30)).await)?;
+    ok("write", w.write(b"also half of one").await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Passed);
+    };
+    expect_latest("after reopen", &*s.snapshots, &meta(1, 10), b"kept").await?;
+    // --- phase 3: the reopened store takes new snapshots; the old writer going away late
+    // does not disturb them
+    let mut next = ok("begin after reopen", s.snapshots.begin(&meta(4, 40)).await)?;
+    ok("write", next.write(b"written after ").await)?;
+    drop(w);
+    ok("write", next.write(b"reopen").await)?;
+    ok("finish", next.finish().await)?;
+    let want = b"written after reopen";
+    expect_latest("after a new snapshot", &*s.snapshots, &meta(4, 40), want).await?;
+    let Some(s) = reopen(h, s).await? else {
+        return Err("the stores reopened once but not twice".into());
+    };
+    expect_latest("after a second reopen", &*s.snapshots, &meta(4, 40), want).await?;
+    Ok(Outcome::Passed)
+}
+
+async fn higher_snapshot_stays_the_latest_when_a_lower_one_finishes_after_it(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    write_snapshot(&*s.snapshots, &meta(1, 5), b"older than both").await?;
+    // --- phase 1: one received from the leader is begun first, a local build second
+    let mut received = ok("begin", s.snapshots.begin(&meta(3, 30)).await)?;
+    let mut built = ok("begin", s.snapshots.begin(&meta(2, 20)).await)?;
+    ok("write", received.write(b"from the ").await)?;
+    ok("write", built.write(b"built ").await)?;
+    ok("write", received.write(b"leader").await)?;
+    ok("write", built.write(b"locally").await)?;
+    // --- phase 2: the higher finishes first, the lower second
+    ok("finish the higher", received.finish().await)?;
+    ok("finish the lower", built.finish().await)?;
+    let want = b"from the leader";
+    expect_latest("after both finished", &*s.snapshots, &meta(3, 30), want).await?;
+    if let Some(s) = reopen(h, s).await? {
+        expect_latest("after reopen", &*s.snapshots, &meta(3, 30), want).await?;
+    }
+    Ok(Outcome::Passed)
+}
+
+async fn damaged_latest_snapshot_falls_back_to_the_previous_one(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    if h.snapshots_kept().is_some_and(|k| k < 2) {
+        return Ok(Outcome::Skipped(
+            "the stores keep one snapshot: nothing to fall back to",
+        ));
+    }
+    write_snapshot(&*s.snapshots, &meta(1, 10), b"the previous snapshot").await?;
+    write_snapshot(&*s.snapshots, &meta(2, 20), b"the latest, to be damaged").await?;
+    if !h.corrupt_latest_snapshot().await {
+        return Ok(Outcome::Skipped("the harness cannot corrupt snapshots"));
+    }
+    // read_latest first: it verifies, so a store that remembers metadata learns here.
+    let previous = b"the previous snapshot";
+    let Some(got) = ok("read_latest", s.snapshots.read_latest().await)? else {
+        return Err("no snapshot after the latest was damaged".into());
+    };
+    expect_eq("read_latest after damage", got.0, meta(1, 10))?;
+    expect_same_bytes("snapshot data after damage", &got.1, previous)?;
+    expect_latest("after damage", &*s.snapshots, &meta(1, 10), previous).await?;
+    // --- a restart with the damaged file still there starts from the previous one
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Passed);
+    };
+    expect_latest("after reopen", &*s.snapshots, &meta(1, 10), previous).await?;
+    // --- a new snapshot is the latest again
+    write_snapshot(&*s.snapshots, &meta(3, 30), b"newer").await?;
+    expect_latest("after a newer one", &*s.snapshots, &meta(3, 30), b"newer").await?;
+    Ok(Outcome::Passed)
+}
+
+async fn snapshot_then_purge_then_reopen_is_consistent(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 10)).await)?;
+    let base = meta(1, 6);
+    let data = b"state machine at 6";
+    // --- Figure 13 order: the snapshot is durable before the log forgets
+    write_snapshot(&*s.snapshots, &base, data).await?;
+    ok("purge", s.log.purge(base.last_log_id).await)?;
+    let tail = entries(1, 7, 10);
+    expect_compacted("after purging", &s, &base, data, &tail).await?;
+    if let Some(s) = reopen(h, s).await? {
+        expect_compacted("after reopen", &s, &base, data, &tail).await?;
+    }
+    Ok(Outcome::Passed)
+}
+
+async fn purge_then_reopen_then_snapshot_is_consistent(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 10)).await)?;
+    write_snapshot(&*s.snapshots, &meta(1, 3), b"state machine at 3").await?;
+    // --- the other order: the log forgets first, then the process stops
+    ok("purge", s.log.purge(LogId::new(1, 6)).await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Skipped("not durable"));
+    };
+    let st = ok("log_state", s.log.log_state().await)?;
+    expect_eq("last purged after reopen", st.last_purged, LogId::new(1, 6))?;
+    expect_eq(
+        "entries after reopen",
+        ids(&read_all(&*s.log).await?),
+        ids(&entries(1, 7, 10)),
+    )?;
+    expect_latest(
+        "before the new snapshot",
+        &*s.snapshots,
+        &meta(1, 3),
+        b"state machine at 3",
+    )
+    .await?;
+    // --- the snapshot covering the purged entries, then another reopen
+    let base = meta(1, 6);
+    let data = b"state machine at 6";
+    write_snapshot(&*s.snapshots, &base, data).await?;
+    let tail = entries(1, 7, 10);
+    expect_compacted("after the snapshot", &s, &base, data, &tail).await?;
+    let Some(s) = reopen(h, s).await? else {
+        return Err("the stores reopened once but not twice".into());
+    };
+    expect_compacted("after a second reopen", &s, &base, data, &tail).await?;
     Ok(Outcome::Passed)
 }

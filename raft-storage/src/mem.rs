@@ -150,19 +150,93 @@ impl LogStore for MemLogStore {
 /// One finished snapshot, with the checksum taken when it was finished.
 #[derive(Clone, Debug)]
 struct StoredSnapshot {
+    /// Order of `begin`: breaks ties between snapshots with the same last log id.
+    seq: u64,
     meta: SnapshotMeta,
     data: Bytes,
     crc: u32,
 }
 
+impl StoredSnapshot {
+    /// Orders snapshots: the highest last log id is the latest; of two with the same one,
+    /// the later begun (not the last finished: two writers can be open at once).
+    fn rank(&self) -> (LogId, u64) {
+        (self.meta.last_log_id, self.seq)
+    }
+
+    fn verify(&self) -> Result<(), StorageError> {
+        let actual = crc32fast::hash(&self.data);
+        if actual == self.crc {
+            return Ok(());
+        }
+        Err(StorageError::Corrupt {
+            location: format!("in-memory snapshot at {}", self.meta.last_log_id),
+            detail: format!(
+                "checksum mismatch: stored {:08x}, computed {actual:08x}",
+                self.crc
+            ),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct MemSnapshots {
     keep: usize,
-    /// Oldest first.
+    next_seq: u64,
+    /// Lowest rank first: the last one is the latest unless it is damaged.
     snapshots: Vec<StoredSnapshot>,
 }
 
-/// A [`SnapshotStore`] in memory, keeping the latest `keep` snapshots.
+impl MemSnapshots {
+    /// The highest-ranked whole snapshot. Damaged ones above it are skipped with a
+    /// warning; if none is whole, the highest-ranked damaged one is the error.
+    fn newest_whole(&self) -> Result<Option<&StoredSnapshot>, StorageError> {
+        let mut first_damage = None;
+        for s in self.snapshots.iter().rev() {
+            match s.verify() {
+                Ok(()) => return Ok(Some(s)),
+                Err(e) => {
+                    tracing::warn!(
+                        snapshot = %s.meta.last_log_id,
+                        "snapshot skipped, falling back to the previous one: {e}"
+                    );
+                    first_damage.get_or_insert(e);
+                }
+            }
+        }
+        first_damage.map_or(Ok(None), Err)
+    }
+
+    fn insert(&mut self, snapshot: StoredSnapshot) {
+        let at = self
+            .snapshots
+            .partition_point(|s| s.rank() < snapshot.rank());
+        self.snapshots.insert(at, snapshot);
+        self.prune();
+    }
+
+    /// Drops the snapshots ranked below the `keep` highest, except the latest whole one
+    /// (damaged snapshots ranked above it must not push it out).
+    fn prune(&mut self) {
+        let latest = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|s| s.verify().is_ok())
+            .map(|s| s.seq);
+        let mut excess = self.snapshots.len().saturating_sub(self.keep);
+        self.snapshots.retain(|s| {
+            if excess == 0 || Some(s.seq) == latest {
+                return true;
+            }
+            excess -= 1;
+            false
+        });
+    }
+}
+
+/// A [`SnapshotStore`] in memory, keeping the `keep` snapshots with the highest last log
+/// ids; the latest is the whole one with the highest last log id.
 #[derive(Debug)]
 pub struct MemSnapshotStore {
     inner: std::sync::Arc<Mutex<MemSnapshots>>,
@@ -175,11 +249,13 @@ impl Default for MemSnapshotStore {
 }
 
 impl MemSnapshotStore {
-    /// A store that keeps the latest `keep` snapshots (at least one).
+    /// A store that keeps the `keep` snapshots with the highest last log ids (at least
+    /// one).
     pub fn new(keep: usize) -> MemSnapshotStore {
         MemSnapshotStore {
             inner: std::sync::Arc::new(Mutex::new(MemSnapshots {
                 keep: keep.max(1),
+                next_seq: 1,
                 snapshots: Vec::new(),
             })),
         }
@@ -211,6 +287,7 @@ fn lock(m: &Mutex<MemSnapshots>) -> MutexGuard<'_, MemSnapshots> {
 }
 
 struct MemSnapshotWriter {
+    seq: u64,
     meta: SnapshotMeta,
     buf: Vec<u8>,
     store: std::sync::Arc<Mutex<MemSnapshots>>,
@@ -225,14 +302,12 @@ impl SnapshotWriter for MemSnapshotWriter {
 
     async fn finish(self: Box<Self>) -> Result<SnapshotMeta, StorageError> {
         let crc = crc32fast::hash(&self.buf);
-        let mut inner = lock(&self.store);
-        inner.snapshots.push(StoredSnapshot {
+        lock(&self.store).insert(StoredSnapshot {
+            seq: self.seq,
             meta: self.meta.clone(),
             data: Bytes::from(self.buf),
             crc,
         });
-        let excess = inner.snapshots.len().saturating_sub(inner.keep);
-        inner.snapshots.drain(..excess);
         Ok(self.meta)
     }
 }
@@ -240,7 +315,11 @@ impl SnapshotWriter for MemSnapshotWriter {
 #[async_trait]
 impl SnapshotStore for MemSnapshotStore {
     async fn begin(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        let mut inner = lock(&self.inner);
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
         Ok(Box::new(MemSnapshotWriter {
+            seq,
             meta: meta.clone(),
             buf: Vec::new(),
             store: self.inner.clone(),
@@ -248,23 +327,12 @@ impl SnapshotStore for MemSnapshotStore {
     }
 
     async fn latest(&self) -> Result<Option<SnapshotMeta>, StorageError> {
-        Ok(lock(&self.inner).snapshots.last().map(|s| s.meta.clone()))
+        Ok(lock(&self.inner).newest_whole()?.map(|s| s.meta.clone()))
     }
 
     async fn read_latest(&self) -> Result<Option<(SnapshotMeta, Bytes)>, StorageError> {
-        let Some(s) = lock(&self.inner).snapshots.last().cloned() else {
-            return Ok(None);
-        };
-        let actual = crc32fast::hash(&s.data);
-        if actual != s.crc {
-            return Err(StorageError::Corrupt {
-                location: format!("in-memory snapshot at {}", s.meta.last_log_id),
-                detail: format!(
-                    "checksum mismatch: stored {:08x}, computed {actual:08x}",
-                    s.crc
-                ),
-            });
-        }
-        Ok(Some((s.meta, s.data)))
+        Ok(lock(&self.inner)
+            .newest_whole()?
+            .map(|s| (s.meta.clone(), s.data.clone())))
     }
 }
