@@ -46,6 +46,11 @@ impl Inbox {
         self.tx.try_send(msg).is_ok()
     }
 
+    /// Whether the node behind this inbox has stopped (messages can no longer arrive).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Delivers a received message, waiting for room (back-pressure for snapshot chunks).
     /// Returns false when the node has stopped.
     pub async fn deliver_wait(&self, msg: Message) -> bool {

@@ -356,9 +356,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
-                let shared = shared.clone();
+                let conn_shared = shared.clone();
                 let inbox = inbox.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
+                    let shared = conn_shared;
                     if let Err(e) = serve_connection(stream, &shared, &inbox).await {
                         shared
                             .stats
@@ -367,6 +368,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
                         tracing::warn!(node = %shared.id, %remote, error = %e, "closed connection");
                     }
                 });
+                // Tracked so `shutdown` closes accepted connections too.
+                let mut tasks = lock(&shared.tasks);
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(task);
             }
             Err(e) => {
                 tracing::warn!(node = %shared.id, error = %e, "accept failed");
@@ -453,6 +458,10 @@ async fn serve_connection(
         };
         if delivered {
             shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        } else if inbox.is_closed() {
+            // The node stopped: close the connection, so the peer reconnects to whoever
+            // listens next (a restarted node) instead of writing into a dead inbox.
+            return Ok(());
         }
     }
 }
