@@ -35,8 +35,10 @@ pub(crate) struct RaftLog {
     /// The last entry covered by the latest snapshot (index 0 when there is none).
     snapshot_last: LogId,
     entries: VecDeque<Entry>,
-    /// Sum of the entries' encoded sizes (the snapshot policy's byte trigger).
+    /// Sum of the entries' encoded sizes.
     bytes: usize,
+    /// The part of `bytes` in entries the snapshot covers (the trailing window).
+    covered_bytes: usize,
     /// Highest index known committed.
     pub committed: LogIndex,
     /// Highest index up to which our durable log is known to equal `entries`.
@@ -65,14 +67,16 @@ impl RaftLog {
         }
         let stable = entries.last().map(|e| e.index()).unwrap_or(purged.index);
         let bytes = entries.iter().map(Entry::size_hint).sum();
-        let log = RaftLog {
+        let mut log = RaftLog {
             purged,
             snapshot_last,
             entries: entries.into(),
             bytes,
+            covered_bytes: 0,
             committed: snapshot_last.index,
             stable,
         };
+        log.count_covered();
         if !log.matches(snapshot_last) {
             return Err(format!(
                 "the log (from {} to {}) does not hold the snapshot's last entry {}",
@@ -102,6 +106,23 @@ impl RaftLog {
     /// Encoded size of the entries held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Encoded size of the entries after the snapshot (what the next snapshot would let
+    /// compaction remove; the trailing window behind the snapshot is not counted).
+    pub fn bytes_after_snapshot(&self) -> usize {
+        self.bytes - self.covered_bytes
+    }
+
+    /// Recomputes the size of the entries the snapshot covers (after it moves).
+    fn count_covered(&mut self) {
+        let snapshot = self.snapshot_last.index;
+        self.covered_bytes = self
+            .entries
+            .iter()
+            .take_while(|e| e.index() <= snapshot)
+            .map(Entry::size_hint)
+            .sum();
     }
 
     /// The id of the last entry (or of the purge point when the log is empty).
@@ -283,11 +304,13 @@ impl RaftLog {
             }
         }
         self.purged = self.purged.max(upto);
+        self.count_covered();
     }
 
     /// Records a snapshot taken locally at `id`, an entry of this log.
     pub fn set_snapshot(&mut self, id: LogId) {
         self.snapshot_last = self.snapshot_last.max(id);
+        self.count_covered();
     }
 
     /// Installs a leader's snapshot ending at `id` (Figure 13, receiver rules 6 and 7): if
@@ -301,6 +324,7 @@ impl RaftLog {
         } else {
             self.entries.clear();
             self.bytes = 0;
+            self.covered_bytes = 0;
             self.stable = self.stable.min(self.purged.index);
             self.purged = id;
             self.snapshot_last = id;

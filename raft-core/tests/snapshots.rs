@@ -57,23 +57,26 @@ fn offset(m: &Message) -> u64 {
     }
 }
 
-/// Ticks the leader until it sends node 3 snapshot chunks; returns them (taken off the wire).
+/// Ticks the leader and delivers everything but snapshot chunks to node 3 until such chunks
+/// appear; returns them (taken off the wire, undelivered).
 fn first_chunks(sim: &mut Sim) -> Vec<Message> {
     for _ in 0..cfg().election_timeout_min * 4 {
         sim.with_core(NodeId(1), |c| c.tick());
-        let msgs = sim.take_in_flight();
-        let chunks = chunks_to_3(&msgs);
-        for m in msgs {
-            if !chunks.contains(&m) {
+        for _ in 0..100 {
+            let msgs = sim.take_in_flight();
+            if msgs.is_empty() {
+                break;
+            }
+            let chunks = chunks_to_3(&msgs);
+            if !chunks.is_empty() {
+                return chunks;
+            }
+            for m in msgs {
                 sim.deliver(m);
             }
         }
-        if !chunks.is_empty() {
-            return chunks;
-        }
-        sim.deliver_all();
     }
-    panic!("the leader never sent a snapshot");
+    panic!("the leader never sent a snapshot{}", sim.describe());
 }
 
 fn caught_up(sim: &Sim) -> bool {

@@ -344,8 +344,12 @@ impl Driver {
             }
         };
         let Some(meta) = self.core.snapshot_meta_at(index) else {
-            // A leader's snapshot past this point was installed meanwhile.
+            // A leader's snapshot past this point was installed meanwhile: that one is the
+            // latest, and what `snapshot_now` callers get.
             self.core.snapshot_build_failed();
+            let latest = self.core.status().snapshot_index;
+            let answer = self.core.snapshot_meta_at(latest).map(|m| m.last_log_id);
+            self.answer_snapshot_waiters(answer.ok_or(RaftError::ShuttingDown));
             return;
         };
         let (store, tx) = (self.snapshots.clone(), self.built_tx.clone());

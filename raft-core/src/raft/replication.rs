@@ -182,6 +182,7 @@ impl RaftCore {
         // A pipeline silent for an election timeout has lost a message.
         let stall_limit =
             (self.cfg.election_timeout_min / self.cfg.heartbeat_interval).max(2) as u32;
+        self.release_snapshot_source();
         for peer in self.peers() {
             let last = self.log.last_index();
             if let Some(pr) = self.progress.get_mut(&peer) {
@@ -229,11 +230,11 @@ impl RaftCore {
             match (entries.is_empty(), replicating) {
                 (false, _) | (true, false) => (pr.next_index.prev(), entries),
                 // Nothing new: a heartbeat at the match point, which the follower surely has.
-                (true, true) if heartbeat => (pr.match_index, entries),
+                (true, true) if heartbeat => (self.heartbeat_prev(pr.match_index), entries),
                 (true, true) => return false,
             }
         } else if heartbeat && replicating {
-            (pr.match_index, Vec::new())
+            (self.heartbeat_prev(pr.match_index), Vec::new())
         } else if heartbeat && state == ReplicationState::Snapshot {
             // Keeps its election timer quiet while the snapshot streams; it succeeds (and
             // ends the transfer early) if the follower turns out to hold our first entry.
@@ -264,6 +265,13 @@ impl RaftCore {
         });
         self.send(to, body);
         replicating && last.is_some()
+    }
+
+    /// Where an empty heartbeat points: the match point, or where our log begins when the
+    /// match point was compacted (a follower lagging with entries in flight needs no
+    /// snapshot for that; if it lacks our first entry, the answer says so).
+    fn heartbeat_prev(&self, match_index: LogIndex) -> LogIndex {
+        match_index.max(self.log.purged().index)
     }
 
     /// Advances the commit index to what a quorum has durably stored.

@@ -39,9 +39,10 @@ impl RaftCore {
             .saturating_sub(self.log.snapshot_last().index.0);
         let threshold = self.cfg.snapshot_threshold;
         let by_count = threshold > 0 && since >= threshold;
+        // Only what a new snapshot would let us purge counts (not the trailing window).
         let by_bytes = self.cfg.snapshot_log_bytes > 0
             && since > 0
-            && self.log.bytes() >= self.cfg.snapshot_log_bytes;
+            && self.log.bytes_after_snapshot() >= self.cfg.snapshot_log_bytes;
         if by_count || by_bytes {
             self.request_snapshot();
         }
@@ -204,6 +205,12 @@ impl RaftCore {
             return;
         }
         self.snapshot_source = Some((meta, data));
+        if !self.source_usable() {
+            // Older than our log's start (the store fell back past a damaged snapshot):
+            // loading again would read the same one.
+            self.snapshot_source = None;
+            return self.snapshot_load_failed();
+        }
         for to in self.peers_in_snapshot() {
             self.send_snapshot(to);
         }
@@ -279,7 +286,7 @@ impl RaftCore {
     }
 
     /// Frees the loaded snapshot once no follower needs it.
-    fn release_snapshot_source(&mut self) {
+    pub(super) fn release_snapshot_source(&mut self) {
         if self.peers_in_snapshot().is_empty() {
             self.snapshot_source = None;
         }
@@ -300,7 +307,16 @@ impl RaftCore {
             .is_some_and(|(_, m, _)| m.last_log_id.index >= id.index);
         if id.index <= self.log.committed || installing {
             // We already hold everything it covers (committed entries match the leader's).
-            self.incoming = None;
+            // A transfer of a newer snapshot in progress is kept: this may be a late
+            // duplicate of an older one.
+            let committed = self.log.committed;
+            if self
+                .incoming
+                .as_ref()
+                .is_some_and(|inc| inc.meta.last_log_id.index <= committed)
+            {
+                self.incoming = None;
+            }
             return self.answer_snapshot(leader, id, end, true);
         }
         let mut incoming = match self.incoming.take() {
