@@ -251,3 +251,31 @@ async fn bounded_log() {
     println!("bounded_log: last {last}");
     c.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn large_entries_are_bounded_by_log_bytes_not_by_the_entry_threshold() {
+    // With a threshold of 10,000 entries, 256 KiB entries would hold 2.5 GB before the count
+    // trigger; the byte trigger snapshots once the log after the snapshot holds 4 MiB.
+    let cfg = Config {
+        snapshot_threshold: 10_000,
+        snapshot_log_bytes: 4 << 20,
+        snapshot_trailing: 2,
+        ..test_config()
+    };
+    let c = Cluster::with_config(3, seed(309), cfg).await;
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).cloned().expect("leader is up");
+    let big = Bytes::from(vec![7u8; 256 << 10]);
+    let mut most = 0;
+    for _ in 0..100 {
+        node.propose(big.clone()).await.expect("commit");
+        for id in c.ids() {
+            let s = c.node(id).expect("up").status().await.expect("status");
+            most = most.max(s.log_bytes);
+        }
+    }
+    println!("large entries: at most {most} bytes of log held by any node");
+    // 4 MiB after the snapshot, the trailing window, and what arrives while one is written.
+    assert!(most <= 6 << 20, "a node held {most} bytes of log");
+    c.shutdown().await;
+}
