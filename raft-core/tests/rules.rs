@@ -1423,6 +1423,20 @@ fn deposed_leader_serves_no_read_index_read() {
 }
 
 #[test]
+fn a_read_failed_by_a_new_leaders_append_names_that_leader() {
+    // The deposed leader learns the new leader from its AppendEntries, and says so.
+    let mut sim = Sim::new(1, 3, plain_cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(2);
+    let read = sim.read(NodeId(1));
+    sim.take_in_flight(); // its confirmation round is lost
+    let term = sim.core(1).term().0;
+    let last = sim.core(1).last_log_id();
+    sim.deliver(msg(3, 1, term + 1, append(last, &[], 0)));
+    assert_eq!(sim.read_hints.get(&read), Some(&Some(NodeId(3))));
+}
+
+#[test]
 fn read_index_on_a_follower_is_refused_with_the_leader_hint() {
     let mut sim = three();
     sim.elect(1);

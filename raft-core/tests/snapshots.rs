@@ -260,3 +260,25 @@ fn install_discards_a_log_that_disagrees_with_the_snapshot() {
     assert_eq!(sim.core(1).last_log_id(), LogId::new(3, 4));
     assert_eq!(sim.nodes[&NodeId(1)].applied.len(), 4);
 }
+
+#[test]
+fn the_follower_leaves_snapshot_state_as_soon_as_it_confirms_the_install() {
+    // Its confirmation alone moves it back to log replication: no heartbeat is needed.
+    let mut sim = node_3_behind_a_compacted_log();
+    let chunks = first_chunks(&mut sim);
+    for m in chunks {
+        sim.deliver(m);
+    }
+    for _ in 0..1000 {
+        let msgs = sim.take_in_flight();
+        if msgs.is_empty() {
+            break;
+        }
+        for m in msgs {
+            sim.deliver(m);
+        }
+    }
+    assert!(caught_up(&sim), "{}", sim.describe());
+    let (_, state) = sim.core(1).status().peers[&NodeId(3)];
+    assert_eq!(state, ReplicationState::Replicate);
+}

@@ -269,6 +269,8 @@ pub struct Sim {
     pub reads_served: u64,
     /// Every read's outcome: the read index, or `None` when it failed.
     pub read_results: BTreeMap<u64, Option<LogIndex>>,
+    /// The leader hint of every failed read.
+    pub read_hints: BTreeMap<u64, Option<NodeId>>,
     next_command: u64,
     /// Messages sent, by kind.
     pub sent: BTreeMap<&'static str, u64>,
@@ -315,6 +317,7 @@ impl Sim {
             next_read: 0,
             reads_served: 0,
             read_results: BTreeMap::new(),
+            read_hints: BTreeMap::new(),
             next_command: 0,
             sent: BTreeMap::new(),
             stops: Vec::new(),
@@ -560,7 +563,11 @@ impl Sim {
                     self.reads_served += 1;
                 }
             }
-            Action::ReadFailed { id: rid, .. } => {
+            Action::ReadFailed {
+                id: rid,
+                leader_hint,
+            } => {
+                self.read_hints.insert(rid, leader_hint);
                 self.read_results.insert(rid, None);
                 self.reads.remove(&rid);
             }
