@@ -282,3 +282,41 @@ fn the_follower_leaves_snapshot_state_as_soon_as_it_confirms_the_install() {
     let (_, state) = sim.core(1).status().peers[&NodeId(3)];
     assert_eq!(state, ReplicationState::Replicate);
 }
+
+#[test]
+fn the_byte_trigger_counts_only_entries_after_the_snapshot() {
+    // snapshot_log_bytes bounds the log by size (large entries); the trailing window behind
+    // a snapshot cannot be purged, so it must not count, or every apply would snapshot again.
+    let cfg = Config {
+        snapshot_threshold: 0,
+        snapshot_log_bytes: 1000,
+        snapshot_trailing: 50,
+        ..cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    for _ in 0..20 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    // ~38 bytes an entry: 21 entries are under 1,000 bytes.
+    assert_eq!(sim.snapshots_built, 0, "{:?}", sim.core(1).status());
+    for _ in 0..10 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    assert!(sim.snapshots_built >= 3, "every node took one");
+    let built = sim.snapshots_built;
+    let log_bytes = sim.core(1).status().log_bytes;
+    assert!(
+        log_bytes >= 1000,
+        "the trailing window keeps the log: {log_bytes}"
+    );
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    assert_eq!(
+        sim.snapshots_built, built,
+        "the trailing window retriggered a snapshot"
+    );
+}
