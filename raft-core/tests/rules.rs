@@ -675,6 +675,33 @@ fn proposals_are_batched_up_to_the_entry_limit() {
 }
 
 #[test]
+fn a_batch_fills_the_byte_budget_exactly() {
+    let entry = raft_core::ENTRY_OVERHEAD + 300;
+    let cfg = Config {
+        max_bytes_per_append: 3 * entry,
+        ..plain_cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.isolate(NodeId(2));
+    let cmds: Vec<Bytes> = (0..6).map(|_| Bytes::from(vec![7u8; 300])).collect();
+    sim.with_core(NodeId(1), |c| c.propose(cmds))
+        .expect("up")
+        .expect("leader");
+    let sizes: Vec<usize> = sim
+        .in_flight()
+        .iter()
+        .filter(|m| m.to == NodeId(3))
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries(a) => Some(a.entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, vec![3, 3]);
+}
+
+#[test]
 fn proposals_are_batched_up_to_the_byte_limit() {
     let mut sim = Sim::new(
         1,

@@ -320,3 +320,96 @@ fn the_byte_trigger_counts_only_entries_after_the_snapshot() {
         "the trailing window retriggered a snapshot"
     );
 }
+
+/// Three nodes that all took a snapshot at 5 or later and purged their logs behind it.
+fn compacted_cluster() -> Sim {
+    let mut sim = Sim::new(1, 3, cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    for _ in 0..7 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    sim.run_ticks(2);
+    assert!(
+        sim.core(2).first_log_index() > LogIndex(5),
+        "{:?}",
+        sim.core(2).status()
+    );
+    sim.take_in_flight();
+    sim
+}
+
+#[test]
+fn a_conflict_hint_never_points_below_the_compacted_log() {
+    // Fast backtracking (section 5.3) from a compacted log: the first index of the
+    // conflicting term is at most where the log begins.
+    let mut sim = compacted_cluster();
+    let first = sim.core(2).first_log_index();
+    let last = sim.core(2).last_log_id().index;
+    let term = sim.core(2).term().0;
+    let probe = raft_core::message::AppendEntries {
+        prev_log_id: LogId::new(term + 1, last.0),
+        entries: Vec::new(),
+        leader_commit: LogIndex(0),
+        seq: 0,
+    };
+    sim.deliver(Message {
+        from: NodeId(3),
+        to: NodeId(2),
+        term: Term(term + 1),
+        body: MessageBody::AppendEntries(probe),
+    });
+    let hints: Vec<LogIndex> = sim
+        .take_in_flight()
+        .into_iter()
+        .filter_map(|m| match m.body {
+            MessageBody::AppendResponse(raft_core::message::AppendResponse {
+                outcome: raft_core::message::AppendOutcome::Conflict { conflict_index, .. },
+                ..
+            }) => Some(conflict_index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hints, vec![first]);
+}
+
+#[test]
+fn an_append_reaching_back_into_the_compacted_log_is_accepted() {
+    // Entries at or below the purge point are committed and covered by the snapshot: an
+    // AppendEntries whose prev lies below it matches, and only its newer entries count.
+    let mut sim = compacted_cluster();
+    let last = sim.core(2).last_log_id();
+    let term = sim.core(1).term();
+    // Re-send from index 2 everything node 2 has, plus one new entry.
+    let mut entries: Vec<raft_core::Entry> = sim
+        .applied_at
+        .range(LogIndex(2)..)
+        .map(|(_, e)| e.clone())
+        .collect();
+    entries.retain(|e| e.index() <= last.index);
+    let new = raft_core::Entry {
+        log_id: LogId {
+            term,
+            index: last.index.next(),
+        },
+        payload: raft_core::EntryPayload::Command(Bytes::from_static(b"new")),
+    };
+    entries.push(new.clone());
+    let req = raft_core::message::AppendEntries {
+        prev_log_id: LogId {
+            term: sim.applied_at[&LogIndex(1)].term(),
+            index: LogIndex(1),
+        },
+        entries,
+        leader_commit: LogIndex(0),
+        seq: 0,
+    };
+    sim.deliver(Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term,
+        body: MessageBody::AppendEntries(req),
+    });
+    assert_eq!(sim.core(2).last_log_id(), new.log_id);
+}
