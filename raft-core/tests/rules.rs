@@ -468,6 +468,74 @@ fn a_leader_sends_nothing_in_its_term_before_the_term_is_durable() {
     );
 }
 
+#[test]
+fn a_durable_write_of_a_replaced_entry_does_not_make_its_replacement_durable() {
+    // Node 1 appends (1,2) for leader 2; before that is durable, leader 3 of term 2 replaces
+    // it with (2,2). The first write completing says nothing about (2,2).
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    sim.deliver(msg(2, 1, 1, append(LogId::default(), &[(1, 1)], 0)));
+    sim.complete_writes(NodeId(1), usize::MAX);
+    sim.deliver(msg(2, 1, 1, append(LogId::new(1, 1), &[(1, 2)], 0)));
+    sim.deliver(msg(3, 1, 2, append(LogId::new(1, 1), &[(2, 2)], 0)));
+    sim.complete_writes(NodeId(1), 1); // only the append of (1,2)
+    assert_eq!(sim.core(1).status().stable_index, LogIndex(1));
+    sim.complete_writes(NodeId(1), usize::MAX);
+    assert_eq!(sim.core(1).status().stable_index, LogIndex(2));
+}
+
+#[test]
+fn a_stale_durability_report_changes_nothing() {
+    // Reports can arrive late; an older one must not make the core think less is durable
+    // (which would hold back answers that are already safe to send).
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    sim.deliver(msg(2, 1, 1, append(LogId::default(), &[(1, 1), (1, 2)], 0)));
+    sim.complete_writes(NodeId(1), usize::MAX);
+    sim.take_in_flight();
+    sim.with_core(NodeId(1), |c| c.persisted(1));
+    let replies = exchange(&mut sim, msg(3, 1, 1, vote_request(LogId::new(1, 2))));
+    assert!(
+        matches!(replies.as_slice(), [MessageBody::VoteResponse(_)]),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn messages_not_addressed_to_this_node_or_from_itself_are_ignored() {
+    let mut sim = three();
+    let term = sim.core(1).term();
+    let stray = |from: u64, to: u64| Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term.0 + 5),
+        body: append(LogId::default(), &[], 0),
+    };
+    sim.with_core(NodeId(1), |c| c.step(stray(2, 3)));
+    sim.with_core(NodeId(1), |c| c.step(stray(1, 1)));
+    assert_eq!(
+        sim.core(1).term(),
+        term,
+        "a misdelivered message changed the term"
+    );
+}
+
+#[test]
+fn a_core_restored_from_a_log_with_a_gap_stops_at_once() {
+    let entries = disk(1, &[1, 1, 1]).log;
+    let init = raft_core::InitialState {
+        entries: vec![entries[0].clone(), entries[2].clone()],
+        bootstrap: raft_core::Membership::new([NodeId(1)]),
+        ..raft_core::InitialState::default()
+    };
+    let core = raft_core::RaftCore::new(NodeId(1), cfg(), init, 1);
+    assert!(
+        matches!(core.fatal(), Some(raft_core::FatalError::Restore(_))),
+        "{:?}",
+        core.fatal()
+    );
+}
+
 // ----- Figure 2, Rules for Followers and Candidates ----------------------------------------
 
 #[test]

@@ -413,3 +413,13 @@ fn an_append_reaching_back_into_the_compacted_log_is_accepted() {
     });
     assert_eq!(sim.core(2).last_log_id(), new.log_id);
 }
+
+#[test]
+fn the_log_byte_count_follows_compaction() {
+    let sim = compacted_cluster();
+    let core = sim.core(2);
+    let held: usize = (core.first_log_index().0..=core.last_log_id().index.0)
+        .filter_map(|i| core.entry(LogIndex(i)).map(raft_core::Entry::size_hint))
+        .sum();
+    assert_eq!(core.status().log_bytes, held);
+}
