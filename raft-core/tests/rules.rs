@@ -536,6 +536,46 @@ fn a_core_restored_from_a_log_with_a_gap_stops_at_once() {
     );
 }
 
+#[test]
+fn a_held_acknowledgement_of_entries_before_a_truncation_is_still_sent() {
+    // Only acknowledgements of replaced entries are withdrawn; one for the untouched prefix
+    // stays true and goes out.
+    let mut sim = three();
+    sim.faults.disk = 0.0;
+    sim.deliver(msg(2, 1, 1, append(LogId::default(), &[(1, 1)], 0)));
+    sim.deliver(msg(2, 1, 1, append(LogId::new(1, 1), &[(1, 2)], 0)));
+    sim.deliver(msg(3, 1, 2, append(LogId::new(1, 1), &[(2, 2)], 0)));
+    sim.complete_writes(NodeId(1), usize::MAX);
+    let to_2: Vec<MessageBody> = sim
+        .take_in_flight()
+        .into_iter()
+        .filter(|m| m.to == NodeId(2))
+        .map(|m| m.body)
+        .collect();
+    assert!(
+        matches!(to_2.as_slice(), [MessageBody::AppendResponse(r)] if r.outcome == AppendOutcome::Success { match_index: LogIndex(1) }),
+        "{to_2:?}"
+    );
+}
+
+#[test]
+fn a_candidate_asks_only_voters() {
+    // Section 6: learners receive the log but take no part in elections.
+    let members = raft_core::Membership {
+        learners: [NodeId(4)].into(),
+        ..raft_core::Membership::new([NodeId(1), NodeId(2), NodeId(3)])
+    };
+    let mut sim = Sim::with_membership(1, members, plain_cfg(), Faults::none());
+    sim.campaign(1);
+    let asked: Vec<NodeId> = sim
+        .in_flight()
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::RequestVote(_)))
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(asked, vec![NodeId(2), NodeId(3)]);
+}
+
 // ----- Figure 2, Rules for Followers and Candidates ----------------------------------------
 
 #[test]
