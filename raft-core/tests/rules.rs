@@ -142,6 +142,31 @@ fn vote_rejected_for_candidate_with_stale_term() {
 }
 
 #[test]
+fn a_candidate_that_lost_does_not_vote_again_in_its_term() {
+    // Reference: Figure 2, RequestVote rule 2: its vote in the term went to itself; losing
+    // the election does not free it.
+    let mut sim = Sim::new(1, 3, plain_cfg(), Faults::none());
+    sim.campaign(1);
+    let term = sim.core(1).term().0;
+    let refusal = || {
+        MessageBody::VoteResponse(VoteResponse {
+            granted: false,
+            pre_vote: false,
+        })
+    };
+    sim.take_in_flight();
+    sim.deliver(msg(2, 1, term, refusal()));
+    sim.deliver(msg(3, 1, term, refusal()));
+    assert_eq!(sim.core(1).role(), Role::Follower, "lost");
+    let last = sim.core(1).last_log_id();
+    assert!(!granted(&exchange(
+        &mut sim,
+        msg(2, 1, term, vote_request(last))
+    )));
+    assert_eq!(sim.core(1).status().voted_for, Some(NodeId(1)));
+}
+
+#[test]
 fn at_most_one_vote_per_term() {
     // Reference: Figure 2, RequestVote rule 2: votedFor is null or candidateId.
     let mut sim = three();
