@@ -584,6 +584,20 @@ fn a_held_acknowledgement_of_entries_before_a_truncation_is_still_sent() {
 }
 
 #[test]
+fn a_learner_ignores_timeout_now() {
+    // Leadership transfer only ever targets a voter; a learner that campaigned could be
+    // elected by the voters' grants without being one.
+    let members = raft_core::Membership {
+        learners: [NodeId(4)].into(),
+        ..raft_core::Membership::new([NodeId(1), NodeId(2), NodeId(3)])
+    };
+    let mut sim = Sim::with_membership(1, members, plain_cfg(), Faults::none());
+    sim.campaign(4);
+    assert_eq!(sim.core(4).role(), Role::Learner);
+    assert!(sim.in_flight().is_empty(), "{:?}", sim.in_flight());
+}
+
+#[test]
 fn a_candidate_asks_only_voters() {
     // Section 6: learners receive the log but take no part in elections.
     let members = raft_core::Membership {
