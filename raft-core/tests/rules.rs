@@ -598,6 +598,26 @@ fn a_learner_ignores_timeout_now() {
 }
 
 #[test]
+fn a_leader_refuses_a_vote_in_its_own_term_and_says_so() {
+    // Reference: Figure 2, RequestVote rule 2: the leader voted for itself in this term.
+    let mut sim = Sim::new(1, 3, plain_cfg(), Faults::none());
+    sim.elect(1);
+    let term = sim.core(1).term().0;
+    let last = sim.core(1).last_log_id();
+    let replies = exchange(&mut sim, msg(2, 1, term, vote_request(last)));
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [MessageBody::VoteResponse(VoteResponse {
+                granted: false,
+                ..
+            })]
+        ),
+        "{replies:?}"
+    );
+}
+
+#[test]
 fn a_candidate_asks_only_voters() {
     // Section 6: learners receive the log but take no part in elections.
     let members = raft_core::Membership {
