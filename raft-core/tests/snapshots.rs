@@ -423,3 +423,80 @@ fn the_log_byte_count_follows_compaction() {
         .sum();
     assert_eq!(core.status().log_bytes, held);
 }
+
+fn manual() -> Config {
+    Config {
+        snapshot_threshold: 0,
+        ..cfg()
+    }
+}
+
+fn applied_cluster(cfg: Config, entries: usize) -> Sim {
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    for _ in 0..entries {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    sim.run_ticks(2);
+    sim
+}
+
+#[test]
+fn snapshot_now_takes_one_at_once_and_only_when_something_is_new() {
+    let mut sim = applied_cluster(manual(), 4);
+    assert_eq!(
+        sim.snapshots_built, 0,
+        "no policy snapshot with threshold 0"
+    );
+    let applied = sim.core(1).status().applied_index;
+    assert_eq!(sim.with_core(NodeId(1), |c| c.snapshot_now()), Some(true));
+    assert_eq!(sim.core(1).status().snapshot_index, applied);
+    assert_eq!(
+        sim.with_core(NodeId(1), |c| c.snapshot_now()),
+        Some(false),
+        "nothing new"
+    );
+    // --- while one is being written, a second request joins it rather than starting another
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    sim.faults.disk = 0.0;
+    assert_eq!(sim.with_core(NodeId(1), |c| c.snapshot_now()), Some(true));
+    assert!(sim.core(1).snapshot_building());
+    assert_eq!(sim.with_core(NodeId(1), |c| c.snapshot_now()), Some(false));
+    // --- a failed build lets the next request start again
+    sim.with_core(NodeId(1), |c| c.snapshot_build_failed());
+    assert!(!sim.core(1).snapshot_building());
+    assert_eq!(sim.with_core(NodeId(1), |c| c.snapshot_now()), Some(true));
+}
+
+#[test]
+fn the_count_trigger_fires_at_exactly_the_threshold() {
+    // Section 7: a snapshot once `snapshot_threshold` entries were applied since the last.
+    let sim = applied_cluster(cfg(), 3);
+    assert_eq!(sim.core(1).status().applied_index, LogIndex(4), "no-op + 3");
+    assert_eq!(sim.core(1).status().snapshot_index, LogIndex(0));
+    let mut sim = sim;
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    sim.run_ticks(2);
+    assert_eq!(sim.core(1).status().snapshot_index, LogIndex(5));
+}
+
+#[test]
+fn a_stale_or_foreign_snapshot_report_changes_nothing() {
+    let mut sim = applied_cluster(manual(), 6);
+    let older = sim.core(1).snapshot_meta_at(LogIndex(3)).expect("held");
+    sim.with_core(NodeId(1), |c| c.snapshot_now());
+    let before = sim.core(1).status();
+    sim.with_core(NodeId(1), |c| c.snapshot_built(&older, 1));
+    let foreign = SnapshotMeta {
+        last_log_id: LogId::new(before.term.0 + 3, before.snapshot_index.0 + 1),
+        membership: before.membership.clone(),
+    };
+    sim.with_core(NodeId(1), |c| c.snapshot_built(&foreign, 1));
+    let after = sim.core(1).status();
+    assert_eq!(after.snapshot_index, before.snapshot_index);
+    assert_eq!(after.first_log_index, before.first_log_index);
+}
