@@ -500,3 +500,27 @@ fn a_stale_or_foreign_snapshot_report_changes_nothing() {
     assert_eq!(after.snapshot_index, before.snapshot_index);
     assert_eq!(after.first_log_index, before.first_log_index);
 }
+
+#[test]
+fn a_failed_snapshot_load_sends_the_follower_back_to_probing() {
+    // The follower is not left waiting in snapshot state for bytes that will not come; the
+    // next heartbeat probes it again (and asks for a snapshot again if it still needs one).
+    let mut sim = node_3_behind_a_compacted_log();
+    sim.faults.disk = 0.0; // the load stays outstanding
+    for _ in 0..cfg().election_timeout_min * 3 {
+        sim.with_core(NodeId(1), |c| c.tick());
+        sim.deliver_all();
+        if sim.core(1).status().peers[&NodeId(3)].1 == ReplicationState::Snapshot {
+            break;
+        }
+    }
+    assert_eq!(
+        sim.core(1).status().peers[&NodeId(3)].1,
+        ReplicationState::Snapshot
+    );
+    sim.with_core(NodeId(1), |c| c.snapshot_load_failed());
+    assert_eq!(
+        sim.core(1).status().peers[&NodeId(3)].1,
+        ReplicationState::Probe
+    );
+}
