@@ -940,6 +940,38 @@ fn pipeline_is_bounded_by_the_inflight_window() {
 }
 
 #[test]
+fn a_heartbeat_does_not_disturb_a_pipeline_in_flight() {
+    // Entries in flight are not resent at the next heartbeat: the heartbeat is an empty
+    // AppendEntries at the match point and leaves the window as it was.
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    sim.take_in_flight(); // in flight: not yet delivered
+    for _ in 0..cfg().heartbeat_interval {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    let resent = sim
+        .in_flight()
+        .iter()
+        .filter(|m| matches!(&m.body, MessageBody::AppendEntries(a) if !a.entries.is_empty()))
+        .count();
+    assert_eq!(resent, 0, "{:?}", sim.in_flight());
+    // The next proposal goes out alone: the window still starts after the entry in flight.
+    sim.take_in_flight();
+    let next = sim.propose(NodeId(1)).expect("leader").index;
+    let firsts: Vec<LogIndex> = sim
+        .in_flight()
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries(a) => a.entries.first().map(|e| e.index()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(firsts, vec![next, next], "{:?}", sim.in_flight());
+}
+
+#[test]
 fn lost_pipelined_appends_are_resent_after_the_pipeline_stalls() {
     let mut sim = three();
     sim.elect(1);
