@@ -844,19 +844,26 @@ fn proposals_are_batched_up_to_the_entry_limit() {
 #[test]
 fn a_batch_fills_the_byte_budget_exactly() {
     let entry = raft_core::ENTRY_OVERHEAD + 300;
+    let (_, sizes) = batches_to_node_3(3 * entry, 6);
+    assert_eq!(sizes, vec![3, 3]);
+}
+
+/// A leader with `max_bytes_per_append` of `max_bytes` proposes `n` commands of 300 bytes
+/// at once; returns the cluster and the entry count of each AppendEntries to node 3.
+fn batches_to_node_3(max_bytes: usize, n: usize) -> (Sim, Vec<usize>) {
     let cfg = Config {
-        max_bytes_per_append: 3 * entry,
+        max_bytes_per_append: max_bytes,
         ..plain_cfg()
     };
     let mut sim = Sim::new(1, 3, cfg, Faults::none());
     sim.elect(1);
     sim.run_ticks(2);
     sim.isolate(NodeId(2));
-    let cmds: Vec<Bytes> = (0..6).map(|_| Bytes::from(vec![7u8; 300])).collect();
+    let cmds: Vec<Bytes> = (0..n).map(|_| Bytes::from(vec![7u8; 300])).collect();
     sim.with_core(NodeId(1), |c| c.propose(cmds))
         .expect("up")
         .expect("leader");
-    let sizes: Vec<usize> = sim
+    let sizes = sim
         .in_flight()
         .iter()
         .filter(|m| m.to == NodeId(3))
@@ -865,36 +872,12 @@ fn a_batch_fills_the_byte_budget_exactly() {
             _ => None,
         })
         .collect();
-    assert_eq!(sizes, vec![3, 3]);
+    (sim, sizes)
 }
 
 #[test]
 fn proposals_are_batched_up_to_the_byte_limit() {
-    let mut sim = Sim::new(
-        1,
-        3,
-        Config {
-            max_bytes_per_append: 1000,
-            ..plain_cfg()
-        },
-        Faults::none(),
-    );
-    sim.elect(1);
-    sim.run_ticks(2);
-    sim.isolate(NodeId(2));
-    let cmds: Vec<Bytes> = (0..10).map(|_| Bytes::from(vec![7u8; 300])).collect();
-    sim.with_core(NodeId(1), |c| c.propose(cmds))
-        .expect("up")
-        .expect("leader");
-    let sizes: Vec<usize> = sim
-        .in_flight()
-        .iter()
-        .filter(|m| m.to == NodeId(3))
-        .filter_map(|m| match &m.body {
-            MessageBody::AppendEntries(a) => Some(a.entries.len()),
-            _ => None,
-        })
-        .collect();
+    let (mut sim, sizes) = batches_to_node_3(1000, 10);
     // About 324 bytes an entry: three fit in 1000 bytes, a fourth would not.
     assert_eq!(sizes, vec![3, 3, 3, 1]);
     // One entry larger than the limit still travels, alone.

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cmd, within, Cluster};
+use common::{cmd, nth, random_cmd, rounds, seed, unreliable, within, Cluster};
 use raft_core::NodeId;
 use raft_transport::LinkFaults;
 use rand::{Rng, SeedableRng};
@@ -21,37 +21,12 @@ use rand_chacha::ChaCha8Rng;
 /// The lab's `RaftElectionTimeout`.
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
-fn seed(offset: u64) -> u64 {
-    std::env::var("RAFT_SCENARIO_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + offset
-}
-
-fn rounds(short: usize, long: usize) -> usize {
-    if std::env::var("RAFT_SCENARIO_LONG").is_ok() {
-        long
-    } else {
-        short
-    }
-}
-
 fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
 async fn sleep(d: Duration) {
     tokio::time::sleep(d).await;
-}
-
-fn nth(c: &Cluster, id: NodeId, k: u64) -> NodeId {
-    let n = c.ids().len() as u64;
-    NodeId((id.0 - 1 + k) % n + 1)
-}
-
-fn random_cmd(r: &mut ChaCha8Rng) -> Bytes {
-    cmd(format!("v{}", r.gen::<u32>()))
 }
 
 // ----- 3A: leader election ------------------------------------------------------------------
@@ -353,12 +328,7 @@ async fn persistence_crash_and_restart() {
     let mut c = Cluster::new(3, seed(11)).await;
     c.one(cmd(11), 3, true).await;
     // --- all crash and restart
-    for id in c.ids() {
-        c.crash(id).await;
-    }
-    for id in c.ids() {
-        c.start(id).await;
-    }
+    c.restart_all().await;
     c.one(cmd(12), 3, true).await;
     // --- the leader crashes and restarts
     let leader1 = c.check_one_leader().await;
@@ -463,14 +433,6 @@ async fn figure_8_with_crashes() {
     }
     c.one(random_cmd(&mut r), 5, true).await;
     c.shutdown().await;
-}
-
-fn unreliable() -> LinkFaults {
-    LinkFaults {
-        drop_rate: 0.1,
-        delay: (Duration::ZERO, Duration::from_millis(27)),
-        ..LinkFaults::default()
-    }
 }
 
 #[tokio::test(start_paused = true)]

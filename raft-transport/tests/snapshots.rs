@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use common::{cmd, test_config, Cluster};
-use raft_core::{Config, NodeId};
-use raft_transport::LinkFaults;
+use common::{cmd, nth, random_cmd, rounds, seed, test_config, unreliable, Cluster};
+use raft_core::Config;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -26,31 +23,6 @@ fn snapshot_config(trailing: u64) -> Config {
         snapshot_chunk_bytes: 64,
         ..test_config()
     }
-}
-
-fn seed(offset: u64) -> u64 {
-    std::env::var("RAFT_SCENARIO_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + offset
-}
-
-fn iterations() -> u64 {
-    if std::env::var("RAFT_SCENARIO_LONG").is_ok() {
-        30
-    } else {
-        10
-    }
-}
-
-fn random_cmd(r: &mut ChaCha8Rng) -> Bytes {
-    cmd(format!("v{}", r.gen::<u32>()))
-}
-
-fn nth(c: &Cluster, id: NodeId, k: u64) -> NodeId {
-    let n = c.ids().len() as u64;
-    NodeId((id.0 - 1 + k) % n + 1)
 }
 
 /// Entries each running node holds in its log; none may hold more than `max`.
@@ -83,15 +55,11 @@ async fn snapshot_common(seed: u64, disconnect: bool, reliable: bool, crash: boo
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let mut c = Cluster::with_config(3, seed, snapshot_config(0)).await;
     if !reliable {
-        c.net.set_faults(LinkFaults {
-            drop_rate: 0.1,
-            delay: (Duration::ZERO, Duration::from_millis(27)),
-            ..LinkFaults::default()
-        });
+        c.net.set_faults(unreliable());
     }
     c.one(random_cmd(&mut r), 3, true).await;
     let mut leader = c.check_one_leader().await;
-    for i in 0..iterations() {
+    for i in 0..rounds(10, 30) as u64 {
         // --- take a node away (the leader itself every third round)
         let (victim, sender) = if i % 3 == 1 {
             (leader, nth(&c, leader, 1))
@@ -179,19 +147,14 @@ async fn snapshot_all_nodes_crash() {
     let mut r = ChaCha8Rng::seed_from_u64(seed(306));
     let mut c = Cluster::with_config(3, seed(306), snapshot_config(2)).await;
     c.one(random_cmd(&mut r), 3, true).await;
-    for _ in 0..iterations() {
+    for _ in 0..rounds(10, 30) as u64 {
         let n = SNAPSHOT_INTERVAL / 2 + r.gen_range(0..SNAPSHOT_INTERVAL);
         for _ in 0..n {
             c.one(random_cmd(&mut r), 3, true).await;
         }
         let before = c.one(random_cmd(&mut r), 3, true).await;
         // --- crash and restart all
-        for id in c.ids() {
-            c.crash(id).await;
-        }
-        for id in c.ids() {
-            c.start(id).await;
-        }
+        c.restart_all().await;
         let after = c.one(random_cmd(&mut r), 3, true).await;
         assert!(after > before, "index went back from {before} to {after}");
     }
@@ -207,12 +170,7 @@ async fn snapshot_restart_right_after_snapshot() {
         c.one(random_cmd(&mut r), 3, true).await;
     }
     for _ in 0..2 {
-        for id in c.ids() {
-            c.crash(id).await;
-        }
-        for id in c.ids() {
-            c.start(id).await;
-        }
+        c.restart_all().await;
         c.one(random_cmd(&mut r), 3, true).await;
     }
     c.shutdown().await;

@@ -454,3 +454,54 @@ pub fn tcp_config() -> TcpConfig {
 pub fn cmd(s: impl std::fmt::Display) -> Bytes {
     Bytes::from(s.to_string())
 }
+
+/// The seed a scenario starts from: `RAFT_SCENARIO_SEED` (default 0) plus `offset`.
+pub fn seed(offset: u64) -> u64 {
+    std::env::var("RAFT_SCENARIO_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        + offset
+}
+
+/// `short` rounds, or `long` ones with `RAFT_SCENARIO_LONG` set.
+pub fn rounds(short: usize, long: usize) -> usize {
+    if std::env::var("RAFT_SCENARIO_LONG").is_ok() {
+        long
+    } else {
+        short
+    }
+}
+
+/// The node `k` places after `id`, wrapping around.
+pub fn nth(c: &Cluster, id: NodeId, k: u64) -> NodeId {
+    let n = c.ids().len() as u64;
+    NodeId((id.0 - 1 + k) % n + 1)
+}
+
+/// A random command.
+pub fn random_cmd(r: &mut rand_chacha::ChaCha8Rng) -> Bytes {
+    use rand::Rng;
+    cmd(format!("v{}", r.gen::<u32>()))
+}
+
+/// The lab's unreliable network: up to 27 ms of delay and 10% loss on every link.
+pub fn unreliable() -> raft_transport::LinkFaults {
+    raft_transport::LinkFaults {
+        drop_rate: 0.1,
+        delay: (Duration::ZERO, Duration::from_millis(27)),
+        ..raft_transport::LinkFaults::default()
+    }
+}
+
+impl Cluster {
+    /// Crashes every node, then restarts them all from their stores.
+    pub async fn restart_all(&mut self) {
+        for id in self.ids() {
+            self.crash(id).await;
+        }
+        for id in self.ids() {
+            self.start(id).await;
+        }
+    }
+}
