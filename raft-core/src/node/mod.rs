@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::raft::{CoreStatus, InitialState, RaftCore};
 use crate::state_machine::StateMachine;
-use crate::storage::{LogStore, SnapshotStore};
+use crate::storage::{LogState, LogStore, SnapshotStore};
 use crate::transport::{Inbox, Transport};
 use crate::types::{LogId, Membership, NodeId};
 
@@ -265,7 +265,7 @@ async fn restore(
         }
         .into());
     }
-    if snapshot.is_some() && !holds(log, base).await? {
+    if snapshot.is_some() && !holds(log, &log_state, base).await? {
         // A crash between saving a snapshot and purging the log behind it, or a log that
         // ends before the snapshot or disagrees with its last entry: the snapshot rules
         // (it holds only committed entries), so the log restarts right after it.
@@ -301,8 +301,7 @@ async fn restore(
 }
 
 /// Whether the log holds `id` (as an entry, or as its last purged entry).
-async fn holds(log: &dyn LogStore, id: LogId) -> Result<bool, StorageError> {
-    let state = log.log_state().await?;
+async fn holds(log: &dyn LogStore, state: &LogState, id: LogId) -> Result<bool, StorageError> {
     if id.index < state.last_purged.index || id.index > state.last.index {
         return Ok(false);
     }

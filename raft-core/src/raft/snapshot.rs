@@ -287,7 +287,12 @@ impl RaftCore {
 
     /// Frees the loaded snapshot once no follower needs it.
     pub(super) fn release_snapshot_source(&mut self) {
-        if self.peers_in_snapshot().is_empty() {
+        // Runs at every heartbeat: look without collecting.
+        let streaming = self
+            .progress
+            .values()
+            .any(|p| p.state == ReplicationState::Snapshot);
+        if !streaming {
             self.snapshot_source = None;
         }
     }
