@@ -35,9 +35,13 @@ pub struct Config {
     /// Take a snapshot once this many entries were applied since the last one (section 7);
     /// 0 turns the count trigger off.
     pub snapshot_threshold: u64,
-    /// Also take one once the log's entries in memory pass this many bytes (so large
-    /// entries do not multiply memory by the threshold); 0 turns it off.
+    /// Also take one once the log's entries after the last snapshot pass this many bytes
+    /// (so large entries do not multiply the log by the threshold); 0 turns it off.
     pub snapshot_log_bytes: usize,
+    /// Bytes of applied log entries the core keeps in memory (the most recent ones); older
+    /// entries stay in the log store, and a leader reads them from there for a follower
+    /// that needs them. Entries not yet applied are always held.
+    pub log_cache_bytes: usize,
     /// Entries kept behind a snapshot when the log is purged, so followers only slightly
     /// behind catch up from the log rather than by a snapshot.
     pub snapshot_trailing: u64,
@@ -63,6 +67,7 @@ impl Default for Config {
             max_entry_bytes: 4 << 20,
             snapshot_threshold: 10_000,
             snapshot_log_bytes: 64 << 20,
+            log_cache_bytes: 16 << 20,
             snapshot_trailing: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             pre_vote: true,

@@ -81,6 +81,15 @@ pub enum FatalError {
     /// One of the node's own tasks (log writer, applier) ended unexpectedly.
     #[error("internal task failed: {0}")]
     Internal(String),
+    /// The log store returned entries that are not the ones the log holds: it lost or
+    /// changed entries it had acknowledged as durable.
+    #[error("the log store returned entry {found} where the log holds {expected:?}; it lost or changed acknowledged entries")]
+    StoreMismatch {
+        /// What the store returned.
+        found: LogId,
+        /// What the log holds at that index.
+        expected: Option<LogId>,
+    },
     /// The state given to a new core contradicts itself.
     #[error("inconsistent restored state: {0}")]
     Restore(String),

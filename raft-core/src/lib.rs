@@ -25,6 +25,7 @@ pub mod types;
 
 pub use config::Config;
 pub use error::{ConfigError, FatalError, RaftError, StateMachineError, StorageError};
+pub use log::EntryMeta;
 pub use message::{Message, MessageBody};
 pub use node::{RaftNode, Seams, Status};
 pub use progress::ReplicationState;

@@ -1,10 +1,36 @@
-//! The core's view of the replicated log: entries since the last snapshot, the commit index,
-//! and how much of the log is known durable.
+//! The core's view of the replicated log: the id and size of every stored entry since the
+//! last purge, a bounded cache of the most recent entries themselves, the commit index, and
+//! how much of the log is known durable.
+//!
+//! Memory follows configuration, not history: entries the state machine has applied and the
+//! log store holds durably may leave the cache once it passes its byte budget
+//! (`Config::log_cache_bytes`); a leader reads them back from the store
+//! ([`crate::Action::ReadEntries`]) for a follower that needs them. Their terms stay known,
+//! so every consistency check works on the whole log.
 
 use std::collections::VecDeque;
 
 use crate::error::FatalError;
 use crate::types::{Entry, LogId, LogIndex, Term};
+
+/// What the core keeps of a stored entry it may not hold in memory: its id and encoded
+/// size ([`Entry::size_hint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// The entry's term and index.
+    pub log_id: LogId,
+    /// Its encoded size in bytes.
+    pub size: usize,
+}
+
+impl From<&Entry> for EntryMeta {
+    fn from(e: &Entry) -> EntryMeta {
+        EntryMeta {
+            log_id: e.log_id,
+            size: e.size_hint(),
+        }
+    }
+}
 
 /// Where a follower's log disagrees with a leader's AppendEntries (section 5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,9 +50,10 @@ pub(crate) struct Merge {
     pub appended: Vec<Entry>,
 }
 
-/// The log as the core sees it. Entries from `purged.index + 1` onwards are held in memory;
-/// snapshots bound them: after a snapshot the log is purged up to the snapshot minus a
-/// trailing window, so `purged <= snapshot_last`.
+/// The log as the core sees it. Every index after `purged` has its term and size in
+/// `metas`; the last `cache.len()` entries are also held whole. Snapshots bound the log:
+/// after a snapshot it is purged up to the snapshot minus a trailing window, so
+/// `purged <= snapshot_last`.
 #[derive(Debug)]
 pub(crate) struct RaftLog {
     /// The last entry removed by compaction (index 0 when nothing was): its id is still
@@ -34,48 +61,88 @@ pub(crate) struct RaftLog {
     purged: LogId,
     /// The last entry covered by the latest snapshot (index 0 when there is none).
     snapshot_last: LogId,
-    entries: VecDeque<Entry>,
-    /// Sum of the entries' encoded sizes.
+    /// Term and encoded size of every entry after `purged`, in order.
+    metas: VecDeque<(Term, usize)>,
+    /// The most recent entries, ending at the last one.
+    cache: VecDeque<Entry>,
+    /// Sum of the sizes in `metas`.
     bytes: usize,
     /// The part of `bytes` in entries the snapshot covers (the trailing window).
     covered_bytes: usize,
+    /// Sum of the sizes of the cached entries.
+    cached_bytes: usize,
     /// Highest index known committed.
     pub committed: LogIndex,
-    /// Highest index up to which our durable log is known to equal `entries`.
+    /// Highest index up to which our durable log is known to equal this one.
     pub stable: LogIndex,
 }
 
+/// Takes entries for one AppendEntries: at most `max_count`, and stopping before the entry
+/// that would pass `max_bytes` (always at least one, so a large entry can still travel).
+pub(crate) fn batch<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    max_count: usize,
+    max_bytes: usize,
+) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        bytes += e.size_hint();
+        if out.len() >= max_count || (!out.is_empty() && bytes > max_bytes) {
+            break;
+        }
+        out.push(e.clone());
+    }
+    out
+}
+
 impl RaftLog {
-    /// A log restored from storage: `entries` directly follow `purged`, and the snapshot
-    /// (`snapshot_last`) lies within them or at `purged`. Returns why not, if they do not.
+    /// A log restored from storage: `stored` (entries not held in memory, all covered by the
+    /// snapshot) then `entries` directly follow `purged`, and the snapshot (`snapshot_last`)
+    /// lies within them or at `purged`. Returns why not, if they do not.
     pub fn restore(
         purged: LogId,
         snapshot_last: LogId,
+        stored: Vec<EntryMeta>,
         entries: Vec<Entry>,
     ) -> Result<RaftLog, String> {
-        if let Some((i, e)) = entries
+        let ids = stored
             .iter()
-            .enumerate()
-            .find(|(i, e)| e.index().0 != purged.index.0 + 1 + *i as u64)
+            .map(|m| m.log_id)
+            .chain(entries.iter().map(|e| e.log_id));
+        for (i, id) in ids.enumerate() {
+            let expected = purged.index.0 + 1 + i as u64;
+            if id.index.0 != expected {
+                return Err(format!(
+                    "entry {id} found where index {expected} belongs (the log after {} is not contiguous)",
+                    purged.index
+                ));
+            }
+        }
+        if let Some(m) = stored
+            .last()
+            .filter(|m| m.log_id.index > snapshot_last.index)
         {
             return Err(format!(
-                "entry {} found where index {} belongs (the log after {} is not contiguous)",
-                e.log_id,
-                purged.index.0 + 1 + i as u64,
-                purged.index
+                "entry {} is left out of memory but not covered by the snapshot at {}",
+                m.log_id, snapshot_last
             ));
         }
-        let stable = entries.last().map(|e| e.index()).unwrap_or(purged.index);
-        let bytes = entries.iter().map(Entry::size_hint).sum();
         let mut log = RaftLog {
             purged,
             snapshot_last,
-            entries: entries.into(),
-            bytes,
+            metas: stored.iter().map(|m| (m.log_id.term, m.size)).collect(),
+            cache: VecDeque::new(),
+            bytes: stored.iter().map(|m| m.size).sum(),
             covered_bytes: 0,
+            cached_bytes: 0,
             committed: snapshot_last.index,
-            stable,
+            stable: LogIndex(0),
         };
+        for e in entries {
+            log.push(e);
+        }
+        log.stable = log.last_index();
         log.count_covered();
         if !log.matches(snapshot_last) {
             return Err(format!(
@@ -98,14 +165,30 @@ impl RaftLog {
         self.purged
     }
 
-    /// The first index held in memory.
+    /// The first index in the log (in memory or only in the log store).
     pub fn first_index(&self) -> LogIndex {
         self.purged.index.next()
     }
 
-    /// Encoded size of the entries held.
+    /// The first index held in memory.
+    pub fn first_cached(&self) -> LogIndex {
+        LogIndex(self.last_index().0 + 1 - self.cache.len() as u64)
+    }
+
+    /// Whether the entry at `index` is in the log but not in memory: it must be read from
+    /// the log store.
+    pub fn is_evicted(&self, index: LogIndex) -> bool {
+        index > self.purged.index && index < self.first_cached()
+    }
+
+    /// Encoded size of the log's entries (in memory or not).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Encoded size of the entries held in memory.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
     }
 
     /// Encoded size of the entries after the snapshot (what the next snapshot would let
@@ -114,20 +197,36 @@ impl RaftLog {
         self.bytes - self.covered_bytes
     }
 
+    /// Offset of `index` in `metas`, if the log has it.
+    fn offset(&self, index: LogIndex) -> Option<usize> {
+        let offset = usize::try_from(index.0.checked_sub(self.first_index().0)?).ok()?;
+        (offset < self.metas.len()).then_some(offset)
+    }
+
     /// Recomputes the size of the entries the snapshot covers (after it moves).
     fn count_covered(&mut self) {
-        let snapshot = self.snapshot_last.index;
+        let covered = self
+            .snapshot_last
+            .index
+            .0
+            .saturating_sub(self.purged.index.0);
         self.covered_bytes = self
-            .entries
+            .metas
             .iter()
-            .take_while(|e| e.index() <= snapshot)
-            .map(Entry::size_hint)
+            .take(covered as usize)
+            .map(|(_, size)| size)
             .sum();
     }
 
     /// The id of the last entry (or of the purge point when the log is empty).
     pub fn last_log_id(&self) -> LogId {
-        self.entries.back().map(|e| e.log_id).unwrap_or(self.purged)
+        match self.metas.back() {
+            Some(&(term, _)) => LogId {
+                term,
+                index: LogIndex(self.purged.index.0 + self.metas.len() as u64),
+            },
+            None => self.purged,
+        }
     }
 
     /// The last index.
@@ -140,13 +239,13 @@ impl RaftLog {
         if index == self.purged.index {
             return Some(self.purged.term);
         }
-        self.get(index).map(|e| e.term())
+        self.offset(index).map(|o| self.metas[o].0)
     }
 
     /// The entry at `index`, if held in memory.
     pub fn get(&self, index: LogIndex) -> Option<&Entry> {
-        let offset = index.0.checked_sub(self.first_index().0)?;
-        self.entries.get(usize::try_from(offset).ok()?)
+        let offset = index.0.checked_sub(self.first_cached().0)?;
+        self.cache.get(usize::try_from(offset).ok()?)
     }
 
     /// The log id at `index`, if known.
@@ -159,24 +258,17 @@ impl RaftLog {
         self.term_at(id.index) == Some(id.term)
     }
 
-    /// Entries from `from` on, at most `max_count` of them and about `max_bytes` (always at
-    /// least one entry if any exists, so a large entry can still travel).
+    /// Entries in memory from `from` on, batched for one AppendEntries (see [`batch`]).
+    /// Empty if `from` is not in memory.
     pub fn slice(&self, from: LogIndex, max_count: usize, max_bytes: usize) -> Vec<Entry> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut index = from;
-        while let Some(e) = self.get(index) {
-            bytes += e.size_hint();
-            if out.len() >= max_count || (!out.is_empty() && bytes > max_bytes) {
-                break;
-            }
-            out.push(e.clone());
-            index = index.next();
-        }
-        out
+        let Some(offset) = from.0.checked_sub(self.first_cached().0) else {
+            return Vec::new();
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        batch(self.cache.iter().skip(skip), max_count, max_bytes)
     }
 
-    /// Entries in `[from, to]` (inclusive), for handing to the state machine.
+    /// Entries in `[from, to]` (inclusive) held in memory, for handing to the state machine.
     pub fn range(&self, from: LogIndex, to: LogIndex) -> Vec<Entry> {
         let mut out = Vec::with_capacity((to.0.saturating_sub(from.0) + 1) as usize);
         let mut index = from;
@@ -190,7 +282,7 @@ impl RaftLog {
         out
     }
 
-    /// Appends an entry created by this node as leader.
+    /// Appends an entry after the last one.
     pub fn push(&mut self, entry: Entry) {
         debug_assert_eq!(
             entry.index(),
@@ -201,8 +293,22 @@ impl RaftLog {
             entry.term() >= self.last_log_id().term,
             "invariant: terms grow"
         );
-        self.bytes += entry.size_hint();
-        self.entries.push_back(entry);
+        let size = entry.size_hint();
+        self.bytes += size;
+        self.cached_bytes += size;
+        self.metas.push_back((entry.term(), size));
+        self.cache.push_back(entry);
+    }
+
+    /// Drops entries from the front of the cache while it holds more than `budget` bytes,
+    /// but only entries at or below `upto` (applied and durable: the log store has them,
+    /// and nothing in the core needs them whole).
+    pub fn evict(&mut self, upto: LogIndex, budget: usize) {
+        while self.cached_bytes > budget && self.cache.front().is_some_and(|e| e.index() <= upto) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cached_bytes -= e.size_hint();
+            }
+        }
     }
 
     /// The first index of `term` at or before `index`, walking back over entries of that term.
@@ -269,24 +375,30 @@ impl RaftLog {
         if let Some(i) = new_from {
             // Rule 4: append any new entries not already in the log.
             for e in entries.into_iter().skip(i) {
-                debug_assert_eq!(e.index(), self.last_index().next(), "invariant: contiguous");
                 merge.appended.push(e.clone());
-                self.bytes += e.size_hint();
-                self.entries.push_back(e);
+                self.push(e);
             }
         }
         Ok(merge)
     }
 
-    /// Removes entries from `from` on.
+    /// Removes entries from `from` on (never committed ones, so never evicted ones).
     fn truncate(&mut self, from: LogIndex) {
         let keep = from.0.saturating_sub(self.first_index().0) as usize;
+        let removed = self.metas.len().saturating_sub(keep);
         self.bytes -= self
-            .entries
-            .range(keep.min(self.entries.len())..)
+            .metas
+            .range(keep.min(self.metas.len())..)
+            .map(|(_, size)| size)
+            .sum::<usize>();
+        self.metas.truncate(keep);
+        let cache_keep = self.cache.len().saturating_sub(removed);
+        self.cached_bytes -= self
+            .cache
+            .range(cache_keep..)
             .map(Entry::size_hint)
             .sum::<usize>();
-        self.entries.truncate(keep);
+        self.cache.truncate(cache_keep);
         self.stable = self.stable.min(from.prev());
     }
 
@@ -294,13 +406,15 @@ impl RaftLog {
     /// must be at or below the snapshot and held in the log.
     pub fn compact(&mut self, upto: LogId) {
         debug_assert!(upto.index <= self.snapshot_last.index && self.matches(upto));
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| e.index() <= upto.index)
-        {
-            if let Some(e) = self.entries.pop_front() {
-                self.bytes -= e.size_hint();
+        let drop = upto.index.0.saturating_sub(self.purged.index.0) as usize;
+        for _ in 0..drop.min(self.metas.len()) {
+            if let Some((_, size)) = self.metas.pop_front() {
+                self.bytes -= size;
+            }
+        }
+        while self.cache.front().is_some_and(|e| e.index() <= upto.index) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cached_bytes -= e.size_hint();
             }
         }
         self.purged = self.purged.max(upto);
@@ -322,9 +436,11 @@ impl RaftLog {
             self.snapshot_last = id;
             self.compact(id);
         } else {
-            self.entries.clear();
+            self.metas.clear();
+            self.cache.clear();
             self.bytes = 0;
             self.covered_bytes = 0;
+            self.cached_bytes = 0;
             self.stable = self.stable.min(self.purged.index);
             self.purged = id;
             self.snapshot_last = id;
@@ -349,7 +465,7 @@ impl RaftLog {
         (self.purged.term == term).then_some(self.purged.index)
     }
 
-    /// Records that the durable log holds `id` (if our in-memory log still has it).
+    /// Records that the durable log holds `id` (if our log still has it).
     pub fn mark_stable(&mut self, id: LogId) {
         if id.index > self.stable && self.matches(id) {
             self.stable = id.index;

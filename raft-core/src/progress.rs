@@ -74,6 +74,10 @@ pub(crate) struct Progress {
     stalled_heartbeats: u32,
     /// In snapshot state: the transfer, once the snapshot's bytes are at hand.
     pub snapshot: Option<SnapshotSend>,
+    /// Entries from this index are being read from the log store for this follower;
+    /// nothing more is sent with entries until they arrive. Every change of state clears it
+    /// (a read started for the old state is not what the new one sends).
+    pub reading: Option<LogIndex>,
 }
 
 impl Progress {
@@ -89,15 +93,21 @@ impl Progress {
             acked_seq: 0,
             stalled_heartbeats: 0,
             snapshot: None,
+            reading: None,
         }
     }
 
     /// Whether another AppendEntries with entries may be sent now.
     pub fn can_send(&self, max_inflight: usize) -> bool {
+        self.reading.is_none() && self.window(max_inflight) > 0
+    }
+
+    /// How many AppendEntries the state allows to send now.
+    pub fn window(&self, max_inflight: usize) -> usize {
         match self.state {
-            ReplicationState::Probe => !self.probe_sent,
-            ReplicationState::Replicate => self.inflight.len() < max_inflight,
-            ReplicationState::Snapshot => false,
+            ReplicationState::Probe => usize::from(!self.probe_sent),
+            ReplicationState::Replicate => max_inflight.saturating_sub(self.inflight.len()),
+            ReplicationState::Snapshot => 0,
         }
     }
 
@@ -172,6 +182,7 @@ impl Progress {
 
     fn become_replicate(&mut self) {
         self.state = ReplicationState::Replicate;
+        self.reading = None;
         self.next_index = self.match_index.next();
         self.inflight.clear();
         self.snapshot = None;
@@ -180,6 +191,7 @@ impl Progress {
     /// Back to probing from just after the match point.
     pub fn become_probe(&mut self) {
         self.state = ReplicationState::Probe;
+        self.reading = None;
         self.next_index = self.match_index.next();
         self.probe_sent = false;
         self.stalled_heartbeats = 0;
@@ -190,6 +202,7 @@ impl Progress {
     /// The follower needs entries we compacted: stream it a snapshot.
     pub fn become_snapshot(&mut self) {
         self.state = ReplicationState::Snapshot;
+        self.reading = None;
         self.probe_sent = false;
         self.inflight.clear();
         self.snapshot = None;

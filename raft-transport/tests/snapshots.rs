@@ -237,3 +237,43 @@ async fn large_entries_are_bounded_by_log_bytes_not_by_the_entry_threshold() {
     assert!(most <= 6 << 20, "a node held {most} bytes of log");
     c.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn memory_holds_the_log_cache_while_followers_catch_up_from_the_log_store() {
+    // A trailing window of 1,000 entries of 64 KiB keeps up to 64 MB of log in the store;
+    // memory keeps 1 MiB of applied entries, and a follower that was away is served by
+    // reading the store rather than by a snapshot.
+    let cfg = Config {
+        snapshot_threshold: 10_000,
+        snapshot_log_bytes: 0,
+        snapshot_trailing: 1_000,
+        log_cache_bytes: 1 << 20,
+        ..test_config()
+    };
+    let mut c = Cluster::with_config(3, seed(311), cfg).await;
+    let leader = c.check_one_leader().await;
+    let away = nth(&c, leader, 1);
+    c.disconnect(away);
+    let node = c.node(leader).cloned().expect("leader is up");
+    let big = Bytes::from(vec![7u8; 64 << 10]);
+    for _ in 0..200 {
+        node.propose(big.clone()).await.expect("commit");
+    }
+    let s = node.status().await.expect("status");
+    assert!(s.log_bytes >= 200 * (64 << 10), "{s:?}");
+    assert!(s.log_cache_bytes <= 1 << 20, "{s:?}");
+    c.connect(away);
+    let last = c.one(cmd("after"), 3, true).await;
+    let s = c.node(away).expect("up").status().await.expect("status");
+    assert!(s.last_log_id.index.0 >= last, "{s:?}");
+    assert_eq!(
+        install_snapshot_messages(&c),
+        0,
+        "caught up from the log, not a snapshot"
+    );
+    for id in c.ids() {
+        let s = c.node(id).expect("up").status().await.expect("status");
+        assert!(s.log_cache_bytes <= 1 << 20, "{id}: {s:?}");
+    }
+    c.shutdown().await;
+}

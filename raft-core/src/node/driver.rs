@@ -17,7 +17,7 @@ use crate::read::ReadId;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::Transport;
-use crate::types::{Entry, LogId, LogIndex, SnapshotMeta, Term};
+use crate::types::{Entry, LogId, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// Most messages or requests handled before the driver carries out actions, so a flood of
 /// input still yields batched writes and sends.
@@ -48,11 +48,19 @@ pub(crate) struct Driver {
     /// The latest snapshot read back for sending (or why not).
     loaded_tx: mpsc::UnboundedSender<Loaded>,
     loaded: mpsc::UnboundedReceiver<Loaded>,
+    /// The log store, for reading entries that left the core's memory.
+    log: Arc<dyn LogStore>,
+    /// Entries read for a follower (or why not).
+    read_tx: mpsc::UnboundedSender<EntriesRead>,
+    read: mpsc::UnboundedReceiver<EntriesRead>,
     /// Callers of `snapshot_now` waiting for the snapshot being built.
     snapshot_waiters: Vec<oneshot::Sender<Result<LogId, RaftError>>>,
 }
 
 type Loaded = Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
+
+/// Entries read from the log store for a follower: who, from where, and what came back.
+type EntriesRead = (NodeId, LogIndex, Result<Vec<Entry>, StorageError>);
 
 impl Driver {
     pub(crate) fn new(
@@ -71,9 +79,10 @@ impl Driver {
         let (images_tx, images) = mpsc::unbounded_channel();
         let (built_tx, built) = mpsc::unbounded_channel();
         let (loaded_tx, loaded) = mpsc::unbounded_channel();
+        let (read_tx, read) = mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(tasks::log_writer(
-                log,
+                log.clone(),
                 snapshots.clone(),
                 writes_rx,
                 written_tx,
@@ -105,6 +114,9 @@ impl Driver {
             built,
             loaded_tx,
             loaded,
+            log,
+            read_tx,
+            read,
             snapshot_waiters: Vec::new(),
         }
     }
@@ -147,6 +159,16 @@ impl Driver {
                         Err(e) => {
                             tracing::warn!(node = %id, error = %e, "cannot read the latest snapshot to send it");
                             self.core.snapshot_load_failed();
+                        }
+                    }
+                    Ok(None)
+                }
+                Some((to, from, read)) = self.read.recv() => {
+                    match read {
+                        Ok(entries) => self.core.entries_read(to, from, entries),
+                        Err(e) => {
+                            tracing::warn!(node = %id, follower = %to, error = %e, "cannot read log entries for a follower; will retry");
+                            self.core.entries_read_failed(to, from);
                         }
                     }
                     Ok(None)
@@ -305,6 +327,17 @@ impl Driver {
                     let (store, tx) = (self.snapshots.clone(), self.loaded_tx.clone());
                     tokio::spawn(async move {
                         let _ = tx.send(store.read_latest().await);
+                    });
+                }
+                Action::ReadEntries {
+                    to,
+                    range,
+                    max_bytes,
+                } => {
+                    let (log, tx) = (self.log.clone(), self.read_tx.clone());
+                    tokio::spawn(async move {
+                        let from = range.start;
+                        let _ = tx.send((to, from, log.entries(range, max_bytes).await));
                     });
                 }
                 Action::RestoreSnapshot { meta, data } => {

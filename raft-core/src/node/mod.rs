@@ -24,11 +24,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::{FatalError, RaftError, StorageError};
+use crate::log::EntryMeta;
 use crate::raft::{CoreStatus, InitialState, RaftCore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogState, LogStore, SnapshotStore};
 use crate::transport::{Inbox, Transport};
-use crate::types::{LogId, Membership, NodeId};
+use crate::types::{Entry, LogId, LogIndex, Membership, NodeId};
 
 /// A node's status: role, term, leader, commit and apply progress, and on a leader each
 /// follower's match index.
@@ -275,13 +276,7 @@ async fn restore(
         log.purge(base).await?;
         log_state = log.log_state().await?;
     }
-    let from = log_state.first_index();
-    let entries = if log_state.last.index >= from {
-        log.entries(from..log_state.last.index.next(), usize::MAX)
-            .await?
-    } else {
-        Vec::new()
-    };
+    let (stored, entries) = read_log(log, &log_state, base.index).await?;
     let mut applied = state_machine.applied_index().await?;
     if applied < base.index {
         if let Some((meta, data)) = snapshots.read_latest().await? {
@@ -293,11 +288,46 @@ async fn restore(
         hard_state,
         snapshot,
         last_purged: log_state.last_purged,
+        stored,
         entries,
         applied,
         bootstrap,
     };
     Ok((init, state_machine))
+}
+
+/// Bytes read from the log store per call at start.
+const RESTORE_READ_BYTES: usize = 4 << 20;
+
+/// Reads the stored log in bounded batches: entries up to `covered` (the snapshot's last
+/// index) by id and size only, the rest whole. Memory at start then follows what must be
+/// applied, not the trailing window kept behind the snapshot.
+async fn read_log(
+    log: &dyn LogStore,
+    state: &LogState,
+    covered: LogIndex,
+) -> Result<(Vec<EntryMeta>, Vec<Entry>), StorageError> {
+    let (mut stored, mut entries) = (Vec::new(), Vec::new());
+    let end = state.last.index.next();
+    let mut next = state.first_index();
+    while next < end {
+        let batch = log.entries(next..end, RESTORE_READ_BYTES).await?;
+        let Some(last) = batch.last().map(Entry::index) else {
+            return Err(StorageError::Corrupt {
+                location: "log store".into(),
+                detail: format!("no entry at {next} though the log ends at {}", state.last),
+            });
+        };
+        next = last.next();
+        for e in batch {
+            if e.index() <= covered {
+                stored.push(EntryMeta::from(&e));
+            } else {
+                entries.push(e);
+            }
+        }
+    }
+    Ok((stored, entries))
 }
 
 /// Whether the log holds `id` (as an entry, or as its last purged entry).

@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
 use crate::error::FatalError;
-use crate::log::RaftLog;
+use crate::log::{EntryMeta, RaftLog};
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
 use crate::read::{ReadId, ReadQueue};
@@ -94,6 +94,19 @@ pub enum Action {
     /// [`RaftCore::snapshot_loaded`] (or [`RaftCore::snapshot_load_failed`]): a follower
     /// needs entries that were compacted.
     LoadSnapshot,
+    /// Read entries in `range` from the log store (they left the core's memory, see
+    /// [`Config::log_cache_bytes`]), stopping once they pass `max_bytes` as
+    /// [`LogStore::entries`](crate::LogStore::entries) does, and hand them over with
+    /// [`RaftCore::entries_read`] (or [`RaftCore::entries_read_failed`]): the follower `to`
+    /// needs them. Reading must not hold up the other actions.
+    ReadEntries {
+        /// The follower the entries are for.
+        to: NodeId,
+        /// The indexes to read.
+        range: std::ops::Range<LogIndex>,
+        /// Stop after about this many bytes.
+        max_bytes: usize,
+    },
     /// Replace the state machine's state with this snapshot's (installed from the leader and
     /// durable), before applying any later entry.
     RestoreSnapshot {
@@ -117,8 +130,12 @@ pub struct InitialState {
     /// The last entry the log store purged (`LogState::last_purged`); at or below the
     /// snapshot's last entry.
     pub last_purged: LogId,
-    /// Every stored entry after `last_purged`, contiguous; the snapshot's last entry is
-    /// among them, or is `last_purged` itself.
+    /// The stored entries after `last_purged` that the core need not hold in memory, by id
+    /// and size: only entries the snapshot covers may be left out this way (the core reads
+    /// them from the log store when a follower needs them). May be empty.
+    pub stored: Vec<EntryMeta>,
+    /// Every other stored entry, contiguous and directly after `stored` (or `last_purged`);
+    /// the snapshot's last entry is among `stored` or these, or is `last_purged` itself.
     pub entries: Vec<Entry>,
     /// The state machine's last applied index (entries up to it are not applied again).
     pub applied: LogIndex,
@@ -150,8 +167,11 @@ pub struct CoreStatus {
     pub first_log_index: LogIndex,
     /// The last index covered by the latest snapshot (0 without one).
     pub snapshot_index: LogIndex,
-    /// Encoded size of the log entries held in memory.
+    /// Encoded size of the log's entries (from the first index on).
     pub log_bytes: usize,
+    /// Encoded size of the entries held in memory (bounded by
+    /// [`Config::log_cache_bytes`] once applied).
+    pub log_cache_bytes: usize,
     /// Size of the latest snapshot taken or installed since start (0 if none yet).
     pub snapshot_bytes: u64,
     /// The last index known durable locally.
@@ -261,11 +281,11 @@ impl RaftCore {
                 _ => None,
             })
             .collect();
-        let restored = RaftLog::restore(init.last_purged, snapshot_last, init.entries);
+        let restored = RaftLog::restore(init.last_purged, snapshot_last, init.stored, init.entries);
         let (mut log, bad_restore) = match restored {
             Ok(log) => (log, None),
             Err(why) => (
-                RaftLog::restore(snapshot_last, snapshot_last, Vec::new())
+                RaftLog::restore(snapshot_last, snapshot_last, Vec::new(), Vec::new())
                     .expect("invariant: an empty log at the snapshot is consistent"),
                 Some(why),
             ),
@@ -273,6 +293,7 @@ impl RaftCore {
         // Entries the state machine already applied are committed.
         let applied = init.applied.max(snapshot_last.index).min(log.last_index());
         log.committed = applied;
+        log.evict(applied, cfg.log_cache_bytes);
         let mut core = RaftCore {
             id,
             role: Role::Follower,
@@ -471,7 +492,7 @@ impl RaftCore {
             .unwrap_or(&self.base_config)
     }
 
-    /// The entry at `index`, if still held by the core.
+    /// The entry at `index`, if held in memory by the core.
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.get(index)
     }
@@ -506,6 +527,7 @@ impl RaftCore {
             first_log_index: self.log.first_index(),
             snapshot_index: self.log.snapshot_last().index,
             log_bytes: self.log.bytes(),
+            log_cache_bytes: self.log.cached_bytes(),
             snapshot_bytes: self.snapshot_bytes,
             stable_index: self.log.stable,
             membership: self.membership().clone(),
@@ -657,6 +679,8 @@ impl RaftCore {
             }
             self.apply_sent = upto;
             self.actions.push(Action::Apply(entries));
+            // Applied and durable: the log store serves these from now on if needed.
+            self.log.evict(upto, self.cfg.log_cache_bytes);
         }
     }
 

@@ -1,11 +1,13 @@
 //! Log replication (section 5.3), commitment (section 5.4.2) and ReadIndex confirmation.
 
 use super::{Action, PersistOp, ProposeError, RaftCore};
+use crate::error::FatalError;
+use crate::log;
 use crate::message::{AppendEntries, AppendOutcome, AppendResponse, Message, MessageBody};
 use crate::progress::ReplicationState;
 use crate::quorum;
 use crate::read::ReadId;
-use crate::types::{EntryPayload, LogId, LogIndex, NodeId, Role, Term};
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId, Role, Term};
 
 impl RaftCore {
     pub(super) fn propose_payloads(
@@ -219,6 +221,12 @@ impl RaftCore {
         let Some(pr) = self.progress.get(&to) else {
             return false;
         };
+        if pr.can_send(max_inflight) && self.log.is_evicted(pr.next_index) {
+            self.read_entries(to);
+        }
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
         let state = pr.state;
         let replicating = state == ReplicationState::Replicate;
         let (prev_index, entries) = if pr.can_send(max_inflight) {
@@ -242,16 +250,24 @@ impl RaftCore {
         } else {
             return false;
         };
+        self.send_entries(to, prev_index, entries)
+    }
+
+    /// Sends `to` an AppendEntries with `entries` after `prev_index` and records it in its
+    /// progress. Returns whether it carried entries to a replicating follower (so another
+    /// may follow).
+    fn send_entries(&mut self, to: NodeId, prev_index: LogIndex, entries: Vec<Entry>) -> bool {
         let Some(prev_log_id) = self.log.log_id_at(prev_index) else {
             // The entries this follower needs were compacted away.
             self.start_snapshot_send(to);
             return false;
         };
         let last = entries.last().map(|e| e.index());
-        let pr = self
-            .progress
-            .get_mut(&to)
-            .expect("invariant: checked above");
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        let state = pr.state;
+        let replicating = state == ReplicationState::Replicate;
         if let Some(last) = last {
             pr.sent(last);
         } else if state == ReplicationState::Probe {
@@ -265,6 +281,81 @@ impl RaftCore {
         });
         self.send(to, body);
         replicating && last.is_some()
+    }
+
+    /// The entries `to` needs next left memory: asks the driver to read them from the log
+    /// store, as many as its window allows, up to where memory begins.
+    fn read_entries(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let from = pr.next_index;
+        let window = pr.window(self.cfg.max_inflight);
+        pr.reading = Some(from);
+        self.actions.push(Action::ReadEntries {
+            to,
+            range: from..self.log.first_cached(),
+            max_bytes: self.cfg.max_bytes_per_append.saturating_mul(window),
+        });
+    }
+
+    /// The entries asked for with [`Action::ReadEntries`] for `to`, from `from` on: sends
+    /// them as the follower's window allows, then carries on from memory (or reads more).
+    pub fn entries_read(&mut self, to: NodeId, from: LogIndex, entries: Vec<Entry>) {
+        if self.fatal.is_some() || self.role != Role::Leader {
+            return;
+        }
+        match self.progress.get_mut(&to) {
+            Some(pr) if pr.reading == Some(from) => pr.reading = None,
+            _ => return, // stale: the follower's progress moved on meanwhile
+        }
+        if let Some(e) = self.foreign_entry(from, &entries) {
+            // Sending it would break Log Matching on the follower.
+            let expected = self.log.log_id_at(e.index());
+            return self.halt(FatalError::StoreMismatch {
+                found: e.log_id,
+                expected,
+            });
+        }
+        let mut rest = &entries[..];
+        while let Some(first) = rest.first() {
+            let sendable = self.progress.get(&to).is_some_and(|pr| {
+                pr.can_send(self.cfg.max_inflight) && pr.next_index == first.index()
+            });
+            if !sendable {
+                break;
+            }
+            let batch = log::batch(
+                rest.iter(),
+                self.cfg.max_entries_per_append,
+                self.cfg.max_bytes_per_append,
+            );
+            rest = &rest[batch.len()..];
+            self.send_entries(to, first.index().prev(), batch);
+        }
+        self.send_append(to, false);
+    }
+
+    /// The first of `entries` (read from the store from `from` on) that is not the entry
+    /// our log holds at its index; entries purged since the read began do not count.
+    fn foreign_entry<'a>(&self, from: LogIndex, entries: &'a [Entry]) -> Option<&'a Entry> {
+        let purged = self.log.purged().index;
+        entries.iter().enumerate().find_map(|(i, e)| {
+            let wrong_place = e.index().0 != from.0 + i as u64;
+            let ours = e.index() <= purged || self.log.matches(e.log_id);
+            (wrong_place || !ours).then_some(e)
+        })
+    }
+
+    /// Reading entries for `to` failed: the next heartbeat tries again.
+    pub fn entries_read_failed(&mut self, to: NodeId, from: LogIndex) {
+        if let Some(pr) = self
+            .progress
+            .get_mut(&to)
+            .filter(|pr| pr.reading == Some(from))
+        {
+            pr.reading = None;
+        }
     }
 
     /// Where an empty heartbeat points: the match point, or where our log begins when the

@@ -5,12 +5,14 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
 
 use bytes::Bytes;
 use raft_core::message::{AppendOutcome, AppendResponse};
 use raft_core::{
-    Action, Config, Entry, EntryPayload, HardState, InitialState, LogId, LogIndex, Membership,
-    Message, MessageBody, NodeId, PersistOp, RaftCore, Role, SnapshotMeta, Term, WriteId,
+    Action, Config, Entry, EntryMeta, EntryPayload, HardState, InitialState, LogId, LogIndex,
+    Membership, Message, MessageBody, NodeId, PersistOp, RaftCore, Role, SnapshotMeta, Term,
+    WriteId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -220,6 +222,11 @@ pub struct SimNode {
     building: Option<(SnapshotMeta, Bytes)>,
     /// The core asked for its latest snapshot to send it.
     loading: bool,
+    /// Log reads the core asked for (entries that left its memory), oldest first.
+    reading: VecDeque<(NodeId, Range<LogIndex>, usize)>,
+    /// The id at each index of the node's log as last checked (index 1 first), so each
+    /// input's new entries are found and checked for Log Matching as they arrive.
+    shadow: Vec<LogId>,
 }
 
 impl SimNode {
@@ -282,6 +289,13 @@ pub struct Sim {
     /// Whether a stop without a storage fault is expected (rule tests of invariants);
     /// random runs treat one as a violation.
     pub expect_fatal: bool,
+    /// Whether state machines survive crashes (their applied state is durable, so a restart
+    /// resumes from it rather than from the snapshot).
+    pub durable_state_machines: bool,
+    /// Log reads served from disk for followers.
+    pub entries_read: u64,
+    /// Leaves log reads unanswered (rule tests answer them by hand, see `take_reads`).
+    pub hold_reads: bool,
 }
 
 /// A broken safety property.
@@ -324,6 +338,9 @@ impl Sim {
             expect_fatal: false,
             snapshots_built: 0,
             snapshots_installed: 0,
+            durable_state_machines: false,
+            entries_read: 0,
+            hold_reads: false,
         };
         for id in ids {
             sim.add_node(id, Disk::default());
@@ -344,28 +361,44 @@ impl Sim {
                 write_failed: false,
                 building: None,
                 loading: false,
+                reading: VecDeque::new(),
+                shadow: Vec::new(),
             },
         );
         self.start(id);
     }
 
     /// Starts a node from its disk, as the real node does: the log reconciled with the
-    /// snapshot, and the (volatile) state machine restored from the snapshot.
+    /// snapshot, and the state machine restored from the snapshot when it is behind it (a
+    /// volatile one always is). A random part of the log the snapshot covers is left on
+    /// disk, known to the core by id only.
     fn start(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         node.restarts += 1;
         node.disk.reconcile();
         let snapshot = node.disk.snapshot.clone();
+        let covered = snapshot.as_ref().map_or(0, |(m, _)| m.last_log_id.index.0);
+        let kept = if self.durable_state_machines {
+            std::mem::take(&mut node.applied)
+        } else {
+            Vec::new()
+        };
         let applied = match &snapshot {
-            Some((meta, data)) => self.restore_state(id, meta, data),
-            None => Vec::new(),
+            Some((meta, data)) if (kept.len() as u64) < covered => {
+                self.restore_state(id, meta, data)
+            }
+            _ => kept,
         };
         let node = self.nodes.get_mut(&id).expect("known node");
+        let in_store = covered.saturating_sub(node.disk.purged.index.0) as usize;
+        let split = self.rng.gen_range(0..=in_store.min(node.disk.log.len()));
+        let (stored, entries) = node.disk.log.split_at(split);
         let init = InitialState {
             hard_state: node.disk.hard,
             snapshot: snapshot.map(|(m, _)| m),
             last_purged: node.disk.purged,
-            entries: node.disk.log.clone(),
+            stored: stored.iter().map(EntryMeta::from).collect(),
+            entries: entries.to_vec(),
             applied: LogIndex(applied.len() as u64),
             bootstrap: self.membership.clone(),
         };
@@ -374,8 +407,14 @@ impl Sim {
         node.pending.clear();
         node.building = None;
         node.loading = false;
+        node.reading.clear();
         node.write_failed = false;
-        node.core = Some(RaftCore::new(id, self.cfg.clone(), init, seed));
+        let core = RaftCore::new(id, self.cfg.clone(), init, seed);
+        // What came from the disk was checked when it became durable.
+        node.shadow = (1..=core.last_log_id().index.0)
+            .map(|i| core.log_id_at(LogIndex(i)).unwrap_or_default())
+            .collect();
+        node.core = Some(core);
         self.leader_logs.remove(&id);
     }
 
@@ -415,6 +454,7 @@ impl Sim {
         node.pending.clear();
         node.building = None;
         node.loading = false;
+        node.reading.clear();
         self.leader_logs.remove(&id);
         self.net.retain(|f| f.msg.to != id);
     }
@@ -492,6 +532,7 @@ impl Sim {
         let was_leader = core.role() == Role::Leader;
         let r = f(core);
         let now_leader = core.role() == Role::Leader;
+        self.check_new_entries(id);
         if now_leader && !was_leader {
             self.on_new_leader(id);
         }
@@ -506,9 +547,56 @@ impl Sim {
         Some(r)
     }
 
-    /// Finishes the snapshot being written (then the core may purge its log) and answers
-    /// a request for the latest snapshot.
+    /// Log Matching at every input, incrementally: each entry that enters a node's log is
+    /// checked against every entry seen with its id (same payload, same previous term). By
+    /// induction on the index, two logs holding an entry with the same id then agree on
+    /// every entry before it. An entry enters a log only by an input, before it can be
+    /// durable and applied, so it is still in memory here. A leader's own new entries are
+    /// checked but not remembered: if it crashes before its term is durable, they vanish
+    /// with it and it may lead that term again with other entries.
+    fn check_new_entries(&mut self, id: NodeId) {
+        let node = &self.nodes[&id];
+        let Some(core) = &node.core else { return };
+        let leading = core.role() == Role::Leader;
+        let last = core.last_log_id().index.0;
+        let first = core.first_log_index().0;
+        let mut new = Vec::new();
+        let mut i = last;
+        while i >= first && i > 0 {
+            let lid = core.log_id_at(LogIndex(i));
+            if lid.is_some() && node.shadow.get(i as usize - 1) == lid.as_ref() {
+                break;
+            }
+            match core.entry(LogIndex(i)) {
+                Some(e) => new.push(e.clone()),
+                None => self.fail(format!("{id}: entry {i}, new to its log, is not in memory")),
+            }
+            i -= 1;
+        }
+        new.reverse();
+        let prev_term = new
+            .first()
+            .and_then(|e| core.log_id_at(e.index().prev()))
+            .map(|l| l.term)
+            .unwrap_or_default();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.shadow.truncate(last as usize);
+        for e in &new {
+            let at = e.index().0 as usize - 1;
+            if at < node.shadow.len() {
+                node.shadow[at] = e.log_id;
+            } else {
+                node.shadow.resize(at, LogId::default());
+                node.shadow.push(e.log_id);
+            }
+        }
+        self.check_entries(id, &new, prev_term, !leading);
+    }
+
+    /// Finishes the snapshot being written (then the core may purge its log), answers a
+    /// request for the latest snapshot, and serves the oldest log read.
     fn snapshot_io(&mut self, id: NodeId) {
+        self.serve_read(id);
         let Some(node) = self.nodes.get_mut(&id).filter(|n| n.is_up()) else {
             return;
         };
@@ -526,6 +614,42 @@ impl Sim {
             Some((meta, data)) => self.with_core(id, |c| c.snapshot_loaded(meta, data)),
             None => self.with_core(id, |c| c.snapshot_load_failed()),
         };
+    }
+
+    /// Serves the oldest log read of `id` from its disk, as a log store does: the entries
+    /// in the range, stopping once past the byte budget (at least one); a purged start
+    /// fails.
+    fn serve_read(&mut self, id: NodeId) {
+        let hold = self.hold_reads;
+        let Some(node) = self.nodes.get_mut(&id).filter(|n| n.is_up() && !hold) else {
+            return;
+        };
+        let Some((to, range, max_bytes)) = node.reading.pop_front() else {
+            return;
+        };
+        let from = range.start;
+        let disk = &node.disk;
+        if from <= disk.purged.index {
+            self.with_core(id, |c| c.entries_read_failed(to, from));
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let skip = (from.0 - disk.purged.index.0 - 1) as usize;
+        for e in disk
+            .log
+            .iter()
+            .skip(skip)
+            .take_while(|e| e.index() < range.end)
+        {
+            if !entries.is_empty() && bytes + e.size_hint() > max_bytes {
+                break;
+            }
+            bytes += e.size_hint();
+            entries.push(e.clone());
+        }
+        self.entries_read += 1;
+        self.with_core(id, |c| c.entries_read(to, from, entries));
     }
 
     fn drain(&mut self, id: NodeId) {
@@ -584,6 +708,14 @@ impl Sim {
                 }
             }
             Action::LoadSnapshot => self.nodes.get_mut(&id).expect("known node").loading = true,
+            Action::ReadEntries {
+                to,
+                range,
+                max_bytes,
+            } => {
+                let node = self.nodes.get_mut(&id).expect("known node");
+                node.reading.push_back((to, range, max_bytes));
+            }
             Action::RestoreSnapshot { meta, data } => {
                 self.snapshots_installed += 1;
                 let state = self.restore_state(id, &meta, &data);
@@ -804,7 +936,13 @@ impl Sim {
     /// on its disk: an entry with a given (term, index) always carries the same payload and
     /// follows the same previous term. (An entry only ever in a crashed leader's memory
     /// vanished with it; its term may be led again with other entries.)
-    fn check_seen(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Term) {
+    fn check_seen(&mut self, id: NodeId, entries: &[Entry], prev_term: Term) {
+        self.check_entries(id, entries, prev_term, true);
+    }
+
+    /// [`check_seen`](Self::check_seen); `keep` false checks without remembering (a
+    /// leader's new entries are only in its memory until sent or durable).
+    fn check_entries(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Term, keep: bool) {
         for e in entries {
             let record = (e.payload.clone(), prev_term);
             match self.seen.get(&e.log_id) {
@@ -816,9 +954,10 @@ impl Sim {
                     self.fail(msg);
                 }
                 Some(_) => {}
-                None => {
+                None if keep => {
                     self.seen.insert(e.log_id, record);
                 }
+                None => {}
             }
             prev_term = e.term();
         }
@@ -1285,7 +1424,7 @@ impl Sim {
     pub fn log(&self, id: u64) -> Vec<LogId> {
         let core = self.core(id);
         (1..=core.last_log_id().index.0)
-            .filter_map(|i| core.entry(LogIndex(i)).map(|e| e.log_id))
+            .filter_map(|i| core.log_id_at(LogIndex(i)))
             .collect()
     }
 
@@ -1308,6 +1447,13 @@ impl Sim {
     /// Count of messages of a kind sent so far.
     pub fn count(&self, kind: &str) -> u64 {
         self.sent.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Takes the log reads `id` asked for and has not been answered: (for whom, range, byte
+    /// budget).
+    pub fn take_reads(&mut self, id: u64) -> Vec<(NodeId, Range<LogIndex>, usize)> {
+        let node = self.nodes.get_mut(&NodeId(id)).expect("known node");
+        node.reading.drain(..).collect()
     }
 
     /// Pending (not yet durable) writes of a node.
