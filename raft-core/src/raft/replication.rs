@@ -284,18 +284,21 @@ impl RaftCore {
     }
 
     /// The entries `to` needs next left memory: asks the driver to read them from the log
-    /// store, as many as its window allows, up to where memory begins.
+    /// store, as many as its window allows, up to where memory begins. A read brings no
+    /// more than the cache budget (or one AppendEntries' worth), so reading for a lagging
+    /// follower does not undo the bound on memory.
     fn read_entries(&mut self, to: NodeId) {
         let Some(pr) = self.progress.get_mut(&to) else {
             return;
         };
         let from = pr.next_index;
-        let window = pr.window(self.cfg.max_inflight);
+        let per_append = self.cfg.max_bytes_per_append;
+        let window = per_append.saturating_mul(pr.window(self.cfg.max_inflight));
         pr.reading = Some(from);
         self.actions.push(Action::ReadEntries {
             to,
             range: from..self.log.first_cached(),
-            max_bytes: self.cfg.max_bytes_per_append.saturating_mul(window),
+            max_bytes: window.min(self.cfg.log_cache_bytes.max(per_append)),
         });
     }
 
