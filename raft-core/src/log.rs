@@ -311,13 +311,11 @@ impl RaftLog {
         }
     }
 
-    /// The first index of `term` at or before `index`, walking back over entries of that term.
+    /// The first index in the log of `term`, the term of the entry at `index` (terms never
+    /// decrease along a log, so a term's entries form one run).
     fn first_index_of_term(&self, index: LogIndex, term: Term) -> LogIndex {
-        let mut first = index;
-        while first > self.first_index() && self.term_at(first.prev()) == Some(term) {
-            first = first.prev();
-        }
-        first
+        let offset = self.metas.partition_point(|(t, _)| *t < term);
+        LogIndex(self.first_index().0 + offset as u64).min(index)
     }
 
     /// The consistency check of Figure 2, AppendEntries rule 2: `None` if our log contains
@@ -449,26 +447,20 @@ impl RaftLog {
         !keep_suffix
     }
 
-    /// The last index of `term` in our log, if we have any entry of that term.
+    /// The last index of `term` in our log (the purge point included), if we have any
+    /// entry of that term.
     pub fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
-        if self.last_log_id().term < term {
-            return None;
-        }
-        let mut index = self.last_index();
-        while index >= self.first_index() {
-            match self.term_at(index) {
-                Some(t) if t == term => return Some(index),
-                Some(t) if t < term => return None,
-                _ => index = index.prev(),
-            }
-        }
-        (self.purged.term == term).then_some(self.purged.index)
+        // Terms never decrease along a log: the entries up to `term` are a prefix.
+        let upto = self.metas.partition_point(|(t, _)| *t <= term) as u64;
+        self.log_id_at(LogIndex(self.purged.index.0 + upto))
+            .filter(|id| id.term == term)
+            .map(|id| id.index)
     }
 
     /// Records that the durable log holds `id` (if our log still has it).
     pub fn mark_stable(&mut self, id: LogId) {
-        if id.index > self.stable && self.matches(id) {
-            self.stable = id.index;
+        if self.matches(id) {
+            self.stable = self.stable.max(id.index);
         }
     }
 }

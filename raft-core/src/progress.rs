@@ -77,7 +77,9 @@ pub(crate) struct Progress {
     /// Entries from this index are being read from the log store for this follower;
     /// nothing more is sent with entries until they arrive. Every change of state clears it
     /// (a read started for the old state is not what the new one sends).
-    pub reading: Option<LogIndex>,
+    reading: Option<LogIndex>,
+    /// Heartbeats since the read began: a read never answered is given up after some.
+    read_heartbeats: u32,
 }
 
 impl Progress {
@@ -94,12 +96,48 @@ impl Progress {
             stalled_heartbeats: 0,
             snapshot: None,
             reading: None,
+            read_heartbeats: 0,
         }
     }
 
     /// Whether another AppendEntries with entries may be sent now.
     pub fn can_send(&self, max_inflight: usize) -> bool {
         self.reading.is_none() && self.window(max_inflight) > 0
+    }
+
+    /// A read of entries from `from` on was asked for.
+    pub fn start_read(&mut self, from: LogIndex) {
+        self.reading = Some(from);
+        self.read_heartbeats = 0;
+    }
+
+    /// Whether a read is outstanding.
+    pub fn is_reading(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// The answer to the read from `from` arrived: true if it is the outstanding one (a
+    /// stale answer, for a read given up or overtaken by a change of state, is ignored).
+    pub fn finish_read(&mut self, from: LogIndex) -> bool {
+        let current = self.reading == Some(from);
+        if current {
+            self.reading = None;
+        }
+        current
+    }
+
+    /// Called at each heartbeat: gives up a read outstanding for `limit` heartbeats (its
+    /// task died or hangs) so the next heartbeat asks again. Returns whether it did.
+    pub fn read_stalled(&mut self, limit: u32) -> bool {
+        if self.reading.is_none() {
+            return false;
+        }
+        self.read_heartbeats += 1;
+        if self.read_heartbeats < limit {
+            return false;
+        }
+        self.reading = None;
+        true
     }
 
     /// How many AppendEntries the state allows to send now.
@@ -165,6 +203,7 @@ impl Progress {
             ReplicationState::Snapshot => return false,
         }
         self.probe_sent = false;
+        self.reading = None;
         self.next_index = retry_at.max(self.match_index.next()).min(old_next);
         true
     }

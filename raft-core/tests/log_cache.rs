@@ -147,9 +147,10 @@ fn a_probe_reads_one_appends_worth_up_to_where_memory_begins() {
     let mut sim = node_3_behind(cfg(), 30);
     sim.hold_reads = true;
     let (range, max_bytes) = read_for_3(&mut sim);
-    // A probe: one AppendEntries' worth, up to the end of the log (nothing is in memory).
+    // A probe: one AppendEntries' worth (nothing is in memory, so not up to memory).
     assert_eq!(max_bytes, cfg().max_bytes_per_append);
-    assert_eq!(range.end, LogIndex(32));
+    let count = cfg().max_entries_per_append as u64;
+    assert_eq!(range.end.0 - range.start.0, count, "{range:?}");
 }
 
 #[test]
@@ -184,6 +185,10 @@ fn a_read_answered_after_the_follower_moved_on_is_ignored() {
         c.entries_read(NodeId(3), other, entries[1..].to_vec())
     });
     assert!(appends_to_3(&sim).is_empty());
+    assert!(
+        sim.take_reads(1).is_empty(),
+        "the outstanding read is still awaited"
+    );
     // Nor one after the leader stepped down.
     let term = sim.core(1).term();
     sim.with_core(NodeId(1), |c| {
@@ -282,4 +287,101 @@ fn a_restart_refuses_entries_left_out_of_memory_that_the_snapshot_does_not_cover
         "{:?}",
         core.fatal()
     );
+}
+
+#[test]
+fn the_cache_keeps_applied_entries_up_to_exactly_its_budget() {
+    // Entries of one size: a budget of exactly two of them keeps exactly two.
+    let payload = Bytes::from(vec![1u8; 1000]);
+    let size = Entry {
+        log_id: LogId::new(1, 1),
+        payload: EntryPayload::Command(payload.clone()),
+    }
+    .size_hint();
+    let cfg = Config {
+        log_cache_bytes: 2 * size,
+        ..cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    for _ in 0..10 {
+        let p = payload.clone();
+        sim.with_core(NodeId(1), |c| c.propose([p]).expect("leader"));
+        sim.deliver_all();
+    }
+    sim.run_ticks(1);
+    for id in 1..=3 {
+        let status = sim.core(id).status();
+        assert_eq!(status.applied_index, LogIndex(11), "{status:?}");
+        assert_eq!(status.log_cache_bytes, 2 * size, "{id}: {status:?}");
+        assert!(sim.core(id).entry(LogIndex(10)).is_some());
+        assert!(sim.core(id).entry(LogIndex(9)).is_none());
+    }
+}
+
+#[test]
+fn the_byte_counts_follow_a_truncation() {
+    // Node 2 holds three entries of a deposed term-2 leader; the term-4 leader's log
+    // replaces them from index 3 on (Figure 2, AppendEntries rule 3).
+    let disks = vec![
+        sim::disk(3, &[1, 1]),
+        sim::disk(2, &[1, 1, 2, 2, 2]),
+        sim::disk(3, &[1, 1]),
+    ];
+    let cfg = Config {
+        log_cache_bytes: 1 << 20,
+        ..cfg()
+    };
+    let mut sim = Sim::from_disks(1, cfg, disks);
+    sim.elect(1);
+    sim.run_ticks(1);
+    let core = sim.core(2);
+    assert_eq!(core.last_log_id(), sim.core(1).last_log_id());
+    let held: usize = (1..=core.last_log_id().index.0)
+        .map(|i| core.entry(LogIndex(i)).expect("in memory").size_hint())
+        .sum();
+    let status = core.status();
+    assert_eq!(status.log_bytes, held, "{status:?}");
+    assert_eq!(status.log_cache_bytes, held, "{status:?}");
+}
+
+#[test]
+fn a_read_answer_never_overfills_a_replicating_followers_window() {
+    // Node 3 replicates with a window of two one-entry AppendEntries. Its answers are held
+    // while nodes 1 and 2 commit and apply more (leaving memory); when they arrive, the
+    // window frees and the leader reads what comes next from its disk.
+    let cfg = Config {
+        max_inflight: 2,
+        max_entries_per_append: 1,
+        ..cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    sim.hold_reads = true;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        sim.propose(NodeId(1));
+        held.extend(sim.deliver_holding(|m| m.to == NodeId(3) || m.from == NodeId(3)));
+    }
+    assert_eq!(held.len(), 2, "the window holds two: {held:?}");
+    for m in held {
+        sim.deliver(m);
+    }
+    // Node 3's first acknowledgement frees a slot: the leader asks for what comes next
+    // (one entry); the second finds that read outstanding and starts none.
+    sim.deliver_filtered(|m| m.to == NodeId(1), |_| {});
+    let reads = sim.take_reads(1);
+    let [(to, range, _)] = reads.as_slice() else {
+        panic!("one read: {reads:?}{}", sim.describe());
+    };
+    assert_eq!(*to, NodeId(3));
+    assert_eq!(range.end.0 - range.start.0, 1, "{range:?}");
+    // Answered with more than asked, it sends only what the window (two) allows.
+    let from = range.start;
+    let more = disk_entries(&sim, from..LogIndex(from.0 + 5));
+    sim.take_in_flight();
+    sim.with_core(NodeId(1), |c| c.entries_read(NodeId(3), from, more));
+    assert_eq!(appends_to_3(&sim).len(), 2, "{:?}", appends_to_3(&sim));
 }

@@ -1001,19 +1001,7 @@ fn window_of_one_with_node_3_behind(entries: usize) -> (Sim, Vec<Message>) {
     let mut held = Vec::new();
     for _ in 0..entries {
         sim.propose(NodeId(1));
-        loop {
-            let msgs = sim.take_in_flight();
-            if msgs.is_empty() {
-                break;
-            }
-            for m in msgs {
-                if m.to == NodeId(3) || m.from == NodeId(3) {
-                    held.push(m);
-                } else {
-                    sim.deliver(m);
-                }
-            }
-        }
+        held.extend(sim.deliver_holding(|m| m.to == NodeId(3) || m.from == NodeId(3)));
     }
     (sim, held)
 }
@@ -1689,4 +1677,51 @@ fn persist_actions_are_ordered_before_the_messages_that_depend_on_them() {
             }]
         ));
     });
+}
+
+fn grown() -> raft_core::Membership {
+    raft_core::Membership {
+        learners: [NodeId(4)].into(),
+        ..raft_core::Membership::new([NodeId(1), NodeId(2), NodeId(3)])
+    }
+}
+
+fn config_entry(term: u64, index: u64) -> raft_core::Entry {
+    raft_core::Entry {
+        log_id: LogId::new(term, index),
+        payload: EntryPayload::Membership(grown()),
+    }
+}
+
+#[test]
+fn a_configuration_takes_effect_when_appended_and_ends_with_its_truncation() {
+    // Section 6: a server uses the latest configuration in its log, committed or not; one
+    // that a new leader's log replaces no longer counts.
+    let mut sim = three();
+    let body = MessageBody::AppendEntries(AppendEntries {
+        prev_log_id: LogId::default(),
+        entries: vec![config_entry(1, 1)],
+        leader_commit: LogIndex(0),
+        seq: 0,
+    });
+    sim.deliver(msg(2, 1, 1, body));
+    assert_eq!(sim.core(1).membership(), &grown());
+    sim.deliver(msg(3, 1, 2, append(LogId::default(), &[(2, 1)], 0)));
+    assert_eq!(
+        sim.core(1).membership(),
+        &raft_core::Membership::new([NodeId(1), NodeId(2), NodeId(3)])
+    );
+}
+
+#[test]
+fn a_restarted_node_uses_the_latest_configuration_in_its_log() {
+    let mut entries = disk(1, &[1, 1]).log;
+    entries.push(config_entry(1, 3));
+    let init = raft_core::InitialState {
+        entries,
+        bootstrap: raft_core::Membership::new([NodeId(1), NodeId(2), NodeId(3)]),
+        ..raft_core::InitialState::default()
+    };
+    let core = raft_core::RaftCore::new(NodeId(1), cfg(), init, 1);
+    assert_eq!(core.membership(), &grown());
 }

@@ -374,6 +374,22 @@ fn a_conflict_hint_never_points_below_the_compacted_log() {
     assert_eq!(hints, vec![first]);
 }
 
+/// Delivers to node 2 an AppendEntries from node 1 in `term`.
+fn append_from_1_to_2(sim: &mut Sim, term: Term, prev: LogId, entries: Vec<raft_core::Entry>) {
+    let req = raft_core::message::AppendEntries {
+        prev_log_id: prev,
+        entries,
+        leader_commit: LogIndex(0),
+        seq: 0,
+    };
+    sim.deliver(Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term,
+        body: MessageBody::AppendEntries(req),
+    });
+}
+
 #[test]
 fn an_append_reaching_back_into_the_compacted_log_is_accepted() {
     // Entries at or below the purge point are committed and covered by the snapshot: an
@@ -396,21 +412,11 @@ fn an_append_reaching_back_into_the_compacted_log_is_accepted() {
         payload: raft_core::EntryPayload::Command(Bytes::from_static(b"new")),
     };
     entries.push(new.clone());
-    let req = raft_core::message::AppendEntries {
-        prev_log_id: LogId {
-            term: sim.applied_at[&LogIndex(1)].term(),
-            index: LogIndex(1),
-        },
-        entries,
-        leader_commit: LogIndex(0),
-        seq: 0,
+    let prev = LogId {
+        term: sim.applied_at[&LogIndex(1)].term(),
+        index: LogIndex(1),
     };
-    sim.deliver(Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        term,
-        body: MessageBody::AppendEntries(req),
-    });
+    append_from_1_to_2(&mut sim, term, prev, entries);
     assert_eq!(sim.core(2).last_log_id(), new.log_id);
 }
 
@@ -419,9 +425,10 @@ fn the_log_byte_count_follows_compaction() {
     let sim = compacted_cluster();
     let core = sim.core(2);
     let held: usize = (core.first_log_index().0..=core.last_log_id().index.0)
-        .filter_map(|i| core.entry(LogIndex(i)).map(raft_core::Entry::size_hint))
+        .map(|i| core.entry(LogIndex(i)).expect("in memory").size_hint())
         .sum();
     assert_eq!(core.status().log_bytes, held);
+    assert_eq!(core.status().log_cache_bytes, held);
 }
 
 fn manual() -> Config {
@@ -522,5 +529,66 @@ fn a_failed_snapshot_load_sends_the_follower_back_to_probing() {
     assert_eq!(
         sim.core(1).status().peers[&NodeId(3)].1,
         ReplicationState::Probe
+    );
+}
+
+#[test]
+fn an_append_whose_prev_contradicts_the_purge_point_is_rejected() {
+    // The last purged entry is still known by id: an AppendEntries claiming another term
+    // there does not match (Figure 2, AppendEntries rule 2), even though the entry is gone.
+    let mut sim = compacted_cluster();
+    let core = sim.core(2);
+    let purged = core
+        .log_id_at(core.first_log_index().prev())
+        .expect("the purge point is known");
+    let term = sim.core(1).term();
+    let prev = LogId {
+        term: Term(purged.term.0 + 1),
+        index: purged.index,
+    };
+    append_from_1_to_2(&mut sim, term, prev, Vec::new());
+    let rejected = sim.in_flight().into_iter().any(|m| {
+        matches!(
+            &m.body,
+            MessageBody::AppendResponse(raft_core::message::AppendResponse {
+                outcome: raft_core::message::AppendOutcome::Conflict { .. },
+                ..
+            })
+        )
+    });
+    assert!(rejected, "{:?}", sim.in_flight());
+}
+
+#[test]
+fn a_zero_byte_limit_turns_the_byte_trigger_off() {
+    let cfg = Config {
+        snapshot_log_bytes: 0,
+        ..cfg()
+    };
+    let sim = applied_cluster(cfg, 3);
+    assert_eq!(sim.core(1).status().applied_index, LogIndex(4));
+    assert_eq!(sim.snapshots_requested, 0);
+}
+
+#[test]
+fn the_policy_never_asks_for_a_second_snapshot_while_one_is_being_built() {
+    let mut sim = applied_cluster(cfg(), 3);
+    // The disk holds snapshot writes back: the first one stays in progress.
+    sim.faults.disk = 0.0;
+    for _ in 0..12 {
+        sim.propose(NodeId(1));
+        for _ in 0..4 {
+            for id in sim.ids() {
+                sim.complete_writes(id, usize::MAX);
+            }
+            sim.deliver_all();
+        }
+    }
+    assert!(sim.core(1).snapshot_building());
+    assert!(sim.core(1).status().applied_index >= LogIndex(15));
+    let leader_requests = sim.snapshots_requested;
+    assert!(
+        (1..=3).contains(&leader_requests),
+        "one per node at most: {leader_requests}"
     );
 }

@@ -510,6 +510,7 @@ impl KvServer {
         kv("snapshot_index", s.snapshot_index.0.to_string());
         kv("snapshot_bytes", s.snapshot_bytes.to_string());
         kv("log_bytes", s.log_bytes.to_string());
+        kv("log_cache_bytes", s.log_cache_bytes.to_string());
         kv(
             "voters",
             s.membership

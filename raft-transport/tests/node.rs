@@ -200,27 +200,8 @@ async fn concurrent_proposals_share_log_writes() {
         appends: appends.clone(),
     });
     let net = raft_transport::MemNetwork::new(8);
-    let seams = raft_core::Seams {
-        log,
-        snapshots: Arc::new(raft_storage::MemSnapshotStore::default()),
-        state_machine: Box::new(common::Recorder::new()),
-        transport: net.transport(NodeId(1)),
-    };
-    let node = raft_core::RaftNode::start(
-        NodeId(1),
-        common::test_config(),
-        raft_core::Membership::new([NodeId(1)]),
-        seams,
-        Some(8),
-    )
-    .await
-    .unwrap();
-    within(10, async {
-        while node.status().await.unwrap().role != Role::Leader {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let snapshots = Arc::new(raft_storage::MemSnapshotStore::default());
+    let node = single_node(log, snapshots, &net).await;
     let before = appends.load(Ordering::Relaxed);
     let tasks: Vec<_> = (0..200)
         .map(|i| {
@@ -233,5 +214,87 @@ async fn concurrent_proposals_share_log_writes() {
     }
     let writes = appends.load(Ordering::Relaxed) - before;
     assert!(writes <= 20, "200 proposals took {writes} log writes");
+    node.shutdown().await;
+}
+
+/// A SnapshotStore that counts how often the latest snapshot is looked up and read whole.
+struct CountingSnapshots {
+    inner: Arc<raft_storage::MemSnapshotStore>,
+    latest: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl raft_core::SnapshotStore for CountingSnapshots {
+    async fn begin(
+        &self,
+        meta: &raft_core::SnapshotMeta,
+    ) -> Result<Box<dyn raft_core::SnapshotWriter>, StorageError> {
+        self.inner.begin(meta).await
+    }
+    async fn latest(&self) -> Result<Option<raft_core::SnapshotMeta>, StorageError> {
+        self.latest.fetch_add(1, Ordering::Relaxed);
+        self.inner.latest().await
+    }
+    async fn read_latest(&self) -> Result<Option<(raft_core::SnapshotMeta, Bytes)>, StorageError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_latest().await
+    }
+}
+
+/// A one-voter cluster on these stores, started and elected.
+async fn single_node(
+    log: Arc<dyn LogStore>,
+    snapshots: Arc<dyn raft_core::SnapshotStore>,
+    net: &raft_transport::MemNetwork,
+) -> raft_core::RaftNode {
+    let seams = raft_core::Seams {
+        log,
+        snapshots,
+        state_machine: Box::new(common::Recorder::new()),
+        transport: net.transport(NodeId(1)),
+    };
+    let node = raft_core::RaftNode::start(
+        NodeId(1),
+        common::test_config(),
+        raft_core::Membership::new([NodeId(1)]),
+        seams,
+        Some(9),
+    )
+    .await
+    .unwrap();
+    within(10, async {
+        while node.status().await.unwrap().role != Role::Leader {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    node
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_reads_the_latest_snapshot_once() {
+    // A state machine that starts empty needs the snapshot's bytes: the node reads the
+    // snapshot once at start, never once for its metadata and again for its bytes.
+    let log = Arc::new(raft_storage::MemLogStore::new());
+    let store = Arc::new(raft_storage::MemSnapshotStore::default());
+    let net = raft_transport::MemNetwork::new(8);
+    let node = single_node(log.clone(), store.clone(), &net).await;
+    for i in 0..5 {
+        node.propose(cmd(i)).await.unwrap();
+    }
+    let taken = node.snapshot_now().await.unwrap();
+    node.shutdown().await;
+    let (latest, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counting = Arc::new(CountingSnapshots {
+        inner: store,
+        latest: latest.clone(),
+        reads: reads.clone(),
+    });
+    let node = single_node(log, counting, &net).await;
+    let status = node.status().await.unwrap();
+    assert!(status.applied_index >= taken.index, "{status:?}");
+    assert_eq!(reads.load(Ordering::Relaxed), 1);
+    assert_eq!(latest.load(Ordering::Relaxed), 0);
     node.shutdown().await;
 }

@@ -253,7 +253,17 @@ async fn restore(
     bootstrap: Membership,
 ) -> Result<(InitialState, Box<dyn StateMachine>), RaftError> {
     let hard_state = log.hard_state().await?;
-    let snapshot = snapshots.latest().await?;
+    let mut applied = state_machine.applied_index().await?;
+    // A state machine that starts empty needs the latest snapshot's bytes anyway: one read
+    // gives them and the metadata (a snapshot store verifies a whole file to name it).
+    let (snapshot, mut image) = if applied == LogIndex(0) {
+        match snapshots.read_latest().await? {
+            Some((meta, data)) => (Some(meta), Some(data)),
+            None => (None, None),
+        }
+    } else {
+        (snapshots.latest().await?, None)
+    };
     let base = snapshot.as_ref().map(|s| s.last_log_id).unwrap_or_default();
     let mut log_state = log.log_state().await?;
     if log_state.last_purged.index > base.index {
@@ -277,9 +287,12 @@ async fn restore(
         log_state = log.log_state().await?;
     }
     let (stored, entries) = read_log(log, &log_state, base.index).await?;
-    let mut applied = state_machine.applied_index().await?;
     if applied < base.index {
-        if let Some((meta, data)) = snapshots.read_latest().await? {
+        let latest = match image.take() {
+            Some(data) => snapshot.clone().map(|meta| (meta, data)),
+            None => snapshots.read_latest().await?,
+        };
+        if let Some((meta, data)) = latest {
             state_machine.restore(&meta, data).await?;
             applied = meta.last_log_id.index;
         }

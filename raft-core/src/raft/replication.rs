@@ -112,9 +112,7 @@ impl RaftCore {
         }
         // Figure 2, AppendEntries rule 5: commitIndex = min(leaderCommit, index of last new entry).
         let commit = req.leader_commit.min(last_new);
-        if commit > self.log.committed {
-            self.log.committed = commit;
-        }
+        self.log.committed = self.log.committed.max(commit);
         let body = MessageBody::AppendResponse(AppendResponse {
             seq: req.seq,
             outcome: AppendOutcome::Success {
@@ -188,6 +186,9 @@ impl RaftCore {
         for peer in self.peers() {
             let last = self.log.last_index();
             if let Some(pr) = self.progress.get_mut(&peer) {
+                if pr.read_stalled(stall_limit) {
+                    tracing::warn!(node = %self.id, follower = %peer, "a log read for a follower was never answered; asking again");
+                }
                 match pr.state {
                     ReplicationState::Probe => pr.probe_sent = false,
                     // Lost pipelined messages leave entries outstanding with nothing to
@@ -214,8 +215,8 @@ impl RaftCore {
         }
     }
 
-    /// Sends one AppendEntries to `to` if its progress allows. Returns whether it sent one
-    /// carrying entries to a replicating follower (so another may follow).
+    /// Sends one AppendEntries to `to` if its progress allows. Returns whether it carried
+    /// entries (so another may follow).
     fn send_one_append(&mut self, to: NodeId, heartbeat: bool) -> bool {
         let max_inflight = self.cfg.max_inflight;
         let Some(pr) = self.progress.get(&to) else {
@@ -241,7 +242,8 @@ impl RaftCore {
                 (true, true) if heartbeat => (self.heartbeat_prev(pr.match_index), entries),
                 (true, true) => return false,
             }
-        } else if heartbeat && replicating {
+        } else if heartbeat && (replicating || pr.is_reading()) {
+            // Also keeps a probed follower's election timer quiet while its entries are read.
             (self.heartbeat_prev(pr.match_index), Vec::new())
         } else if heartbeat && state == ReplicationState::Snapshot {
             // Keeps its election timer quiet while the snapshot streams; it succeeds (and
@@ -254,8 +256,7 @@ impl RaftCore {
     }
 
     /// Sends `to` an AppendEntries with `entries` after `prev_index` and records it in its
-    /// progress. Returns whether it carried entries to a replicating follower (so another
-    /// may follow).
+    /// progress. Returns whether it carried entries.
     fn send_entries(&mut self, to: NodeId, prev_index: LogIndex, entries: Vec<Entry>) -> bool {
         let Some(prev_log_id) = self.log.log_id_at(prev_index) else {
             // The entries this follower needs were compacted away.
@@ -267,10 +268,9 @@ impl RaftCore {
             return false;
         };
         let state = pr.state;
-        let replicating = state == ReplicationState::Replicate;
         if let Some(last) = last {
             pr.sent(last);
-        } else if state == ReplicationState::Probe {
+        } else if state == ReplicationState::Probe && !pr.is_reading() {
             pr.sent(prev_index);
         }
         let body = MessageBody::AppendEntries(AppendEntries {
@@ -280,7 +280,8 @@ impl RaftCore {
             seq: self.seq,
         });
         self.send(to, body);
-        replicating && last.is_some()
+        // Another may follow; a probe's window of one then refuses it.
+        last.is_some()
     }
 
     /// The entries `to` needs next left memory: asks the driver to read them from the log
@@ -292,25 +293,40 @@ impl RaftCore {
             return;
         };
         let from = pr.next_index;
+        let appends = pr.window(self.cfg.max_inflight);
         let per_append = self.cfg.max_bytes_per_append;
-        let window = per_append.saturating_mul(pr.window(self.cfg.max_inflight));
-        pr.reading = Some(from);
+        let bytes = per_append.saturating_mul(appends);
+        let count = self.cfg.max_entries_per_append.saturating_mul(appends) as u64;
+        let end = self
+            .log
+            .first_cached()
+            .min(LogIndex(from.0.saturating_add(count)));
+        pr.start_read(from);
         self.actions.push(Action::ReadEntries {
             to,
-            range: from..self.log.first_cached(),
-            max_bytes: window.min(self.cfg.log_cache_bytes.max(per_append)),
+            range: from..end,
+            max_bytes: bytes.min(self.cfg.log_cache_bytes.max(per_append)),
         });
     }
 
     /// The entries asked for with [`Action::ReadEntries`] for `to`, from `from` on: sends
     /// them as the follower's window allows, then carries on from memory (or reads more).
     pub fn entries_read(&mut self, to: NodeId, from: LogIndex, entries: Vec<Entry>) {
-        if self.fatal.is_some() || self.role != Role::Leader {
+        // Only a leader has progress (stepping down clears it), so a read answered after
+        // leadership was lost finds none below.
+        if self.fatal.is_some() {
             return;
         }
-        match self.progress.get_mut(&to) {
-            Some(pr) if pr.reading == Some(from) => pr.reading = None,
-            _ => return, // stale: the follower's progress moved on meanwhile
+        if !self
+            .progress
+            .get_mut(&to)
+            .is_some_and(|pr| pr.finish_read(from))
+        {
+            return; // stale: the follower's progress moved on meanwhile
+        }
+        if entries.is_empty() {
+            // A store that breaks its contract: retry at the next heartbeat, not at once.
+            return;
         }
         if let Some(e) = self.foreign_entry(from, &entries) {
             // Sending it would break Log Matching on the follower.
@@ -340,7 +356,8 @@ impl RaftCore {
     }
 
     /// The first of `entries` (read from the store from `from` on) that is not the entry
-    /// our log holds at its index; entries purged since the read began do not count.
+    /// our log holds at its index; entries purged since the read began do not count. Ids
+    /// are compared, not payloads: the store's own checksums cover those.
     fn foreign_entry<'a>(&self, from: LogIndex, entries: &'a [Entry]) -> Option<&'a Entry> {
         let purged = self.log.purged().index;
         entries.iter().enumerate().find_map(|(i, e)| {
@@ -352,12 +369,8 @@ impl RaftCore {
 
     /// Reading entries for `to` failed: the next heartbeat tries again.
     pub fn entries_read_failed(&mut self, to: NodeId, from: LogIndex) {
-        if let Some(pr) = self
-            .progress
-            .get_mut(&to)
-            .filter(|pr| pr.reading == Some(from))
-        {
-            pr.reading = None;
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.finish_read(from);
         }
     }
 

@@ -37,12 +37,14 @@ impl RaftCore {
             .applied
             .0
             .saturating_sub(self.log.snapshot_last().index.0);
+        if since == 0 {
+            return; // nothing new to snapshot
+        }
         let threshold = self.cfg.snapshot_threshold;
         let by_count = threshold > 0 && since >= threshold;
         // Only what a new snapshot would let us purge counts (not the trailing window).
-        let by_bytes = self.cfg.snapshot_log_bytes > 0
-            && since > 0
-            && self.log.bytes_after_snapshot() >= self.cfg.snapshot_log_bytes;
+        let limit = self.cfg.snapshot_log_bytes;
+        let by_bytes = limit > 0 && self.log.bytes_after_snapshot() >= limit;
         if by_count || by_bytes {
             self.request_snapshot();
         }

@@ -227,6 +227,8 @@ pub struct SimNode {
     /// The id at each index of the node's log as last checked (index 1 first), so each
     /// input's new entries are found and checked for Log Matching as they arrive.
     shadow: Vec<LogId>,
+    /// The node's commit index at the last check: entries up to it cannot change.
+    shadow_commit: u64,
 }
 
 impl SimNode {
@@ -281,7 +283,8 @@ pub struct Sim {
     next_command: u64,
     /// Messages sent, by kind.
     pub sent: BTreeMap<&'static str, u64>,
-    /// Snapshots taken, and installed from a leader.
+    /// Snapshots asked for, taken, and installed from a leader.
+    pub snapshots_requested: u64,
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
     /// Every fail-stop so far: the node and why it stopped.
@@ -336,6 +339,7 @@ impl Sim {
             sent: BTreeMap::new(),
             stops: Vec::new(),
             expect_fatal: false,
+            snapshots_requested: 0,
             snapshots_built: 0,
             snapshots_installed: 0,
             durable_state_machines: false,
@@ -363,6 +367,7 @@ impl Sim {
                 loading: false,
                 reading: VecDeque::new(),
                 shadow: Vec::new(),
+                shadow_commit: 0,
             },
         );
         self.start(id);
@@ -414,6 +419,7 @@ impl Sim {
         node.shadow = (1..=core.last_log_id().index.0)
             .map(|i| core.log_id_at(LogIndex(i)).unwrap_or_default())
             .collect();
+        node.shadow_commit = core.commit_index().0;
         node.core = Some(core);
         self.leader_logs.remove(&id);
     }
@@ -550,47 +556,47 @@ impl Sim {
     /// Log Matching at every input, incrementally: each entry that enters a node's log is
     /// checked against every entry seen with its id (same payload, same previous term). By
     /// induction on the index, two logs holding an entry with the same id then agree on
-    /// every entry before it. An entry enters a log only by an input, before it can be
-    /// durable and applied, so it is still in memory here. A leader's own new entries are
-    /// checked but not remembered: if it crashes before its term is durable, they vanish
-    /// with it and it may lead that term again with other entries.
+    /// every entry before it. Every index above the node's commit index at the previous
+    /// check is compared with what it held then (a committed entry never changes: the core
+    /// refuses to truncate one), so no new entry is missed whatever an input truncated. An
+    /// entry enters a log only by an input, before it can be durable and applied, so it is
+    /// still in memory here. A leader's own new entries are checked but not remembered: if
+    /// it crashes before its term is durable, they vanish with it and it may lead that term
+    /// again with other entries.
     fn check_new_entries(&mut self, id: NodeId) {
         let node = &self.nodes[&id];
         let Some(core) = &node.core else { return };
         let leading = core.role() == Role::Leader;
         let last = core.last_log_id().index.0;
-        let first = core.first_log_index().0;
+        let from = core.first_log_index().0.max(node.shadow_commit + 1);
         let mut new = Vec::new();
-        let mut i = last;
-        while i >= first && i > 0 {
+        for i in from..=last {
             let lid = core.log_id_at(LogIndex(i));
             if lid.is_some() && node.shadow.get(i as usize - 1) == lid.as_ref() {
-                break;
+                continue;
             }
             match core.entry(LogIndex(i)) {
-                Some(e) => new.push(e.clone()),
+                Some(e) => {
+                    let prev = core.log_id_at(e.index().prev()).map(|l| l.term);
+                    new.push((e.clone(), prev.unwrap_or_default()));
+                }
                 None => self.fail(format!("{id}: entry {i}, new to its log, is not in memory")),
             }
-            i -= 1;
         }
-        new.reverse();
-        let prev_term = new
-            .first()
-            .and_then(|e| core.log_id_at(e.index().prev()))
-            .map(|l| l.term)
-            .unwrap_or_default();
+        let commit = core.commit_index().0;
         let node = self.nodes.get_mut(&id).expect("known node");
+        node.shadow_commit = commit;
         node.shadow.truncate(last as usize);
-        for e in &new {
+        for (e, _) in &new {
             let at = e.index().0 as usize - 1;
-            if at < node.shadow.len() {
-                node.shadow[at] = e.log_id;
-            } else {
-                node.shadow.resize(at, LogId::default());
-                node.shadow.push(e.log_id);
+            if at >= node.shadow.len() {
+                node.shadow.resize(at + 1, LogId::default());
             }
+            node.shadow[at] = e.log_id;
         }
-        self.check_entries(id, &new, prev_term, !leading);
+        for (e, prev_term) in new {
+            self.check_entries(id, std::slice::from_ref(&e), prev_term, !leading);
+        }
     }
 
     /// Finishes the snapshot being written (then the core may purge its log), answers a
@@ -696,6 +702,7 @@ impl Sim {
                 self.reads.remove(&rid);
             }
             Action::BuildSnapshot => {
+                self.snapshots_requested += 1;
                 // The image is taken now, at the applied index; writing it takes a while.
                 let node = &self.nodes[&id];
                 let index = LogIndex(node.applied.len() as u64);
@@ -785,16 +792,18 @@ impl Sim {
                 // covered by the snapshot).
                 let held = node.core().log_id_at(*match_index);
                 let snapshot = disk.snapshot.as_ref().map(|(m, _)| m.last_log_id.index);
-                let durable = match held {
-                    Some(h) => disk.holds(h),
-                    // Compacted since (after a snapshot): committed, so durable means in the
-                    // disk's snapshot or the committed entry in its log.
-                    None => {
-                        snapshot.is_some_and(|s| s >= *match_index)
-                            || self.applied_at.get(match_index).map(|e| e.log_id)
-                                == disk.log_id_at(*match_index)
-                    }
-                };
+                // Index 0 (the empty prefix) is held by every log.
+                let durable = match_index.0 == 0
+                    || match held {
+                        Some(h) => disk.holds(h),
+                        // Compacted since (after a snapshot): committed, so durable means in the
+                        // disk's snapshot or the committed entry in its log.
+                        None => {
+                            snapshot.is_some_and(|s| s >= *match_index)
+                                || self.applied_at.get(match_index).map(|e| e.log_id)
+                                    == disk.log_id_at(*match_index)
+                        }
+                    };
                 if !durable {
                     self.fail(format!(
                         "durability: {} acknowledged {} holding {held:?} (log {}..={}), not durable: disk purged {}, snapshot {:?}, last {:?}",
@@ -1447,6 +1456,25 @@ impl Sim {
     /// Count of messages of a kind sent so far.
     pub fn count(&self, kind: &str) -> u64 {
         self.sent.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Delivers messages until none is left, except those `hold` picks: they are taken off
+    /// the wire undelivered and returned, in order.
+    pub fn deliver_holding(&mut self, mut hold: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let mut held = Vec::new();
+        loop {
+            let msgs = self.take_in_flight();
+            if msgs.is_empty() {
+                return held;
+            }
+            for m in msgs {
+                if hold(&m) {
+                    held.push(m);
+                } else {
+                    self.deliver(m);
+                }
+            }
+        }
     }
 
     /// Takes the log reads `id` asked for and has not been answered: (for whom, range, byte
