@@ -385,3 +385,33 @@ fn a_read_answer_never_overfills_a_replicating_followers_window() {
     sim.with_core(NodeId(1), |c| c.entries_read(NodeId(3), from, more));
     assert_eq!(appends_to_3(&sim).len(), 2, "{:?}", appends_to_3(&sim));
 }
+
+#[test]
+fn a_read_never_answered_is_asked_again_after_the_stall_limit_and_heartbeats_go_on() {
+    let mut sim = node_3_behind(cfg(), 30);
+    sim.hold_reads = true;
+    let (range, _) = read_for_3(&mut sim);
+    let limit = cfg().election_timeout_min / cfg().heartbeat_interval;
+    let mut heartbeats = 0;
+    for hb in 1..=limit {
+        sim.take_in_flight();
+        for _ in 0..cfg().heartbeat_interval {
+            sim.with_core(NodeId(1), |c| c.tick());
+        }
+        heartbeats += sim
+            .in_flight()
+            .iter()
+            .filter(|m| m.to == NodeId(3) && matches!(&m.body, MessageBody::AppendEntries(_)))
+            .count();
+        let reads = sim.take_reads(1);
+        if hb < limit {
+            assert!(reads.is_empty(), "heartbeat {hb}: {reads:?}");
+        } else {
+            assert_eq!(reads.first().map(|r| r.1.start), Some(range.start));
+        }
+    }
+    assert_eq!(
+        heartbeats as u64, limit,
+        "one heartbeat each time while reading"
+    );
+}

@@ -592,3 +592,164 @@ fn the_policy_never_asks_for_a_second_snapshot_while_one_is_being_built() {
         "one per node at most: {leader_requests}"
     );
 }
+
+fn is_chunk_to_3_at(m: &Message, at: u64) -> bool {
+    m.to == NodeId(3) && matches!(&m.body, MessageBody::InstallSnapshot(c) if c.offset == at)
+}
+
+#[test]
+fn the_leader_keeps_four_chunks_in_flight() {
+    let mut sim = node_3_behind_a_compacted_log();
+    let chunks = first_chunks(&mut sim);
+    let offsets: Vec<u64> = chunks.iter().map(offset).collect();
+    assert_eq!(offsets, vec![0, 16, 32, 48]);
+}
+
+#[test]
+fn a_silent_transfer_resends_at_the_stall_limit_and_restarts_at_twice_that() {
+    // A transfer whose chunks all vanish: after `stall_limit` heartbeats without progress
+    // the leader resends from the confirmed offset; after twice that it starts over. An
+    // answer that confirms nothing new (a duplicate) does not count as progress.
+    let mut sim = node_3_behind_a_compacted_log();
+    first_chunks(&mut sim);
+    sim.isolate(NodeId(3));
+    let limit = cfg().election_timeout_min / cfg().heartbeat_interval;
+    let term = sim.core(1).term();
+    let sending = sim.core(1).status().snapshot_index;
+    let duplicate = Message {
+        from: NodeId(3),
+        to: NodeId(1),
+        term,
+        body: MessageBody::SnapshotResponse(SnapshotResponse {
+            last_log_id: sim
+                .core(1)
+                .snapshot_meta_at(sending)
+                .expect("held")
+                .last_log_id,
+            next_offset: 0,
+            done: false,
+        }),
+    };
+    let mut resent_at = Vec::new();
+    for hb in 1..=2 * limit {
+        for _ in 0..cfg().heartbeat_interval {
+            sim.with_core(NodeId(1), |c| c.tick());
+        }
+        if sim.in_flight().iter().any(|m| is_chunk_to_3_at(m, 0)) {
+            resent_at.push(hb);
+        }
+        sim.take_in_flight();
+        let dup = duplicate.clone();
+        sim.with_core(NodeId(1), |c| c.step(dup));
+    }
+    assert_eq!(resent_at, vec![limit, 2 * limit]);
+}
+
+#[test]
+fn a_finished_transfer_releases_the_loaded_snapshot() {
+    // The snapshot loaded for node 3 stays in memory while the transfer needs it, and not
+    // a heartbeat longer.
+    let mut sim = node_3_behind_a_compacted_log();
+    first_chunks(&mut sim);
+    let held = sim.core(1).status().snapshot_sending_bytes;
+    assert!(held > 0);
+    sim.run_ticks(cfg().election_timeout_min * 2);
+    assert!(caught_up(&sim), "{}", sim.describe());
+    assert_eq!(sim.core(1).status().snapshot_sending_bytes, 0);
+}
+
+/// The 16-byte chunk of a snapshot at byte `at`.
+fn chunk(meta: &SnapshotMeta, data: &Bytes, at: usize) -> MessageBody {
+    let end = (at + 16).min(data.len());
+    MessageBody::InstallSnapshot(InstallSnapshot {
+        meta: meta.clone(),
+        offset: at as u64,
+        data: data.slice(at..end),
+        done: end == data.len(),
+    })
+}
+
+/// Delivers `body` from node 2 to node 1 and returns node 1's answer to a chunk.
+fn to_1(sim: &mut Sim, body: MessageBody) -> Option<SnapshotResponse> {
+    sim.take_in_flight();
+    sim.deliver(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(1),
+        body,
+    });
+    sim.take_in_flight().into_iter().find_map(|m| match m.body {
+        MessageBody::SnapshotResponse(r) => Some(r),
+        _ => None,
+    })
+}
+
+#[test]
+fn stray_chunks_never_disturb_a_transfer_in_progress() {
+    let terms = [1; 20];
+    let mut sim = Sim::from_disks(1, cfg(), vec![disk(1, &[]), disk(1, &[]), disk(1, &[])]);
+    // Snapshot A (4 entries) installed whole: node 1 has committed 4.
+    let (a, a_data) = leader_snapshot(&mut sim, &terms, 4);
+    install(&mut sim, 1, a.clone(), a_data.clone());
+    assert_eq!(sim.core(1).commit_index(), LogIndex(4));
+    // Snapshot B (10 entries) arrives in order, two chunks so far.
+    let (b, b_data) = leader_snapshot(&mut sim, &terms, 10);
+    to_1(&mut sim, chunk(&b, &b_data, 0));
+    let r = to_1(&mut sim, chunk(&b, &b_data, 16)).expect("answered");
+    assert_eq!(r.next_offset, 32);
+    // A late chunk of A (covered by the commit) and a mid-transfer chunk of another
+    // snapshot C: both answered, neither replaces B's transfer.
+    to_1(&mut sim, chunk(&a, &a_data, 0));
+    let (c, c_data) = leader_snapshot(&mut sim, &terms, 12);
+    let r = to_1(&mut sim, chunk(&c, &c_data, 32)).expect("answered");
+    assert_eq!((r.last_log_id, r.next_offset), (c.last_log_id, 0));
+    let r = to_1(&mut sim, chunk(&b, &b_data, 32)).expect("answered");
+    assert_eq!((r.last_log_id, r.next_offset), (b.last_log_id, 48));
+}
+
+#[test]
+fn an_installed_snapshot_brings_its_configuration_and_the_role_that_follows() {
+    // Node 4, a learner, installs a snapshot whose configuration makes it a voter.
+    let learners = Membership {
+        learners: [NodeId(4)].into(),
+        ..Membership::new((1..=3).map(NodeId))
+    };
+    let mut sim = Sim::with_membership(1, learners, cfg(), Faults::none());
+    assert_eq!(sim.core(4).role(), raft_core::Role::Learner);
+    let (mut meta, data) = leader_snapshot(&mut sim, &[1; 5], 5);
+    meta.membership = Membership::new((1..=4).map(NodeId));
+    sim.deliver(Message {
+        from: NodeId(1),
+        to: NodeId(4),
+        term: Term(1),
+        body: MessageBody::InstallSnapshot(InstallSnapshot {
+            meta: meta.clone(),
+            offset: 0,
+            data,
+            done: true,
+        }),
+    });
+    assert_eq!(sim.core(4).membership(), &meta.membership);
+    assert_eq!(sim.core(4).role(), raft_core::Role::Follower);
+}
+
+#[test]
+fn a_configuration_after_an_installed_snapshot_stays_in_effect() {
+    // Node 1's log holds a configuration at 6; a snapshot at 4 (which its log holds) keeps
+    // the entries after 4, and that configuration with them.
+    let grown = Membership {
+        learners: [NodeId(4)].into(),
+        ..Membership::new((1..=3).map(NodeId))
+    };
+    let mut log = disk(1, &[1; 5]);
+    log.log.push(raft_core::Entry {
+        log_id: LogId::new(1, 6),
+        payload: raft_core::EntryPayload::Membership(grown.clone()),
+    });
+    let mut sim = Sim::from_disks(1, cfg(), vec![log, disk(1, &[]), disk(1, &[])]);
+    assert_eq!(sim.core(1).membership(), &grown);
+    let (meta, data) = leader_snapshot(&mut sim, &[1; 5], 4);
+    install(&mut sim, 1, meta, data);
+    assert_eq!(sim.core(1).first_log_index(), LogIndex(5));
+    assert_eq!(sim.core(1).membership(), &grown);
+}

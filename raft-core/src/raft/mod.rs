@@ -174,6 +174,9 @@ pub struct CoreStatus {
     pub log_cache_bytes: usize,
     /// Size of the latest snapshot taken or installed since start (0 if none yet).
     pub snapshot_bytes: u64,
+    /// On a leader: bytes of the snapshot held in memory to stream to followers that need
+    /// it (0 once no transfer needs it).
+    pub snapshot_sending_bytes: u64,
     /// The last index known durable locally.
     pub stable_index: LogIndex,
     /// The effective configuration.
@@ -529,6 +532,10 @@ impl RaftCore {
             log_bytes: self.log.bytes(),
             log_cache_bytes: self.log.cached_bytes(),
             snapshot_bytes: self.snapshot_bytes,
+            snapshot_sending_bytes: self
+                .snapshot_source
+                .as_ref()
+                .map_or(0, |(_, data)| data.len() as u64),
             stable_index: self.log.stable,
             membership: self.membership().clone(),
             peers: self

@@ -283,8 +283,9 @@ pub struct Sim {
     next_command: u64,
     /// Messages sent, by kind.
     pub sent: BTreeMap<&'static str, u64>,
-    /// Snapshots asked for, taken, and installed from a leader.
+    /// Snapshots asked for, loaded for sending, taken, and installed from a leader.
     pub snapshots_requested: u64,
+    pub snapshots_loaded: u64,
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
     /// Every fail-stop so far: the node and why it stopped.
@@ -340,6 +341,7 @@ impl Sim {
             stops: Vec::new(),
             expect_fatal: false,
             snapshots_requested: 0,
+            snapshots_loaded: 0,
             snapshots_built: 0,
             snapshots_installed: 0,
             durable_state_machines: false,
@@ -714,7 +716,10 @@ impl Sim {
                     None => self.fail(format!("{id} cannot describe its applied index {index}")),
                 }
             }
-            Action::LoadSnapshot => self.nodes.get_mut(&id).expect("known node").loading = true,
+            Action::LoadSnapshot => {
+                self.snapshots_loaded += 1;
+                self.nodes.get_mut(&id).expect("known node").loading = true;
+            }
             Action::ReadEntries {
                 to,
                 range,
