@@ -30,7 +30,8 @@ pub use message::{Message, MessageBody};
 pub use node::{RaftNode, Seams, Status};
 pub use progress::ReplicationState;
 pub use raft::{
-    Action, CoreStatus, InitialState, NotLeader, PersistOp, ProposeError, RaftCore, WriteId,
+    Action, ChangeError, CoreStatus, InitialState, MembershipChange, NotLeader, PersistOp,
+    ProposeError, RaftCore, WriteId,
 };
 pub use read::ReadId;
 pub use state_machine::StateMachine;

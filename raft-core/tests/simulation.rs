@@ -41,6 +41,8 @@ struct Outcome {
     installed: u64,
     /// Log reads served from disk for followers.
     entries_read: u64,
+    /// Membership changes accepted by a leader.
+    changes: u64,
 }
 
 fn run_seed(seed: u64, steps: u64) -> Outcome {
@@ -88,7 +90,17 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         cfg.log_cache_bytes = rng.gen_range(0..=2000);
     }
     let durable_state_machines = rng.gen_bool(0.3);
-    let mut sim = Sim::with_membership(seed, membership, cfg, faults);
+    // Membership changes in a third of the seeds, with one or two spare nodes to add; only
+    // where PreVote or CheckQuorum keeps a removed node from disrupting the cluster
+    // (dissertation 4.2.3).
+    let mut faults = faults;
+    let mut spares = Vec::new();
+    if rng.gen_bool(0.33) && (cfg.pre_vote || cfg.check_quorum) {
+        faults.membership = rng.gen_range(0.005..0.05);
+        let n = membership.members().len() as u64;
+        spares = (n + 1..=n + rng.gen_range(1..=2)).map(NodeId).collect();
+    }
+    let mut sim = Sim::with_spares(seed, membership, &spares, cfg, faults);
     sim.durable_state_machines = durable_state_machines;
     for _ in 0..steps {
         sim.step_once(true);
@@ -112,6 +124,7 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         built: sim.snapshots_built,
         installed: sim.snapshots_installed,
         entries_read: sim.entries_read,
+        changes: sim.membership_changes,
     }
 }
 
@@ -122,8 +135,8 @@ fn safety_and_liveness_hold_under_random_faults() {
         let seed: u64 = seed.parse().expect("RAFT_SIM_SEED is a number");
         let out = run_seed(seed, steps);
         println!(
-            "simulation: seed {seed} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed, {} log reads from disk",
-            out.acked, out.reads, out.stops, out.built, out.installed, out.entries_read
+            "simulation: seed {seed} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed, {} log reads from disk, {} membership changes",
+            out.acked, out.reads, out.stops, out.built, out.installed, out.entries_read, out.changes
         );
         return;
     }
@@ -136,6 +149,7 @@ fn safety_and_liveness_hold_under_random_faults() {
     let built = AtomicU64::new(0);
     let installed = AtomicU64::new(0);
     let entries_read = AtomicU64::new(0);
+    let changes = AtomicU64::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -150,17 +164,19 @@ fn safety_and_liveness_hold_under_random_faults() {
                 built.fetch_add(out.built, Ordering::Relaxed);
                 installed.fetch_add(out.installed, Ordering::Relaxed);
                 entries_read.fetch_add(out.entries_read, Ordering::Relaxed);
+                changes.fetch_add(out.changes, Ordering::Relaxed);
                 reads.fetch_add(out.reads, Ordering::Relaxed);
             });
         }
     });
     println!(
-        "simulation: {seeds} seeds from {base} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed from a leader, {} log reads from disk",
+        "simulation: {seeds} seeds from {base} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed from a leader, {} log reads from disk, {} membership changes",
         acked.into_inner(),
         reads.into_inner(),
         stops.into_inner(),
         built.into_inner(),
         installed.into_inner(),
-        entries_read.into_inner()
+        entries_read.into_inner(),
+        changes.into_inner()
     );
 }

@@ -84,9 +84,18 @@ impl RaftCore {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_timeout {
             self.reset_election_timer();
-            if self.membership().is_voter(self.id) {
+            if self.may_campaign() {
                 self.campaign(self.cfg.pre_vote, false);
             }
+        }
+    }
+
+    /// Starts an election at once, skipping PreVote and the CheckQuorum lease, as the target
+    /// of a leadership transfer does (etcd's `Campaign`): for operators and tests. A node
+    /// without a vote, a leader, or a stopped core does nothing.
+    pub fn campaign_now(&mut self) {
+        if self.may_campaign() && self.role != Role::Leader && self.fatal.is_none() {
+            self.campaign(false, true);
         }
     }
 
@@ -145,7 +154,10 @@ impl RaftCore {
             || (self.hard.voted_for.is_none() && self.leader.is_none())
             || (req.pre_vote && term > self.hard.term);
         let up_to_date = req.last_log_id >= self.log.last_log_id();
-        let granted = can_vote && up_to_date && self.membership().is_voter(self.id);
+        // Dissertation 4.1: votes are answered without consulting our configuration (a
+        // learner just promoted may not hold the change yet); the candidate counts only
+        // the voters of its own.
+        let granted = can_vote && up_to_date;
         if granted && !req.pre_vote {
             self.save_hard_state(HardState {
                 term: self.hard.term,

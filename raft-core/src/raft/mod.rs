@@ -13,8 +13,11 @@
 //! sending too early.
 
 mod election;
+mod membership;
 mod replication;
 mod snapshot;
+
+pub use membership::{ChangeError, MembershipChange};
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -693,17 +696,25 @@ impl RaftCore {
 
     /// Appends entries to our log as a follower or leader and records configurations.
     fn note_appended(&mut self, entries: &[Entry]) {
+        let before = self.config_log.len();
         for e in entries {
             if let EntryPayload::Membership(m) = &e.payload {
                 self.config_log.push((e.index(), m.clone()));
             }
+        }
+        if self.config_log.len() != before {
+            self.config_changed();
         }
     }
 
     /// Forgets configurations whose entries were truncated away, and withdraws held
     /// acknowledgements of them.
     fn note_truncated(&mut self, from: LogIndex) {
+        let before = self.config_log.len();
         self.config_log.retain(|(i, _)| *i < from);
+        if self.config_log.len() != before {
+            self.config_changed();
+        }
         // Figure 2, "Persistent state": an acknowledgement held for durability must still be
         // true when sent; one for an entry this truncation replaced would vouch for an entry
         // no longer stored (and let the old leader count us toward committing it).

@@ -70,10 +70,9 @@ impl RaftCore {
             }
             MessageBody::InstallSnapshot(req) => self.handle_install_snapshot(msg.from, req),
             MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
-            // Leadership transfer: campaign at once, skipping PreVote.
-            MessageBody::TimeoutNow if self.membership().is_voter(self.id) => {
-                self.campaign(false, true);
-            }
+            // Leadership transfer (dissertation 3.10): campaign at once, skipping PreVote,
+            // when the leader we know asks.
+            MessageBody::TimeoutNow if self.leader == Some(msg.from) => self.campaign_now(),
             _ => {}
         }
     }
@@ -411,6 +410,7 @@ impl RaftCore {
             }
         }
         self.maybe_apply();
+        self.advance_config();
     }
 
     /// Whether this leader has committed an entry of its own term.

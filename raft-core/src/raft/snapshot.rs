@@ -114,8 +114,12 @@ impl RaftCore {
 
     /// The configuration at the snapshot becomes the base; later ones stay in the log.
     fn rebase_config(&mut self, id: LogId, membership: &Membership) {
+        let before = self.membership().clone();
         self.base_config = membership.clone();
         self.config_log.retain(|(i, _)| *i > id.index);
+        if *self.membership() != before {
+            self.config_changed();
+        }
     }
 
     /// Section 7: purges the log up to the snapshot, minus `snapshot_trailing` entries kept
@@ -385,9 +389,6 @@ impl RaftCore {
         self.persist(PersistOp::Purge(id));
         self.snapshot_bytes = data.len() as u64;
         self.restore_pending = Some((write, meta, data));
-        if self.role != Role::Leader {
-            self.role = self.follower_role();
-        }
     }
 
     /// Once the installed snapshot is durable, the state machine may be reset from it.

@@ -46,6 +46,9 @@ pub struct Faults {
     /// Probability that a crash leaves part of the unsynced writes on disk (a prefix of
     /// them, the last possibly torn after some of its entries) rather than none.
     pub torn_crash: f64,
+    /// Probability per step of a membership change proposed at the leader: add a spare
+    /// node as a learner, promote a learner, remove a member (the leader included).
+    pub membership: f64,
 }
 
 impl Faults {
@@ -64,6 +67,7 @@ impl Faults {
             read: 0.0,
             write_error: 0.0,
             torn_crash: 0.0,
+            membership: 0.0,
         }
     }
 
@@ -86,6 +90,7 @@ impl Faults {
                 0.0
             },
             torn_crash: rng.gen_range(0.0..1.0),
+            membership: 0.0,
         }
     }
 }
@@ -298,6 +303,8 @@ pub struct Sim {
     pub durable_state_machines: bool,
     /// Log reads served from disk for followers.
     pub entries_read: u64,
+    /// Membership changes the leader accepted.
+    pub membership_changes: u64,
     /// Leaves log reads unanswered (rule tests answer them by hand, see `take_reads`).
     pub hold_reads: bool,
 }
@@ -314,7 +321,21 @@ impl Sim {
 
     /// One node per member of `membership` (voters and learners).
     pub fn with_membership(seed: u64, membership: Membership, cfg: Config, faults: Faults) -> Sim {
-        let ids = membership.members();
+        Sim::with_spares(seed, membership, &[], cfg, faults)
+    }
+
+    /// One node per member of `membership`, and `spares`: nodes started with the same
+    /// bootstrap configuration, which does not name them, so they only take part once a
+    /// membership change adds them.
+    pub fn with_spares(
+        seed: u64,
+        membership: Membership,
+        spares: &[NodeId],
+        cfg: Config,
+        faults: Faults,
+    ) -> Sim {
+        let mut ids = membership.members();
+        ids.extend(spares.iter().copied());
         let mut sim = Sim {
             seed,
             step: 0,
@@ -346,6 +367,7 @@ impl Sim {
             snapshots_installed: 0,
             durable_state_machines: false,
             entries_read: 0,
+            membership_changes: 0,
             hold_reads: false,
         };
         for id in ids {
@@ -1190,10 +1212,45 @@ impl Sim {
             if self.rng.gen_bool(self.faults.read) {
                 let _ = self.read(l);
             }
+            if self.rng.gen_bool(self.faults.membership) {
+                self.change_membership(l);
+            }
         }
         self.check_leaders_append_only();
         if self.step % 64 == 0 {
             self.check_log_matching();
+        }
+    }
+
+    /// Proposes a random membership change at `leader`: add a node that is not a member as
+    /// a learner, promote a learner, or remove a member (possibly the leader itself). A
+    /// change refused (one is in progress, or no voter would be left) is simply dropped.
+    pub fn change_membership(&mut self, leader: NodeId) {
+        use raft_core::MembershipChange;
+        let m = self.nodes[&leader].core().membership().clone();
+        let pick = |rng: &mut ChaCha8Rng, from: Vec<NodeId>| -> Option<NodeId> {
+            (!from.is_empty()).then(|| from[rng.gen_range(0..from.len())])
+        };
+        let outsiders: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|id| !m.members().contains(id))
+            .collect();
+        let learners: Vec<NodeId> = m.learners.iter().copied().collect();
+        let members: Vec<NodeId> = m.members().into_iter().collect();
+        let change = match self.rng.gen_range(0..3) {
+            0 => pick(&mut self.rng, outsiders).map(MembershipChange::AddLearner),
+            1 => pick(&mut self.rng, learners).map(|l| {
+                let mut voters = m.voters.clone();
+                voters.insert(l);
+                MembershipChange::SetVoters(voters)
+            }),
+            _ => pick(&mut self.rng, members).map(MembershipChange::Remove),
+        };
+        if let Some(change) = change {
+            if let Some(Ok(_)) = self.with_core(leader, |c| c.change_membership(change)) {
+                self.membership_changes += 1;
+            }
         }
     }
 
@@ -1254,6 +1311,7 @@ impl Sim {
         self.faults.write_error = 0.0;
         self.faults.propose = 0.0;
         self.faults.read = 0.0;
+        self.faults.membership = 0.0;
         for id in self.ids() {
             self.complete_writes(id, usize::MAX);
         }
@@ -1318,8 +1376,15 @@ impl Sim {
         out
     }
 
+    /// Whether every member of the leader's configuration has applied every acknowledged
+    /// command (a node removed from the cluster no longer receives the log).
     fn all_acked_applied(&self) -> bool {
-        self.nodes.values().all(|n| {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let members = self.nodes[&leader].core().membership().members();
+        let nodes = self.nodes.iter().filter(|(id, _)| members.contains(id));
+        nodes.map(|(_, n)| n).all(|n| {
             self.acked.iter().all(|(lid, data)| {
                 n.applied
                     .get(lid.index.0 as usize - 1)
@@ -1387,22 +1452,10 @@ impl Sim {
         self.deliver_all();
     }
 
-    /// Makes `id` campaign at once, without delivering anything.
+    /// Makes `id` campaign at once (as a leadership transfer's target does), without
+    /// delivering anything.
     pub fn campaign(&mut self, id: u64) {
-        let id = NodeId(id);
-        let term = self.nodes[&id].core().term();
-        let from = self
-            .ids()
-            .into_iter()
-            .find(|&o| o != id)
-            .unwrap_or(NodeId(0));
-        let timeout_now = Message {
-            from,
-            to: id,
-            term,
-            body: raft_core::MessageBody::TimeoutNow,
-        };
-        self.with_core(id, |c| c.step(timeout_now));
+        self.with_core(NodeId(id), |c| c.campaign_now());
     }
 
     /// Messages on the wire, oldest first.

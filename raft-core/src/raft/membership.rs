@@ -1,0 +1,181 @@
+//! Membership changes (section 6 of the Raft paper, dissertation chapter 4): learners are
+//! added and removed directly; a new voter set goes through a joint configuration, which
+//! the leader leaves on its own once the joint one is committed. A configuration takes
+//! effect on every server as soon as it is in its log, committed or not.
+
+use std::collections::BTreeSet;
+
+use super::{NotLeader, RaftCore};
+use crate::progress::Progress;
+use crate::types::{EntryPayload, LogId, Membership, NodeId, Role};
+
+/// A change to the cluster's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a member that receives the log but does not vote.
+    AddLearner(NodeId),
+    /// Make this the voter set (through a joint configuration of the old and new sets).
+    /// Learners named in it are promoted.
+    SetVoters(BTreeSet<NodeId>),
+    /// Remove a member: a learner at once, a voter through a joint configuration.
+    Remove(NodeId),
+}
+
+/// Why a membership change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// Only the leader changes the configuration.
+    #[error("not the leader{}", .0.leader_hint.map(|l| format!("; try the leader {l}")).unwrap_or_default())]
+    NotLeader(NotLeader),
+    /// A previous change is not finished (not committed yet, or still joint); one change
+    /// at a time keeps every pair of successive configurations overlapping.
+    #[error("a membership change is already in progress; retry once it is committed")]
+    InProgress,
+    /// The change would leave the cluster without a voter.
+    #[error("the change would leave no voter")]
+    NoVoter,
+    /// The configuration already is what the change asks for.
+    #[error("the configuration already is what the change asks for")]
+    Unchanged,
+    /// The core has stopped after a fatal error.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl Membership {
+    /// The configuration that `change` leads to from this (simple) one: a simple one for
+    /// learner changes, a joint one when the voters change.
+    pub fn changed(&self, change: &MembershipChange) -> Result<Membership, ChangeError> {
+        let next = match change {
+            MembershipChange::AddLearner(id) if self.members().contains(id) => {
+                return Err(ChangeError::Unchanged)
+            }
+            MembershipChange::AddLearner(id) => {
+                let mut next = self.clone();
+                next.learners.insert(*id);
+                next
+            }
+            MembershipChange::Remove(id) if self.voters.contains(id) => {
+                let mut voters = self.voters.clone();
+                voters.remove(id);
+                return self.changed(&MembershipChange::SetVoters(voters));
+            }
+            MembershipChange::Remove(id) if self.learners.contains(id) => {
+                let mut next = self.clone();
+                next.learners.remove(id);
+                next
+            }
+            MembershipChange::Remove(_) => return Err(ChangeError::Unchanged),
+            MembershipChange::SetVoters(voters) if voters.is_empty() => {
+                return Err(ChangeError::NoVoter)
+            }
+            MembershipChange::SetVoters(voters) if *voters == self.voters => {
+                return Err(ChangeError::Unchanged)
+            }
+            MembershipChange::SetVoters(voters) => Membership {
+                voters: voters.clone(),
+                outgoing: Some(self.voters.clone()),
+                learners: self.learners.difference(voters).copied().collect(),
+            },
+        };
+        Ok(next)
+    }
+
+    /// The configuration that ends a joint one: its incoming half alone.
+    pub fn leave_joint(&self) -> Membership {
+        Membership {
+            voters: self.voters.clone(),
+            outgoing: None,
+            learners: self.learners.clone(),
+        }
+    }
+}
+
+impl RaftCore {
+    /// Proposes a membership change (leader only). Returns the id of the configuration
+    /// entry appended; a voter change then leaves the joint configuration on its own once
+    /// that entry is committed. Refused while another change is in progress.
+    pub fn change_membership(&mut self, change: MembershipChange) -> Result<LogId, ChangeError> {
+        if self.fatal.is_some() {
+            return Err(ChangeError::Stopped);
+        }
+        if self.role != Role::Leader {
+            return Err(ChangeError::NotLeader(self.not_leader()));
+        }
+        // Dissertation 4.1: one change at a time, each starting from a committed, simple
+        // configuration, so every two successive configurations share a majority.
+        if self.config_change_pending() {
+            return Err(ChangeError::InProgress);
+        }
+        let next = self.membership().changed(&change)?;
+        Ok(self.append_own(vec![EntryPayload::Membership(next)]))
+    }
+
+    /// Whether a change is in progress: the latest configuration is uncommitted or joint.
+    pub fn config_change_pending(&self) -> bool {
+        self.config_uncommitted() || self.membership().outgoing.is_some()
+    }
+
+    /// The configuration in effect changed (appended, truncated away, or installed with a
+    /// snapshot): this node's role and, on a leader, the followers it replicates to follow
+    /// it at once (section 6: a configuration takes effect when appended).
+    pub(super) fn config_changed(&mut self) {
+        match self.role {
+            Role::Leader => self.track_members(),
+            Role::Follower | Role::Learner => self.role = self.follower_role(),
+            // A candidate counts votes against the configuration in effect; its role
+            // settles when the election ends.
+            Role::Candidate | Role::PreCandidate => {}
+        }
+    }
+
+    /// A leader replicates to exactly the members of the configuration in effect: new ones
+    /// are probed from the end of its log, removed ones forgotten.
+    fn track_members(&mut self) {
+        let members: BTreeSet<NodeId> = self.peers().into_iter().collect();
+        self.progress.retain(|id, _| members.contains(id));
+        let next = self.log.last_index().next();
+        for id in members {
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(next));
+        }
+    }
+
+    /// On a leader, after the commit index moved: a committed joint configuration is left
+    /// for its incoming half, and a leader the committed final configuration removed (or
+    /// made a learner) steps down (dissertation 4.2.2).
+    pub(super) fn advance_config(&mut self) {
+        if self.role != Role::Leader || self.config_uncommitted() {
+            return;
+        }
+        let m = self.membership().clone();
+        if m.outgoing.is_some() {
+            self.append_own(vec![EntryPayload::Membership(m.leave_joint())]);
+        } else if !m.is_voter(self.id) {
+            tracing::debug!(node = %self.id, term = %self.hard.term, "removed from the voters; stepping down");
+            self.become_follower(self.hard.term, None);
+        }
+    }
+
+    /// Whether this node may start an election: it votes in the last configuration known
+    /// committed or in a later one. A change that removes it may not be finished, and the
+    /// cluster may need it to finish it: with the leader gone, voters still in the joint
+    /// configuration may need the vote of a removed server whose log is longer, and that
+    /// server may be the only one able to win. Votes are counted against the configuration
+    /// in effect either way.
+    pub(super) fn may_campaign(&self) -> bool {
+        let committed = self.log.committed;
+        let last_committed = self.config_log.iter().rposition(|(i, _)| *i <= committed);
+        let from_base = last_committed.is_none() && self.base_config.is_voter(self.id);
+        let since = &self.config_log[last_committed.unwrap_or(0)..];
+        from_base || since.iter().any(|(_, m)| m.is_voter(self.id))
+    }
+
+    /// Whether the latest configuration entry is not committed yet.
+    fn config_uncommitted(&self) -> bool {
+        self.config_log
+            .last()
+            .is_some_and(|(index, _)| *index > self.log.committed)
+    }
+}

@@ -1,0 +1,307 @@
+//! Rule tests for membership changes (section 6 of the Raft paper, dissertation chapter 4):
+//! joint consensus, one change at a time, configurations in effect when appended, members
+//! replicated to from the moment they are added, removed leaders stepping down, and
+//! leadership transfer's TimeoutNow.
+
+mod sim;
+
+use std::collections::BTreeSet;
+
+use raft_core::{
+    ChangeError, Config, Entry, EntryPayload, LogId, LogIndex, Membership, MembershipChange,
+    Message, MessageBody, NodeId, Role, Term,
+};
+use sim::{disk, Faults, Sim};
+
+fn cfg() -> Config {
+    Config {
+        pre_vote: false,
+        check_quorum: false,
+        ..Config::default()
+    }
+}
+
+fn ids(v: &[u64]) -> BTreeSet<NodeId> {
+    v.iter().copied().map(NodeId).collect()
+}
+
+/// Voters 1, 2 and 3 with node 1 leading; nodes 4 and 5 started but not members.
+fn three_and_two_spares() -> Sim {
+    let mut sim = Sim::with_spares(
+        1,
+        Membership::new(ids(&[1, 2, 3])),
+        &[NodeId(4), NodeId(5)],
+        cfg(),
+        Faults::none(),
+    );
+    sim.elect(1);
+    sim.run_ticks(1);
+    sim
+}
+
+fn change(sim: &mut Sim, c: MembershipChange) -> Result<LogId, ChangeError> {
+    sim.with_core(NodeId(1), |core| core.change_membership(c))
+        .expect("node 1 is up")
+}
+
+#[test]
+fn joint_configuration_needs_both_majorities_to_commit() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(4));
+    sim.isolate(NodeId(5));
+    let joint = change(&mut sim, MembershipChange::SetVoters(ids(&[1, 4, 5]))).unwrap();
+    sim.run_ticks(4);
+    // The old majority {1, 2, 3} has it; the new one {1, 4, 5} does not.
+    assert!(sim.core(1).commit_index() < joint.index);
+    assert_eq!(sim.core(1).membership().outgoing, Some(ids(&[1, 2, 3])));
+    sim.heal();
+    sim.run_ticks(10);
+    // Committed, then left by the leader on its own for the new configuration alone.
+    let m = sim.core(1).membership().clone();
+    assert_eq!(m, Membership::new(ids(&[1, 4, 5])));
+    assert!(!sim.core(1).config_change_pending());
+    assert_eq!(sim.core(4).membership(), &m);
+}
+
+#[test]
+fn joint_configuration_needs_both_majorities_to_elect() {
+    // Every log holds the joint configuration {1,2,3} -> {1,4,5}. Node 1 can win the old
+    // half (1, 2, 3) but not the new one while 4 and 5 are cut off.
+    let joint = Membership {
+        voters: ids(&[1, 4, 5]),
+        outgoing: Some(ids(&[1, 2, 3])),
+        learners: BTreeSet::new(),
+    };
+    let mut d = disk(1, &[1]);
+    d.log.push(Entry {
+        log_id: LogId::new(1, 2),
+        payload: EntryPayload::Membership(joint.clone()),
+    });
+    let mut sim = Sim::from_disks(1, cfg(), vec![d.clone(); 5]);
+    assert_eq!(sim.core(1).membership(), &joint);
+    sim.isolate(NodeId(4));
+    sim.isolate(NodeId(5));
+    sim.elect(1);
+    assert_ne!(sim.core(1).role(), Role::Leader, "{}", sim.describe());
+    sim.heal();
+    sim.elect(1);
+    assert_eq!(sim.core(1).role(), Role::Leader, "{}", sim.describe());
+    // It then completes the change on its own.
+    sim.run_ticks(4);
+    assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[1, 4, 5])));
+}
+
+#[test]
+fn second_change_while_joint_is_refused() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(4));
+    sim.isolate(NodeId(5));
+    change(&mut sim, MembershipChange::SetVoters(ids(&[1, 4, 5]))).unwrap();
+    sim.run_ticks(2);
+    assert_eq!(
+        change(&mut sim, MembershipChange::AddLearner(NodeId(5))),
+        Err(ChangeError::InProgress)
+    );
+    assert!(sim.core(1).config_change_pending());
+}
+
+#[test]
+fn a_change_before_the_last_one_commits_is_refused() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(2));
+    sim.isolate(NodeId(3));
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    assert_eq!(
+        change(&mut sim, MembershipChange::AddLearner(NodeId(5))),
+        Err(ChangeError::InProgress)
+    );
+}
+
+#[test]
+fn a_change_that_leaves_no_voter_is_refused() {
+    let mut sim = three_and_two_spares();
+    assert_eq!(
+        change(&mut sim, MembershipChange::SetVoters(BTreeSet::new())),
+        Err(ChangeError::NoVoter)
+    );
+    let mut single = Sim::new(1, 1, cfg(), Faults::none());
+    single.elect(1);
+    let refused = single.with_core(NodeId(1), |c| {
+        c.change_membership(MembershipChange::Remove(NodeId(1)))
+    });
+    assert_eq!(refused, Some(Err(ChangeError::NoVoter)));
+}
+
+#[test]
+fn a_change_on_a_follower_names_the_leader() {
+    let mut sim = three_and_two_spares();
+    let refused = sim.with_core(NodeId(2), |c| {
+        c.change_membership(MembershipChange::AddLearner(NodeId(4)))
+    });
+    assert!(
+        matches!(refused, Some(Err(ChangeError::NotLeader(n))) if n.leader_hint == Some(NodeId(1))),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn an_added_learner_is_replicated_to_at_once_and_never_votes() {
+    let mut sim = three_and_two_spares();
+    for _ in 0..3 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    assert!(sim.core(1).status().peers.contains_key(&NodeId(4)));
+    sim.run_ticks(4);
+    assert_eq!(sim.log(4), sim.log(1));
+    assert_eq!(sim.core(4).role(), Role::Learner);
+    // A learner's acknowledgement never counts toward a commit.
+    assert_eq!(sim.core(1).membership().voters, ids(&[1, 2, 3]));
+}
+
+#[test]
+fn a_new_member_is_probed_one_message_at_a_time() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(4));
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.take_in_flight();
+    for _ in 0..3 {
+        sim.propose(NodeId(1));
+    }
+    let to_4 = sim
+        .in_flight()
+        .iter()
+        .filter(|m| m.to == NodeId(4) && matches!(m.body, MessageBody::AppendEntries(_)))
+        .count();
+    assert_eq!(to_4, 0, "the first probe is still unanswered");
+}
+
+#[test]
+fn a_promoted_learner_votes_before_it_holds_its_promotion() {
+    // Node 4 was promoted by a joint configuration only nodes 1 and 3 hold; node 1 then
+    // needs node 4's vote for the new half. A server answers votes whatever its own
+    // configuration says (dissertation 4.1), or this election could never be won.
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    sim.isolate(NodeId(4));
+    change(&mut sim, MembershipChange::SetVoters(ids(&[1, 3, 4]))).unwrap();
+    sim.run_ticks(1);
+    assert_eq!(sim.core(4).role(), Role::Learner);
+    sim.heal();
+    sim.isolate(NodeId(2));
+    sim.elect(1);
+    assert_eq!(sim.core(1).role(), Role::Leader, "{}", sim.describe());
+}
+
+#[test]
+fn a_promoted_learner_becomes_a_follower_when_the_change_is_appended() {
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    // Node 4 takes the joint configuration but no later message: not committed for it.
+    let joint = change(&mut sim, MembershipChange::SetVoters(ids(&[1, 2, 3, 4]))).unwrap();
+    let appends: Vec<Message> = sim
+        .take_in_flight()
+        .into_iter()
+        .filter(|m| m.to == NodeId(4))
+        .collect();
+    for m in appends {
+        sim.deliver(m);
+    }
+    assert!(sim.core(4).commit_index() < joint.index);
+    assert_eq!(sim.core(4).role(), Role::Follower);
+}
+
+#[test]
+fn a_removed_leader_steps_down_once_the_final_configuration_commits() {
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::Remove(NodeId(1))).unwrap();
+    sim.run_ticks(2);
+    let m = sim.core(2).membership().clone();
+    assert_eq!(m, Membership::new(ids(&[2, 3])));
+    assert_ne!(sim.core(1).role(), Role::Leader);
+    assert!(sim.core(1).status().peers.is_empty());
+    // The others elect a leader among themselves; node 1 never campaigns again.
+    sim.run_ticks(cfg().election_timeout_max * 3);
+    let leader = sim.leader().expect("a leader");
+    assert!(leader == NodeId(2) || leader == NodeId(3));
+    assert_eq!(sim.core(1).role(), Role::Learner);
+}
+
+#[test]
+fn a_removed_follower_is_no_longer_replicated_to() {
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::Remove(NodeId(3))).unwrap();
+    sim.run_ticks(4);
+    assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[1, 2])));
+    assert!(!sim.core(1).status().peers.contains_key(&NodeId(3)));
+    sim.take_in_flight();
+    sim.propose(NodeId(1));
+    assert!(sim.in_flight().iter().all(|m| m.to != NodeId(3)));
+}
+
+#[test]
+fn timeout_now_is_honoured_only_from_the_known_leader() {
+    let mut sim = three_and_two_spares();
+    let term = sim.core(2).term();
+    let timeout_now = |from: u64| Message {
+        from: NodeId(from),
+        to: NodeId(2),
+        term,
+        body: MessageBody::TimeoutNow,
+    };
+    sim.deliver(timeout_now(3));
+    assert_eq!(sim.core(2).role(), Role::Follower);
+    assert_eq!(sim.core(2).term(), term);
+    sim.deliver(timeout_now(1));
+    assert_eq!(sim.core(2).term(), Term(term.0 + 1));
+}
+
+#[test]
+fn a_restarted_node_uses_the_configuration_of_its_snapshot_and_log() {
+    // The membership at a snapshot's index travels in its metadata; later ones come from
+    // the log. Checked through a restart of a cluster that grew.
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    let m = sim.core(1).membership().clone();
+    sim.crash(NodeId(2));
+    sim.restart(NodeId(2));
+    assert_eq!(sim.core(2).membership(), &m);
+    assert!(sim.core(2).commit_index() <= sim.core(1).commit_index());
+    assert_eq!(
+        sim.core(2).log_id_at(LogIndex(1)).map(|l| l.index),
+        Some(LogIndex(1))
+    );
+}
+
+#[test]
+fn a_removed_leader_whose_log_the_cluster_needs_may_still_campaign() {
+    // Node 1 leads {1, 2} and removes itself: the joint configuration commits, but the
+    // final one ({2}) reaches only node 1 before it restarts. Node 2, still joint, needs
+    // node 1's vote, which node 1 refuses (its log is longer); only node 1 can win, with
+    // node 2's vote, and then finish the change and step down.
+    let mut sim = Sim::new(1, 2, cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    let joint = change(&mut sim, MembershipChange::SetVoters(ids(&[2]))).unwrap();
+    // Deliver until node 2 holds the joint entry and node 1 knows it committed, but hold
+    // back the final configuration from node 2.
+    let held = sim.deliver_holding(|m| {
+        m.to == NodeId(2)
+            && matches!(&m.body, MessageBody::AppendEntries(a)
+                if a.entries.iter().any(|e| e.index() > joint.index))
+    });
+    assert!(!held.is_empty());
+    assert!(sim.core(1).commit_index() >= joint.index);
+    assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[2])));
+    assert!(sim.core(2).membership().outgoing.is_some());
+    sim.crash(NodeId(1));
+    sim.restart(NodeId(1));
+    sim.run_ticks(cfg().election_timeout_max * 4);
+    assert_eq!(sim.leader(), Some(NodeId(2)), "{}", sim.describe());
+    assert_eq!(sim.core(2).membership(), &Membership::new(ids(&[2])));
+    assert_eq!(sim.core(1).role(), Role::Learner);
+}
