@@ -31,7 +31,7 @@ pub use node::{RaftNode, Seams, Status};
 pub use progress::ReplicationState;
 pub use raft::{
     Action, ChangeError, CoreStatus, InitialState, MembershipChange, NotLeader, PersistOp,
-    ProposeError, RaftCore, WriteId,
+    ProposeError, RaftCore, TransferError, WriteId,
 };
 pub use read::ReadId;
 pub use state_machine::StateMachine;

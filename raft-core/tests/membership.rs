@@ -13,9 +13,11 @@ use raft_core::{
 };
 use sim::{disk, Faults, Sim};
 
+/// PreVote on (membership changes need it or CheckQuorum), CheckQuorum off so that
+/// isolated leaders keep leading in these scripted runs.
 fn cfg() -> Config {
     Config {
-        pre_vote: false,
+        pre_vote: true,
         check_quorum: false,
         ..Config::default()
     }
@@ -115,6 +117,20 @@ fn a_change_before_the_last_one_commits_is_refused() {
         change(&mut sim, MembershipChange::AddLearner(NodeId(5))),
         Err(ChangeError::InProgress)
     );
+}
+
+#[test]
+fn a_change_is_refused_without_pre_vote_or_check_quorum() {
+    let plain = Config {
+        pre_vote: false,
+        ..cfg()
+    };
+    let mut sim = Sim::new(1, 3, plain, Faults::none());
+    sim.elect(1);
+    let refused = sim.with_core(NodeId(1), |c| {
+        c.change_membership(MembershipChange::Remove(NodeId(3)))
+    });
+    assert_eq!(refused, Some(Err(ChangeError::Disruptive)));
 }
 
 #[test]
@@ -231,12 +247,20 @@ fn a_removed_leader_steps_down_once_the_final_configuration_commits() {
 }
 
 #[test]
-fn a_removed_follower_is_no_longer_replicated_to() {
+fn a_removed_follower_learns_its_removal_and_is_then_no_longer_replicated_to() {
     let mut sim = three_and_two_spares();
     change(&mut sim, MembershipChange::Remove(NodeId(3))).unwrap();
     sim.run_ticks(4);
     assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[1, 2])));
     assert!(!sim.core(1).status().peers.contains_key(&NodeId(3)));
+    // Node 3 holds the configuration that removed it, knows it committed, and stays quiet.
+    assert_eq!(sim.core(3).membership(), &Membership::new(ids(&[1, 2])));
+    assert!(sim.core(3).commit_index() >= sim.core(1).commit_index());
+    let term = sim.core(1).term();
+    sim.run_ticks(cfg().election_timeout_max * 3);
+    assert_eq!(sim.core(3).role(), Role::Learner);
+    assert_eq!(sim.core(1).term(), term);
+    assert_eq!(sim.leader(), Some(NodeId(1)));
     sim.take_in_flight();
     sim.propose(NodeId(1));
     assert!(sim.in_flight().iter().all(|m| m.to != NodeId(3)));
@@ -304,4 +328,95 @@ fn a_removed_leader_whose_log_the_cluster_needs_may_still_campaign() {
     assert_eq!(sim.leader(), Some(NodeId(2)), "{}", sim.describe());
     assert_eq!(sim.core(2).membership(), &Membership::new(ids(&[2])));
     assert_eq!(sim.core(1).role(), Role::Learner);
+}
+
+// ----- leadership transfer (dissertation 3.10) --------------------------------------------
+
+fn transfer(sim: &mut Sim, to: u64) -> Result<(), raft_core::TransferError> {
+    sim.with_core(NodeId(1), |c| c.transfer_leadership(NodeId(to)))
+        .expect("node 1 is up")
+}
+
+#[test]
+fn transfer_to_up_to_date_follower() {
+    let mut sim = three_and_two_spares();
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    let term = sim.core(1).term();
+    transfer(&mut sim, 2).unwrap();
+    assert!(sim
+        .in_flight()
+        .iter()
+        .any(|m| m.to == NodeId(2) && m.body == MessageBody::TimeoutNow));
+    sim.deliver_all();
+    assert_eq!(sim.leader(), Some(NodeId(2)));
+    assert_eq!(sim.core(2).term(), Term(term.0 + 1));
+    assert_eq!(sim.core(1).transferring_to(), None);
+}
+
+#[test]
+fn transfer_to_lagging_follower() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(3));
+    for _ in 0..5 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    sim.heal();
+    sim.take_in_flight();
+    transfer(&mut sim, 3).unwrap();
+    assert!(sim
+        .in_flight()
+        .iter()
+        .all(|m| m.body != MessageBody::TimeoutNow));
+    // No new entries while leadership is handed over; clients are sent to the target.
+    let refused = sim.with_core(NodeId(1), |c| c.propose([bytes::Bytes::from("x")]));
+    assert!(
+        matches!(refused, Some(Err(raft_core::ProposeError::NotLeader(n))) if n.leader_hint == Some(NodeId(3))),
+        "{refused:?}"
+    );
+    sim.deliver_all();
+    assert_eq!(sim.leader(), Some(NodeId(3)), "{}", sim.describe());
+    assert_eq!(sim.log(3)[..7], sim.log(1)[..7]);
+}
+
+#[test]
+fn transfer_to_dead_node_times_out_and_leader_resumes() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(3));
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    transfer(&mut sim, 3).unwrap();
+    for _ in 0..cfg().election_timeout_min - 1 {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    assert_eq!(sim.core(1).transferring_to(), Some(NodeId(3)));
+    sim.with_core(NodeId(1), |c| c.tick());
+    assert_eq!(sim.core(1).transferring_to(), None);
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    assert!(
+        sim.propose(NodeId(1)).is_some(),
+        "proposals are taken again"
+    );
+}
+
+#[test]
+fn a_transfer_needs_another_voter_and_no_transfer_in_progress() {
+    use raft_core::TransferError;
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(2);
+    assert_eq!(
+        transfer(&mut sim, 1),
+        Err(TransferError::NotAVoter(NodeId(1)))
+    );
+    assert_eq!(
+        transfer(&mut sim, 4),
+        Err(TransferError::NotAVoter(NodeId(4)))
+    );
+    sim.isolate(NodeId(3));
+    transfer(&mut sim, 3).unwrap();
+    assert_eq!(transfer(&mut sim, 2), Err(TransferError::InProgress));
+    let refused = sim.with_core(NodeId(2), |c| c.transfer_leadership(NodeId(3)));
+    assert!(matches!(refused, Some(Err(TransferError::NotLeader(_)))));
 }

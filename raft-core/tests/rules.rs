@@ -1725,3 +1725,63 @@ fn a_restarted_node_uses_the_latest_configuration_in_its_log() {
     let core = raft_core::RaftCore::new(NodeId(1), cfg(), init, 1);
     assert_eq!(core.membership(), &grown());
 }
+
+#[test]
+fn a_truncation_after_a_configuration_keeps_it_in_effect() {
+    let mut sim = three();
+    let body = MessageBody::AppendEntries(AppendEntries {
+        prev_log_id: LogId::default(),
+        entries: vec![
+            config_entry(1, 1),
+            raft_core::Entry {
+                log_id: LogId::new(1, 2),
+                payload: EntryPayload::Blank,
+            },
+        ],
+        leader_commit: LogIndex(0),
+        seq: 0,
+    });
+    sim.deliver(msg(2, 1, 1, body));
+    // A new leader replaces index 2 only: the configuration at 1 stays.
+    sim.deliver(msg(3, 1, 2, append(LogId::new(1, 1), &[(2, 2)], 0)));
+    assert_eq!(sim.core(1).last_log_id(), LogId::new(2, 2));
+    assert_eq!(sim.core(1).membership(), &grown());
+}
+
+#[test]
+fn a_snapshot_carries_the_configuration_in_effect_at_its_index() {
+    let mut entries = disk(1, &[1, 1]).log;
+    entries.push(config_entry(1, 3));
+    entries.extend(disk(1, &[1, 1, 1, 1]).log.into_iter().skip(3));
+    let bootstrap = raft_core::Membership::new([NodeId(1), NodeId(2), NodeId(3)]);
+    let init = raft_core::InitialState {
+        entries,
+        bootstrap: bootstrap.clone(),
+        ..raft_core::InitialState::default()
+    };
+    let core = raft_core::RaftCore::new(NodeId(1), cfg(), init, 1);
+    let at = |i: u64| core.snapshot_meta_at(LogIndex(i)).expect("held").membership;
+    assert_eq!(at(2), bootstrap);
+    assert_eq!(at(3), grown());
+    assert_eq!(at(4), grown());
+    assert_eq!(core.id(), NodeId(1));
+    assert!(core.debug_progress().contains("writes"));
+}
+
+#[test]
+fn a_full_window_sends_nothing_more_until_an_answer() {
+    // One AppendEntries in flight to node 3 (window of one): a new proposal sends it
+    // nothing, not even an empty message, until node 3 answers.
+    let cfg = raft_core::Config {
+        max_inflight: 1,
+        ..plain_cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    sim.deliver_holding(|m| m.to == NodeId(3) || m.from == NodeId(3));
+    sim.propose(NodeId(1));
+    let to_3 = sim.in_flight().iter().filter(|m| m.to == NodeId(3)).count();
+    assert_eq!(to_3, 0, "{:?}", sim.in_flight());
+}

@@ -506,6 +506,16 @@ fn a_stale_or_foreign_snapshot_report_changes_nothing() {
     let after = sim.core(1).status();
     assert_eq!(after.snapshot_index, before.snapshot_index);
     assert_eq!(after.first_log_index, before.first_log_index);
+    assert_eq!(after.snapshot_bytes, before.snapshot_bytes);
+}
+
+#[test]
+fn a_snapshot_loaded_after_leadership_was_lost_is_not_kept() {
+    let mut sim = applied_cluster(manual(), 6);
+    sim.with_core(NodeId(1), |c| c.snapshot_now());
+    let meta = sim.nodes[&NodeId(1)].disk.snapshot.clone().expect("taken");
+    sim.with_core(NodeId(2), |c| c.snapshot_loaded(meta.0, meta.1));
+    assert_eq!(sim.core(2).status().snapshot_sending_bytes, 0);
 }
 
 #[test]

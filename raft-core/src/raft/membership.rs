@@ -37,6 +37,10 @@ pub enum ChangeError {
     /// The configuration already is what the change asks for.
     #[error("the configuration already is what the change asks for")]
     Unchanged,
+    /// Neither PreVote nor CheckQuorum is on, so a removed server could disrupt the
+    /// cluster when it times out (dissertation 4.2.3).
+    #[error("membership changes need pre_vote or check_quorum in the config: without them a removed server disrupts the cluster")]
+    Disruptive,
     /// The core has stopped after a fatal error.
     #[error("the node has stopped")]
     Stopped,
@@ -107,6 +111,11 @@ impl RaftCore {
         if self.config_change_pending() {
             return Err(ChangeError::InProgress);
         }
+        // Dissertation 4.2.3: without PreVote or CheckQuorum, a removed server that times
+        // out raises its term and disrupts the cluster.
+        if !self.cfg.pre_vote && !self.cfg.check_quorum {
+            return Err(ChangeError::Disruptive);
+        }
         let next = self.membership().changed(&change)?;
         Ok(self.append_own(vec![EntryPayload::Membership(next)]))
     }
@@ -129,11 +138,27 @@ impl RaftCore {
         }
     }
 
-    /// A leader replicates to exactly the members of the configuration in effect: new ones
-    /// are probed from the end of its log, removed ones forgotten.
+    /// A leader replicates to the members of the configuration in effect, and until the
+    /// change that removed them is committed, to the members of the last committed one: a
+    /// removed server then receives the configuration without it (and stops campaigning
+    /// once it learns that one committed) instead of being cut off before it. New members
+    /// are probed from the end of the log.
     fn track_members(&mut self) {
-        let members: BTreeSet<NodeId> = self.peers().into_iter().collect();
-        self.progress.retain(|id, _| members.contains(id));
+        let me = self.id;
+        let mut members = self.membership().members();
+        members.extend(self.last_committed_config().members());
+        members.remove(&me);
+        let dropped: Vec<NodeId> = self
+            .progress
+            .keys()
+            .filter(|id| !members.contains(id))
+            .copied()
+            .collect();
+        for id in dropped {
+            // A last heartbeat carries the commit index of the change that removed it.
+            self.send_append(id, true);
+            self.progress.remove(&id);
+        }
         let next = self.log.last_index().next();
         for id in members {
             self.progress
@@ -152,10 +177,26 @@ impl RaftCore {
         let m = self.membership().clone();
         if m.outgoing.is_some() {
             self.append_own(vec![EntryPayload::Membership(m.leave_joint())]);
-        } else if !m.is_voter(self.id) {
+            return;
+        }
+        // The change is committed: servers it removed are no longer replicated to.
+        self.track_members();
+        if !m.is_voter(self.id) {
             tracing::debug!(node = %self.id, term = %self.hard.term, "removed from the voters; stepping down");
+            // Tell everyone the final configuration is committed before going quiet.
+            self.broadcast_heartbeat();
             self.become_follower(self.hard.term, None);
         }
+    }
+
+    /// The last configuration known committed (the snapshot's when the log holds none).
+    fn last_committed_config(&self) -> &Membership {
+        let committed = self.log.committed;
+        self.config_log
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= committed)
+            .map_or(&self.base_config, |(_, m)| m)
     }
 
     /// Whether this node may start an election: it votes in the last configuration known

@@ -16,8 +16,10 @@ mod election;
 mod membership;
 mod replication;
 mod snapshot;
+mod transfer;
 
 pub use membership::{ChangeError, MembershipChange};
+pub use transfer::TransferError;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -265,6 +267,8 @@ pub struct RaftCore {
     /// An installed snapshot waiting for its write to be durable before the state machine
     /// is reset from it.
     restore_pending: Option<(WriteId, SnapshotMeta, Bytes)>,
+    /// On a leader: a leadership transfer in progress.
+    transfer: Option<transfer::Transfer>,
 }
 
 impl RaftCore {
@@ -331,6 +335,7 @@ impl RaftCore {
             snapshot_source: None,
             incoming: None,
             restore_pending: None,
+            transfer: None,
             cfg,
         };
         core.role = core.follower_role();
@@ -748,6 +753,7 @@ impl RaftCore {
         self.votes.clear();
         self.progress.clear();
         self.snapshot_source = None;
+        self.transfer = None;
         if was_leader {
             self.fail_pending_reads();
         }

@@ -20,6 +20,11 @@ impl RaftCore {
         if self.role != Role::Leader {
             return Err(self.not_leader().into());
         }
+        if let Some(target) = self.transferring_to() {
+            // Dissertation 3.10: no new entries while leadership is handed over.
+            let leader_hint = Some(target);
+            return Err(ProposeError::NotLeader(super::NotLeader { leader_hint }));
+        }
         let payloads: Vec<EntryPayload> = payloads.collect();
         let max = self.cfg.max_entry_bytes;
         if let Some(size) = payloads
@@ -44,6 +49,7 @@ impl RaftCore {
             self.broadcast_heartbeat();
         }
         self.check_quorum_tick();
+        self.transfer_tick();
     }
 
     /// Messages to a leader.
@@ -133,6 +139,7 @@ impl RaftCore {
             AppendOutcome::Success { match_index } => {
                 if pr.ack(match_index) {
                     self.maybe_commit();
+                    self.maybe_send_timeout_now();
                 }
             }
             AppendOutcome::Conflict {

@@ -704,6 +704,9 @@ impl Sim {
                 node.pending.push_back((wid, op));
             }
             Action::Send(msg) => self.send(msg),
+            Action::Apply(entries) if entries.is_empty() => {
+                self.fail(format!("{id} asked to apply nothing"));
+            }
             Action::Apply(entries) => self.on_apply(id, entries),
             Action::ReadReady { id: rid, index } => {
                 self.read_results.insert(rid, Some(index));
@@ -1223,8 +1226,9 @@ impl Sim {
     }
 
     /// Proposes a random membership change at `leader`: add a node that is not a member as
-    /// a learner, promote a learner, or remove a member (possibly the leader itself). A
-    /// change refused (one is in progress, or no voter would be left) is simply dropped.
+    /// a learner, promote a learner, remove a member (possibly the leader itself), or hand
+    /// leadership to a voter. A change refused (one is in progress, or no voter would be
+    /// left) is simply dropped.
     pub fn change_membership(&mut self, leader: NodeId) {
         use raft_core::MembershipChange;
         let m = self.nodes[&leader].core().membership().clone();
@@ -1238,6 +1242,14 @@ impl Sim {
             .collect();
         let learners: Vec<NodeId> = m.learners.iter().copied().collect();
         let members: Vec<NodeId> = m.members().into_iter().collect();
+        if self.rng.gen_bool(0.2) {
+            // A leadership transfer to a random voter (refused if it is the leader).
+            let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+            if let Some(to) = pick(&mut self.rng, voters) {
+                let _ = self.with_core(leader, |c| c.transfer_leadership(to));
+            }
+            return;
+        }
         let change = match self.rng.gen_range(0..3) {
             0 => pick(&mut self.rng, outsiders).map(MembershipChange::AddLearner),
             1 => pick(&mut self.rng, learners).map(|l| {
@@ -1382,6 +1394,11 @@ impl Sim {
         let Some(leader) = self.leader() else {
             return false;
         };
+        // A membership change under way finishes first (the leader leaves a joint
+        // configuration on its own).
+        if self.nodes[&leader].core().config_change_pending() {
+            return false;
+        }
         let members = self.nodes[&leader].core().membership().members();
         let nodes = self.nodes.iter().filter(|(id, _)| members.contains(id));
         nodes.map(|(_, n)| n).all(|n| {
