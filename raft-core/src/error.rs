@@ -138,4 +138,10 @@ pub enum RaftError {
     /// The configuration was rejected at startup.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A membership change was refused or did not take effect.
+    #[error(transparent)]
+    Membership(#[from] crate::raft::ChangeError),
+    /// A leadership transfer was refused or did not happen.
+    #[error(transparent)]
+    Transfer(#[from] crate::raft::TransferError),
 }

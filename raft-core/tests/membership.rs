@@ -343,11 +343,11 @@ fn transfer_to_up_to_date_follower() {
     sim.propose(NodeId(1));
     sim.deliver_all();
     let term = sim.core(1).term();
+    sim.take_in_flight();
     transfer(&mut sim, 2).unwrap();
-    assert!(sim
-        .in_flight()
-        .iter()
-        .any(|m| m.to == NodeId(2) && m.body == MessageBody::TimeoutNow));
+    // Up to date already: only TimeoutNow goes out, no probe.
+    let to_2: Vec<&MessageBody> = sim.in_flight().iter().map(|m| &m.body).collect();
+    assert_eq!(to_2, vec![&MessageBody::TimeoutNow]);
     sim.deliver_all();
     assert_eq!(sim.leader(), Some(NodeId(2)));
     assert_eq!(sim.core(2).term(), Term(term.0 + 1));
@@ -419,4 +419,51 @@ fn a_transfer_needs_another_voter_and_no_transfer_in_progress() {
     assert_eq!(transfer(&mut sim, 2), Err(TransferError::InProgress));
     let refused = sim.with_core(NodeId(2), |c| c.transfer_leadership(NodeId(3)));
     assert!(matches!(refused, Some(Err(TransferError::NotLeader(_)))));
+}
+
+#[test]
+fn adding_a_member_again_or_removing_a_stranger_changes_nothing() {
+    let mut sim = three_and_two_spares();
+    for c in [
+        MembershipChange::AddLearner(NodeId(2)),
+        MembershipChange::Remove(NodeId(5)),
+        MembershipChange::SetVoters(ids(&[1, 2, 3])),
+    ] {
+        assert_eq!(change(&mut sim, c), Err(ChangeError::Unchanged));
+    }
+}
+
+#[test]
+fn a_learner_is_removed_at_once() {
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(2);
+    change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
+    assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[1, 2, 3])));
+}
+
+#[test]
+fn the_joint_configuration_is_left_only_once_it_is_committed() {
+    // Entry k commits (both halves hold it) while the joint configuration at k + 1 does
+    // not (4 and 5 never receive it): the leader must stay joint.
+    let mut sim = three_and_two_spares();
+    for id in [4, 5] {
+        change(&mut sim, MembershipChange::AddLearner(NodeId(id))).unwrap();
+        sim.run_ticks(2);
+    }
+    let k = sim.propose(NodeId(1)).expect("leader").index;
+    let joint = change(&mut sim, MembershipChange::SetVoters(ids(&[1, 4, 5]))).unwrap();
+    assert_eq!(joint.index, k.next());
+    sim.deliver_filtered(
+        |m| {
+            let joint_to_new_half = (m.to == NodeId(4) || m.to == NodeId(5))
+                && matches!(&m.body, MessageBody::AppendEntries(a)
+                    if a.entries.iter().any(|e| e.index() >= joint.index));
+            !joint_to_new_half
+        },
+        |_| {},
+    );
+    assert_eq!(sim.core(1).commit_index(), k);
+    assert_eq!(sim.core(1).membership().outgoing, Some(ids(&[1, 2, 3])));
+    assert_eq!(sim.core(1).last_log_id(), joint);
 }

@@ -12,12 +12,15 @@ use super::tasks::{self, ApplyJob, Responder};
 use super::Request;
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::message::Message;
-use crate::raft::{Action, NotLeader, PersistOp, ProposeError, RaftCore, WriteId};
+use crate::raft::{
+    Action, ChangeError, MembershipChange, NotLeader, PersistOp, ProposeError, RaftCore,
+    TransferError, WriteId,
+};
 use crate::read::ReadId;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::Transport;
-use crate::types::{Entry, LogId, LogIndex, NodeId, SnapshotMeta, Term};
+use crate::types::{Entry, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
 
 /// Most messages or requests handled before the driver carries out actions, so a flood of
 /// input still yields batched writes and sends.
@@ -55,6 +58,11 @@ pub(crate) struct Driver {
     read: mpsc::UnboundedReceiver<EntriesRead>,
     /// Callers of `snapshot_now` waiting for the snapshot being built.
     snapshot_waiters: Vec<oneshot::Sender<Result<LogId, RaftError>>>,
+    /// Callers of a membership change waiting for it to finish, with the configuration it
+    /// leads to.
+    change_waiters: Vec<(Membership, oneshot::Sender<Result<Membership, RaftError>>)>,
+    /// Callers of a leadership transfer waiting for it to end.
+    transfer_waiters: Vec<oneshot::Sender<Result<(), RaftError>>>,
 }
 
 type Loaded = Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
@@ -118,6 +126,8 @@ impl Driver {
             read_tx,
             read,
             snapshot_waiters: Vec::new(),
+            change_waiters: Vec::new(),
+            transfer_waiters: Vec::new(),
         }
     }
 
@@ -188,6 +198,7 @@ impl Driver {
                 break Some(reply);
             }
             self.execute().await;
+            self.settle_waiters();
             if let Some(fatal) = &self.fatal {
                 tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
                 stopped.send_replace(Some(Some(fatal.clone())));
@@ -230,6 +241,15 @@ impl Driver {
                     let _ = reply.send(self.core.status());
                 }
                 Request::SnapshotNow(reply) => self.snapshot_now(reply),
+                Request::ChangeMembership(change, reply) => self.change_membership(change, reply),
+                Request::TransferLeadership(target, reply) => {
+                    match self.core.transfer_leadership(target) {
+                        Ok(()) => self.transfer_waiters.push(reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
                 Request::Shutdown(reply) => {
                     self.propose(batch);
                     return Ok(Some(reply));
@@ -348,6 +368,55 @@ impl Driver {
         }
     }
 
+    /// Proposes a membership change; the caller is answered once it has finished.
+    fn change_membership(
+        &mut self,
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Membership, RaftError>>,
+    ) {
+        match self.core.change_membership(change) {
+            // A joint configuration ends in its incoming half alone.
+            Ok(_) => {
+                let target = self.core.membership().leave_joint();
+                self.change_waiters.push((target, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Answers membership changes that finished (committed, and no longer joint: with the
+    /// configuration asked for, or lost if a new leader's log replaced it) and leadership
+    /// transfers that ended (this node no longer leads, or it gave up).
+    fn settle_waiters(&mut self) {
+        if !self.change_waiters.is_empty() && !self.core.config_change_pending() {
+            let now = self.core.membership().clone();
+            for (target, reply) in self.change_waiters.drain(..) {
+                let answer = if target == now {
+                    Ok(now.clone())
+                } else {
+                    Err(ChangeError::Lost.into())
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        if !self.transfer_waiters.is_empty() {
+            let answer = if self.core.role() != Role::Leader {
+                Some(Ok(()))
+            } else if self.core.transferring_to().is_none() {
+                Some(Err(TransferError::TimedOut))
+            } else {
+                None
+            };
+            if let Some(answer) = answer {
+                for reply in self.transfer_waiters.drain(..) {
+                    let _ = reply.send(answer.clone().map_err(Into::into));
+                }
+            }
+        }
+    }
+
     /// `snapshot_now`: starts a snapshot (or joins the one being built) and answers once it
     /// is durable; with nothing applied since the last one, answers with that one.
     fn snapshot_now(&mut self, reply: oneshot::Sender<Result<LogId, RaftError>>) {
@@ -450,6 +519,12 @@ impl Driver {
             let _ = r.send(Err(self.stopped_error()));
         }
         for (_, (_, r)) in std::mem::take(&mut self.reads) {
+            let _ = r.send(Err(self.stopped_error()));
+        }
+        for (_, r) in std::mem::take(&mut self.change_waiters) {
+            let _ = r.send(Err(self.stopped_error()));
+        }
+        for r in std::mem::take(&mut self.transfer_waiters) {
             let _ = r.send(Err(self.stopped_error()));
         }
         let fatal = self.fatal.take();

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::log::EntryMeta;
-use crate::raft::{CoreStatus, InitialState, RaftCore};
+use crate::raft::{CoreStatus, InitialState, MembershipChange, RaftCore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogState, LogStore, SnapshotStore};
 use crate::transport::{Inbox, Transport};
@@ -55,6 +55,8 @@ pub(crate) enum Request {
     Read(Bytes, Reply<Bytes>),
     Status(oneshot::Sender<Status>),
     SnapshotNow(Reply<LogId>),
+    ChangeMembership(MembershipChange, Reply<Membership>),
+    TransferLeadership(NodeId, Reply<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -196,6 +198,59 @@ impl RaftNode {
     /// entry the snapshot covers; with nothing applied since the latest snapshot, to that one.
     pub async fn snapshot_now(&self) -> Result<LogId, RaftError> {
         self.call(Request::SnapshotNow).await?
+    }
+
+    /// Adds `id` as a learner: it receives the log (catching up through a snapshot if
+    /// needed) but does not vote. Resolves once the change is committed, to the new
+    /// configuration. The transport must be able to reach `id`.
+    ///
+    /// ```no_run
+    /// # async fn grow(node: raft_core::RaftNode) -> Result<(), raft_core::RaftError> {
+    /// use raft_core::NodeId;
+    /// node.add_learner(NodeId(4)).await?;
+    /// // ... once it has caught up (see `status().peers`), give it a vote:
+    /// let mut voters = node.membership().await?.voters;
+    /// voters.insert(NodeId(4));
+    /// node.change_membership(voters).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_learner(&self, id: NodeId) -> Result<Membership, RaftError> {
+        self.change(MembershipChange::AddLearner(id)).await
+    }
+
+    /// Makes `voters` the voter set, through a joint configuration of the old and new sets
+    /// (Raft section 6); learners named in it are promoted. Resolves once the final
+    /// configuration is committed. A change while another is in progress, or one that
+    /// leaves no voter, is refused with [`RaftError::Membership`].
+    pub async fn change_membership(
+        &self,
+        voters: std::collections::BTreeSet<NodeId>,
+    ) -> Result<Membership, RaftError> {
+        self.change(MembershipChange::SetVoters(voters)).await
+    }
+
+    /// Removes `id` from the cluster (a voter through a joint configuration). Removing the
+    /// leader is allowed: it steps down once the change is committed.
+    pub async fn remove(&self, id: NodeId) -> Result<Membership, RaftError> {
+        self.change(MembershipChange::Remove(id)).await
+    }
+
+    /// The configuration in effect on this node (the latest in its log).
+    pub async fn membership(&self) -> Result<Membership, RaftError> {
+        Ok(self.status().await?.membership)
+    }
+
+    /// Hands leadership to the voter `target` (dissertation 3.10). Resolves once this node
+    /// is no longer the leader; fails with [`RaftError::Transfer`] if refused or if the
+    /// transfer did not happen within an election timeout (this node then leads on).
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), RaftError> {
+        self.call(|tx| Request::TransferLeadership(target, tx))
+            .await?
+    }
+
+    async fn change(&self, change: MembershipChange) -> Result<Membership, RaftError> {
+        self.call(|tx| Request::ChangeMembership(change, tx))
+            .await?
     }
 
     /// Stops the node and waits until its tasks have finished (pending writes are completed

@@ -41,6 +41,10 @@ pub enum ChangeError {
     /// cluster when it times out (dissertation 4.2.3).
     #[error("membership changes need pre_vote or check_quorum in the config: without them a removed server disrupts the cluster")]
     Disruptive,
+    /// The change was appended but lost with its leader (a new leader's log replaced it);
+    /// it did not take effect. Retry it.
+    #[error("the change was lost in a leader change and did not take effect; retry it")]
+    Lost,
     /// The core has stopped after a fatal error.
     #[error("the node has stopped")]
     Stopped,

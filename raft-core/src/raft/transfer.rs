@@ -31,6 +31,9 @@ pub enum TransferError {
     /// Another transfer is in progress.
     #[error("a leadership transfer is already in progress")]
     InProgress,
+    /// The target did not take over within an election timeout; this node leads on.
+    #[error("the leadership transfer timed out; this node is still the leader")]
+    TimedOut,
 }
 
 impl RaftCore {

@@ -167,17 +167,7 @@ impl Cluster {
             live: LiveNodes::default(),
         };
         for &id in &ids {
-            c.slots.insert(
-                id,
-                Slot {
-                    log: Arc::new(MemLogStore::new()),
-                    snapshots: Arc::new(MemSnapshotStore::default()),
-                    applied: Applied::default(),
-                    node: None,
-                    restarts: 0,
-                },
-            );
-            c.connected.insert(id, true);
+            c.add_slot(id);
         }
         if let Some(net) = &mut c.tcp {
             for &id in &ids {
@@ -196,6 +186,28 @@ impl Cluster {
 
     pub fn ids(&self) -> Vec<NodeId> {
         self.slots.keys().copied().collect()
+    }
+
+    /// Starts a new node `id` on empty stores, outside the configuration: it takes part
+    /// once a membership change adds it (in-memory network only).
+    pub async fn add_spare(&mut self, id: NodeId) {
+        self.add_slot(id);
+        self.start(id).await;
+    }
+
+    /// Empty stores for `id`, connected.
+    fn add_slot(&mut self, id: NodeId) {
+        self.slots.insert(
+            id,
+            Slot {
+                log: Arc::new(MemLogStore::new()),
+                snapshots: Arc::new(MemSnapshotStore::default()),
+                applied: Applied::default(),
+                node: None,
+                restarts: 0,
+            },
+        );
+        self.connected.insert(id, true);
     }
 
     /// Starts (or restarts) `id` on its persisted stores with a fresh state machine.
