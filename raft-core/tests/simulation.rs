@@ -1,7 +1,7 @@
 //! Deterministic simulation: random partitions, crashes, restarts, loss, delay, reordering
 //! and duplication, with Raft's five safety properties checked after every step.
 //!
-//! `RAFT_SIM_SEEDS` (default 20,000: about 40 s on two cores) and `RAFT_SIM_STEPS` (default
+//! `RAFT_SIM_SEEDS` (default 20,000: about 45 s on two cores) and `RAFT_SIM_STEPS` (default
 //! 1000) set the size of the run, `RAFT_SIM_BASE_SEED` its first seed; `RAFT_SIM_SEED=N`
 //! replays one seed. Seeds run on every core. At scale, in release:
 //! `RAFT_SIM_SEEDS=1000000 cargo test -p raft-core --test simulation --release`.
