@@ -137,3 +137,144 @@ async fn transfer_to_dead_node_times_out_and_leader_resumes() {
     c.one(cmd("y"), 2, true).await;
     c.shutdown().await;
 }
+
+/// Runs a membership change on whichever node leads, retrying across leader changes.
+async fn on_leader(c: &Cluster, change: raft_core::MembershipChange) -> raft_core::Membership {
+    use raft_core::{ChangeError, MembershipChange};
+    for _ in 0..50 {
+        let leader = c.check_one_leader().await;
+        let node = c.node(leader).cloned().expect("leader");
+        let result = match &change {
+            MembershipChange::AddLearner(id) => node.add_learner(*id).await,
+            MembershipChange::SetVoters(v) => node.change_membership(v.clone()).await,
+            MembershipChange::Remove(id) => node.remove(*id).await,
+        };
+        match result {
+            Ok(m) => return m,
+            // A retry of a change that did take effect.
+            Err(RaftError::Membership(ChangeError::Unchanged)) => {
+                return node.membership().await.expect("membership")
+            }
+            Err(RaftError::NotLeader { .. })
+            | Err(RaftError::Membership(
+                ChangeError::NotLeader(_) | ChangeError::InProgress | ChangeError::Lost,
+            )) => Cluster::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => panic!("{change:?}: {e}"),
+        }
+    }
+    panic!("{change:?} never took effect");
+}
+
+#[tokio::test(start_paused = true)]
+async fn single_node_bootstrap_then_grow() {
+    let mut c = Cluster::new(1, seed(407)).await;
+    c.one(cmd("alone"), 1, true).await;
+    for id in [2, 3] {
+        c.add_spare(NodeId(id)).await;
+        on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(id))).await;
+    }
+    let m = on_leader(&c, raft_core::MembershipChange::SetVoters(ids(&[1, 2, 3]))).await;
+    assert_eq!(m.voters, ids(&[1, 2, 3]));
+    c.one(cmd("three"), 3, true).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn replace_every_member_one_by_one() {
+    // Nodes 1, 2 and 3 are replaced by 4, 5 and 6 while commands keep committing; every
+    // acknowledged command is on every final member, at its index.
+    let mut c = Cluster::new(3, seed(408)).await;
+    let mut acked = Vec::new();
+    let mut voters = ids(&[1, 2, 3]);
+    for (old, new) in [(1, 4), (2, 5), (3, 6)] {
+        acked.push(c.one(cmd(format!("before {new}")), 3, true).await);
+        c.add_spare(NodeId(new)).await;
+        on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(new))).await;
+        acked.push(c.one(cmd(format!("learner {new}")), 3, true).await);
+        voters.remove(&NodeId(old));
+        voters.insert(NodeId(new));
+        let m = on_leader(&c, raft_core::MembershipChange::SetVoters(voters.clone())).await;
+        assert_eq!(m.voters, voters);
+        acked.push(c.one(cmd(format!("voter {new}")), 3, true).await);
+    }
+    let leader = c.check_one_leader().await;
+    assert!(voters.contains(&leader));
+    for id in [4, 5, 6] {
+        let applied = c.applied(NodeId(id));
+        for index in &acked {
+            assert!(applied.contains_key(index), "{id} lacks {index}");
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_node_restarting_does_not_disrupt() {
+    let mut c = Cluster::new(3, seed(409)).await;
+    c.one(cmd("x"), 3, true).await;
+    let leader = c.check_one_leader().await;
+    let removed = nth(&c, leader, 1);
+    on_leader(&c, raft_core::MembershipChange::Remove(removed)).await;
+    let term = c.check_terms().await;
+    c.crash(removed).await;
+    c.start(removed).await;
+    Cluster::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(c.check_one_leader().await, leader);
+    let s = c.node(leader).expect("up").status().await.expect("status");
+    assert_eq!(s.term.0, term, "the removed node raised no term");
+    c.one(cmd("y"), 2, true).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn change_started_before_a_partition() {
+    // A promotion starts, then the leader is cut off: the change either finishes under a
+    // new leader or is reported lost; either way the cluster agrees on one configuration
+    // and keeps committing.
+    let mut c = Cluster::new(3, seed(410)).await;
+    c.one(cmd("x"), 3, true).await;
+    c.add_spare(NodeId(4)).await;
+    on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(4))).await;
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).cloned().expect("leader");
+    let change = tokio::spawn(async move { node.change_membership(ids(&[1, 2, 3, 4])).await });
+    c.disconnect(leader);
+    c.one(cmd("y"), 3, true).await;
+    c.connect(leader);
+    let outcome = within(20, change).await.expect("task");
+    assert!(
+        matches!(
+            outcome,
+            Ok(_)
+                | Err(RaftError::Membership(raft_core::ChangeError::Lost))
+                | Err(RaftError::Membership(raft_core::ChangeError::NotLeader(_)))
+        ),
+        "{outcome:?}"
+    );
+    c.one(cmd("z"), 3, true).await;
+    let mut seen = Vec::new();
+    for id in c.ids() {
+        seen.push(c.node(id).expect("up").membership().await.expect("m"));
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn transfer_to_lagging_follower() {
+    let mut c = Cluster::new(3, seed(411)).await;
+    c.one(cmd("x"), 3, true).await;
+    let leader = c.check_one_leader().await;
+    let target = nth(&c, leader, 1);
+    c.disconnect(target);
+    for i in 0..10 {
+        c.one(cmd(i), 2, true).await;
+    }
+    c.connect(target);
+    let node = c.node(leader).cloned().expect("leader");
+    within(10, node.transfer_leadership(target))
+        .await
+        .expect("transferred");
+    assert_eq!(c.check_one_leader().await, target);
+    c.shutdown().await;
+}
