@@ -511,15 +511,20 @@ impl KvServer {
         kv("snapshot_bytes", s.snapshot_bytes.to_string());
         kv("log_bytes", s.log_bytes.to_string());
         kv("log_cache_bytes", s.log_cache_bytes.to_string());
-        kv(
-            "voters",
-            s.membership
-                .voters
-                .iter()
+        let ids = |set: &std::collections::BTreeSet<raft_core::NodeId>| {
+            set.iter()
                 .map(|v| v.0.to_string())
                 .collect::<Vec<_>>()
-                .join(","),
+                .join(",")
+        };
+        kv("voters", ids(&s.membership.voters));
+        kv("learners", ids(&s.membership.learners));
+        // During a joint change (Raft section 6): the voters being replaced.
+        kv(
+            "outgoing_voters",
+            s.membership.outgoing.as_ref().map(ids).unwrap_or_default(),
         );
+        kv("joint", (s.membership.outgoing.is_some() as u8).to_string());
         for (peer, (m, state)) in &s.peers {
             kv(
                 &format!("peer_{}", peer.0),
