@@ -33,6 +33,17 @@ pub(crate) fn has_quorum(m: &Membership, yes: impl Fn(NodeId) -> bool) -> bool {
     half(&m.voters) && m.outgoing.as_ref().is_none_or(half)
 }
 
+/// Whether the voters for which `no` holds make a quorum impossible: a majority of one
+/// half of the configuration can no longer be reached (an election is then lost, even if
+/// the other half of a joint configuration agrees).
+pub(crate) fn is_out_of_reach(m: &Membership, no: impl Fn(NodeId) -> bool) -> bool {
+    let lost = |voters: &BTreeSet<NodeId>| {
+        let against = voters.iter().filter(|&&id| no(id)).count();
+        !voters.is_empty() && against > voters.len() - (voters.len() / 2 + 1)
+    };
+    lost(&m.voters) || m.outgoing.as_ref().is_some_and(lost)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +67,19 @@ mod tests {
         assert_eq!(committed_index(&m, idx), LogIndex(2));
         assert!(!has_quorum(&m, |id| id.0 <= 3));
         assert!(has_quorum(&m, |id| id.0 != 3 && id.0 != 6));
+    }
+
+    #[test]
+    fn a_quorum_is_out_of_reach_once_either_half_cannot_make_a_majority() {
+        let mut m = Membership::new(ids(&[1, 2, 3, 4]));
+        // Four voters: two against leave at most two in favour, short of three.
+        assert!(!is_out_of_reach(&m, |id| id.0 == 1));
+        assert!(is_out_of_reach(&m, |id| id.0 <= 2));
+        m.outgoing = Some(ids(&[5, 6, 7]));
+        assert!(!is_out_of_reach(&m, |id| id.0 == 5));
+        assert!(is_out_of_reach(&m, |id| id.0 == 5 || id.0 == 6));
+        m.voters.clear();
+        assert!(!is_out_of_reach(&m, |id| id.0 == 1));
     }
 
     #[test]

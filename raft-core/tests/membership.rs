@@ -467,3 +467,28 @@ fn the_joint_configuration_is_left_only_once_it_is_committed() {
     assert_eq!(sim.core(1).membership().outgoing, Some(ids(&[1, 2, 3])));
     assert_eq!(sim.core(1).last_log_id(), joint);
 }
+
+#[test]
+fn a_candidate_rejected_by_one_half_of_a_joint_configuration_steps_down_at_once() {
+    // Every log holds the joint configuration {1,2,3} -> {1,4,5}; 4 and 5 hold a longer
+    // log and refuse node 1. The old half would elect it, the new half cannot: the
+    // election is lost, and node 1 does not wait for its timer to find out.
+    let joint = Membership {
+        voters: ids(&[1, 4, 5]),
+        outgoing: Some(ids(&[1, 2, 3])),
+        learners: BTreeSet::new(),
+    };
+    let mut base = disk(1, &[1]);
+    base.log.push(Entry {
+        log_id: LogId::new(1, 2),
+        payload: EntryPayload::Membership(joint),
+    });
+    let mut longer = base.clone();
+    longer
+        .log
+        .extend(disk(1, &[1, 1, 1]).log.into_iter().skip(2));
+    let disks = vec![base.clone(), base.clone(), base, longer.clone(), longer];
+    let mut sim = Sim::from_disks(1, cfg(), disks);
+    sim.elect(1);
+    assert_eq!(sim.core(1).role(), Role::Follower, "{}", sim.describe());
+}

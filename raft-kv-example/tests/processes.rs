@@ -296,7 +296,10 @@ fn redis_commands_work_on_leader_and_followers() {
     assert_eq!(info["role"], "follower");
     assert_eq!(info["leader_id"], c.nodes[leader].id.to_string());
     assert_eq!(info["voters"], "1,2,3");
-    assert_eq!((info["learners"].as_str(), info["joint"].as_str()), ("", "0"));
+    assert_eq!(
+        (info["learners"].as_str(), info["joint"].as_str()),
+        ("", "0")
+    );
 }
 
 #[test]

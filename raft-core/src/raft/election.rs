@@ -134,7 +134,7 @@ impl RaftCore {
     fn tally_votes(&mut self) {
         let m = self.membership();
         let won = quorum::has_quorum(m, |id| self.votes.get(&id) == Some(&true));
-        let lost = quorum::has_quorum(m, |id| self.votes.get(&id) == Some(&false));
+        let lost = quorum::is_out_of_reach(m, |id| self.votes.get(&id) == Some(&false));
         if won {
             if self.role == Role::PreCandidate {
                 self.campaign(false, false);
