@@ -492,3 +492,51 @@ fn a_candidate_rejected_by_one_half_of_a_joint_configuration_steps_down_at_once(
     sim.elect(1);
     assert_eq!(sim.core(1).role(), Role::Follower, "{}", sim.describe());
 }
+
+#[test]
+fn a_removed_server_that_was_away_learns_its_removal_when_it_comes_back() {
+    // Node 3 is cut off while a change removes it; the change commits without it. When it
+    // comes back the leader still replicates to it until it holds the final configuration
+    // and knows it committed, and only then lets it go.
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(3));
+    change(&mut sim, MembershipChange::Remove(NodeId(3))).unwrap();
+    sim.run_ticks(4);
+    assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[1, 2])));
+    assert!(!sim.core(1).config_change_pending());
+    assert!(
+        sim.core(1).status().peers.contains_key(&NodeId(3)),
+        "still tracked"
+    );
+    sim.heal();
+    sim.run_ticks(6);
+    assert_eq!(sim.core(3).membership(), &Membership::new(ids(&[1, 2])));
+    assert!(sim.core(3).commit_index() >= sim.core(1).commit_index());
+    assert_eq!(sim.core(3).role(), Role::Learner);
+    assert!(
+        !sim.core(1).status().peers.contains_key(&NodeId(3)),
+        "let go"
+    );
+}
+
+#[test]
+fn no_membership_change_during_a_transfer_and_no_transfer_during_a_change() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(3));
+    transfer(&mut sim, 3).unwrap();
+    assert_eq!(
+        change(&mut sim, MembershipChange::AddLearner(NodeId(4))),
+        Err(ChangeError::InProgress)
+    );
+    for _ in 0..cfg().election_timeout_min {
+        sim.with_core(NodeId(1), |c| c.tick());
+    }
+    sim.heal();
+    sim.isolate(NodeId(4));
+    sim.isolate(NodeId(5));
+    change(&mut sim, MembershipChange::SetVoters(ids(&[1, 4, 5]))).unwrap();
+    assert_eq!(
+        transfer(&mut sim, 2),
+        Err(raft_core::TransferError::InProgress)
+    );
+}

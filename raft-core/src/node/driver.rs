@@ -58,11 +58,12 @@ pub(crate) struct Driver {
     read: mpsc::UnboundedReceiver<EntriesRead>,
     /// Callers of `snapshot_now` waiting for the snapshot being built.
     snapshot_waiters: Vec<oneshot::Sender<Result<LogId, RaftError>>>,
-    /// Callers of a membership change waiting for it to finish, with the configuration it
-    /// leads to.
-    change_waiters: Vec<(Membership, oneshot::Sender<Result<Membership, RaftError>>)>,
-    /// Callers of a leadership transfer waiting for it to end.
+    /// Callers of a membership change waiting for it to finish, with the id of the
+    /// configuration entry that began it.
+    change_waiters: Vec<(LogId, oneshot::Sender<Result<Membership, RaftError>>)>,
+    /// Callers of a leadership transfer waiting for it to end, and its target.
     transfer_waiters: Vec<oneshot::Sender<Result<(), RaftError>>>,
+    transfer_target: Option<NodeId>,
 }
 
 type Loaded = Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
@@ -128,6 +129,7 @@ impl Driver {
             snapshot_waiters: Vec::new(),
             change_waiters: Vec::new(),
             transfer_waiters: Vec::new(),
+            transfer_target: None,
         }
     }
 
@@ -244,7 +246,13 @@ impl Driver {
                 Request::ChangeMembership(change, reply) => self.change_membership(change, reply),
                 Request::TransferLeadership(target, reply) => {
                     match self.core.transfer_leadership(target) {
-                        Ok(()) => self.transfer_waiters.push(reply),
+                        Ok(()) => {
+                            self.transfer_target = Some(target);
+                            self.transfer_waiters.push(reply);
+                        }
+                        Err(TransferError::NotLeader(NotLeader { leader_hint })) => {
+                            let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+                        }
                         Err(e) => {
                             let _ = reply.send(Err(e.into()));
                         }
@@ -375,10 +383,9 @@ impl Driver {
         reply: oneshot::Sender<Result<Membership, RaftError>>,
     ) {
         match self.core.change_membership(change) {
-            // A joint configuration ends in its incoming half alone.
-            Ok(_) => {
-                let target = self.core.membership().leave_joint();
-                self.change_waiters.push((target, reply));
+            Ok(id) => self.change_waiters.push((id, reply)),
+            Err(ChangeError::NotLeader(NotLeader { leader_hint })) => {
+                let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
             }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
@@ -386,28 +393,29 @@ impl Driver {
         }
     }
 
-    /// Answers membership changes that finished (committed, and no longer joint: with the
-    /// configuration asked for, or lost if a new leader's log replaced it) and leadership
-    /// transfers that ended (this node no longer leads, or it gave up).
+    /// Answers membership changes that finished (committed and no longer joint, or lost
+    /// when a new leader's log replaced them) and leadership transfers that ended (another
+    /// node leads, or this one gave up).
     fn settle_waiters(&mut self) {
-        if !self.change_waiters.is_empty() && !self.core.config_change_pending() {
-            let now = self.core.membership().clone();
-            for (target, reply) in self.change_waiters.drain(..) {
-                let answer = if target == now {
-                    Ok(now.clone())
-                } else {
-                    Err(ChangeError::Lost.into())
-                };
-                let _ = reply.send(answer);
+        let core = &self.core;
+        let mut waiting = Vec::new();
+        for (id, reply) in self.change_waiters.drain(..) {
+            match core.change_outcome(id) {
+                Some(outcome) => {
+                    let _ = reply.send(outcome.map_err(Into::into));
+                }
+                None => waiting.push((id, reply)),
             }
         }
+        self.change_waiters = waiting;
         if !self.transfer_waiters.is_empty() {
-            let answer = if self.core.role() != Role::Leader {
-                Some(Ok(()))
-            } else if self.core.transferring_to().is_none() {
-                Some(Err(TransferError::TimedOut))
-            } else {
-                None
+            let answer = match (self.core.role(), self.core.leader()) {
+                (Role::Leader, _) if self.core.transferring_to().is_none() => {
+                    Some(Err(TransferError::TimedOut))
+                }
+                (Role::Leader, _) | (_, None) => None,
+                (_, Some(leader)) if Some(leader) == self.transfer_target => Some(Ok(())),
+                (_, Some(leader)) => Some(Err(TransferError::Superseded(leader))),
             };
             if let Some(answer) = answer {
                 for reply in self.transfer_waiters.drain(..) {

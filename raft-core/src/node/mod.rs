@@ -220,8 +220,14 @@ impl RaftNode {
 
     /// Makes `voters` the voter set, through a joint configuration of the old and new sets
     /// (Raft section 6); learners named in it are promoted. Resolves once the final
-    /// configuration is committed. A change while another is in progress, or one that
-    /// leaves no voter, is refused with [`RaftError::Membership`].
+    /// configuration is committed.
+    ///
+    /// Errors: [`RaftError::NotLeader`] on a follower (retry on the hint);
+    /// [`RaftError::Membership`] with `InProgress` while another change or a leadership
+    /// transfer is under way (retry), `NoVoter` or `Unchanged` for a change that cannot be
+    /// made, `Disruptive` when neither `pre_vote` nor `check_quorum` is on, and `Lost` when
+    /// a leader change dropped the change before it committed (retry it). A node that loses
+    /// leadership keeps waiting for the outcome; use a timeout if you need one.
     pub async fn change_membership(
         &self,
         voters: std::collections::BTreeSet<NodeId>,
@@ -240,9 +246,11 @@ impl RaftNode {
         Ok(self.status().await?.membership)
     }
 
-    /// Hands leadership to the voter `target` (dissertation 3.10). Resolves once this node
-    /// is no longer the leader; fails with [`RaftError::Transfer`] if refused or if the
-    /// transfer did not happen within an election timeout (this node then leads on).
+    /// Hands leadership to the voter `target` (dissertation 3.10). While it is under way
+    /// this node refuses proposals with `target` as the leader hint. Resolves once `target`
+    /// leads; fails with [`RaftError::Transfer`]: `TimedOut` if it did not take over within
+    /// an election timeout (this node leads on), `Superseded` if another node won, or a
+    /// refusal (`NotAVoter`, `InProgress`).
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), RaftError> {
         self.call(|tx| Request::TransferLeadership(target, tx))
             .await?

@@ -4,9 +4,8 @@ use super::RaftCore;
 use crate::message::{
     AppendOutcome, AppendResponse, Message, MessageBody, RequestVote, VoteResponse,
 };
-use crate::progress::Progress;
 use crate::quorum;
-use crate::types::{Entry, EntryPayload, HardState, LogId, NodeId, Role, Term};
+use crate::types::{Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, Term};
 
 impl RaftCore {
     /// Applies the term rules common to every role. Returns false if the message is done
@@ -205,12 +204,10 @@ impl RaftCore {
         self.leader = Some(self.id);
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
-        let next = self.log.last_index().next();
-        self.progress = self
-            .peers()
-            .into_iter()
-            .map(|id| (id, Progress::new(next)))
-            .collect();
+        self.progress.clear();
+        self.settled_config = LogIndex(0);
+        // The members of the configuration in effect and of the last committed one.
+        self.track_members();
         tracing::debug!(node = %self.id, term = %self.hard.term, "became leader");
         self.append_own(vec![EntryPayload::Blank]);
     }

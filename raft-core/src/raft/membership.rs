@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use super::{NotLeader, RaftCore};
 use crate::progress::Progress;
-use crate::types::{EntryPayload, LogId, Membership, NodeId, Role};
+use crate::types::{EntryPayload, LogId, LogIndex, Membership, NodeId, Role};
 
 /// A change to the cluster's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,9 +27,10 @@ pub enum ChangeError {
     /// Only the leader changes the configuration.
     #[error("not the leader{}", .0.leader_hint.map(|l| format!("; try the leader {l}")).unwrap_or_default())]
     NotLeader(NotLeader),
-    /// A previous change is not finished (not committed yet, or still joint); one change
-    /// at a time keeps every pair of successive configurations overlapping.
-    #[error("a membership change is already in progress; retry once it is committed")]
+    /// A previous change is not finished (not committed yet, or still joint), or leadership
+    /// is being transferred; one change at a time keeps every pair of successive
+    /// configurations overlapping.
+    #[error("a membership change or leadership transfer is in progress; retry once it is done")]
     InProgress,
     /// The change would leave the cluster without a voter.
     #[error("the change would leave no voter")]
@@ -112,7 +113,7 @@ impl RaftCore {
         }
         // Dissertation 4.1: one change at a time, each starting from a committed, simple
         // configuration, so every two successive configurations share a majority.
-        if self.config_change_pending() {
+        if self.config_change_pending() || self.transferring_to().is_some() {
             return Err(ChangeError::InProgress);
         }
         // Dissertation 4.2.3: without PreVote or CheckQuorum, a removed server that times
@@ -122,6 +123,32 @@ impl RaftCore {
         }
         let next = self.membership().changed(&change)?;
         Ok(self.append_own(vec![EntryPayload::Membership(next)]))
+    }
+
+    /// How the change whose configuration entry is `id` ended, if it has: the resulting
+    /// configuration once the entry is committed (and, for a voter change, once the joint
+    /// configuration it began was left and that commits too); [`ChangeError::Lost`] if the
+    /// log no longer holds the entry (a new leader's log replaced it); `None` while under way.
+    pub fn change_outcome(&self, id: LogId) -> Option<Result<Membership, ChangeError>> {
+        let held = self.log.log_id_at(id.index);
+        if id.index > self.log.last_index() || held.is_some_and(|h| h != id) {
+            return Some(Err(ChangeError::Lost));
+        }
+        let committed = self.log.committed;
+        if id.index > committed {
+            return None;
+        }
+        let mut from = self.config_log.iter().skip_while(|(i, _)| *i < id.index);
+        match from.next() {
+            Some((i, m)) if *i == id.index && m.outgoing.is_none() => Some(Ok(m.clone())),
+            // Joint: done when the configuration that leaves it commits.
+            Some((i, _)) if *i == id.index => match from.next() {
+                Some((next, m)) if *next <= committed => Some(Ok(m.clone())),
+                _ => None,
+            },
+            // Compacted into the snapshot, so committed; done once nothing is pending.
+            _ => (!self.config_change_pending()).then(|| Ok(self.membership().clone())),
+        }
     }
 
     /// Whether a change is in progress: the latest configuration is uncommitted or joint.
@@ -142,27 +169,31 @@ impl RaftCore {
         }
     }
 
-    /// A leader replicates to the members of the configuration in effect, and until the
-    /// change that removed them is committed, to the members of the last committed one: a
-    /// removed server then receives the configuration without it (and stops campaigning
-    /// once it learns that one committed) instead of being cut off before it. New members
-    /// are probed from the end of the log.
-    fn track_members(&mut self) {
+    /// A leader replicates to the members of the configuration in effect and of the last
+    /// committed one, and keeps replicating to a server a committed change removed until
+    /// that server holds the change: a last heartbeat at its match point then tells it the
+    /// change committed, so it stops campaigning instead of being cut off before it knows.
+    /// New members are probed from the end of the log.
+    pub(super) fn track_members(&mut self) {
         let me = self.id;
         let mut members = self.membership().members();
         members.extend(self.last_committed_config().members());
         members.remove(&me);
-        let dropped: Vec<NodeId> = self
+        let settled = self.config_log.last().map_or(LogIndex(0), |(i, _)| *i);
+        let committed = self.log.committed;
+        let done: Vec<NodeId> = self
             .progress
-            .keys()
-            .filter(|id| !members.contains(id))
-            .copied()
+            .iter()
+            .filter(|(id, p)| {
+                !members.contains(id) && settled <= committed && p.match_index >= settled
+            })
+            .map(|(&id, _)| id)
             .collect();
-        for id in dropped {
-            // A last heartbeat carries the commit index of the change that removed it.
+        for id in done {
             self.send_append(id, true);
             self.progress.remove(&id);
         }
+        self.retiring = self.progress.keys().any(|id| !members.contains(id));
         let next = self.log.last_index().next();
         for id in members {
             self.progress
@@ -183,8 +214,12 @@ impl RaftCore {
             self.append_own(vec![EntryPayload::Membership(m.leave_joint())]);
             return;
         }
-        // The change is committed: servers it removed are no longer replicated to.
-        self.track_members();
+        // The change is committed: servers it removed are let go once they know it.
+        let latest = self.config_log.last().map_or(LogIndex(0), |(i, _)| *i);
+        if latest > self.settled_config {
+            self.settled_config = latest;
+            self.track_members();
+        }
         if !m.is_voter(self.id) {
             tracing::debug!(node = %self.id, term = %self.hard.term, "removed from the voters; stepping down");
             // Tell everyone the final configuration is committed before going quiet.

@@ -269,6 +269,11 @@ pub struct RaftCore {
     restore_pending: Option<(WriteId, SnapshotMeta, Bytes)>,
     /// On a leader: a leadership transfer in progress.
     transfer: Option<transfer::Transfer>,
+    /// On a leader: some follower tracked is a server a committed change removed.
+    retiring: bool,
+    /// On a leader: the latest configuration entry known committed when followers were
+    /// last tracked.
+    settled_config: LogIndex,
 }
 
 impl RaftCore {
@@ -336,6 +341,8 @@ impl RaftCore {
             incoming: None,
             restore_pending: None,
             transfer: None,
+            retiring: false,
+            settled_config: LogIndex(0),
             cfg,
         };
         core.role = core.follower_role();
@@ -594,16 +601,6 @@ impl RaftCore {
         } else {
             Role::Learner
         }
-    }
-
-    /// Every other member that receives the log.
-    fn peers(&self) -> Vec<NodeId> {
-        let me = self.id;
-        self.membership()
-            .members()
-            .into_iter()
-            .filter(|&id| id != me)
-            .collect()
     }
 
     /// Every other voter.

@@ -140,6 +140,9 @@ impl RaftCore {
                 if pr.ack(match_index) {
                     self.maybe_commit();
                     self.maybe_send_timeout_now();
+                    if self.retiring {
+                        self.track_members();
+                    }
                 }
             }
             AppendOutcome::Conflict {
@@ -175,9 +178,15 @@ impl RaftCore {
         }
     }
 
+    /// Every server this leader replicates to (members, and removed servers that do not
+    /// know of their removal yet).
+    fn followers(&self) -> Vec<NodeId> {
+        self.progress.keys().copied().collect()
+    }
+
     /// Sends each follower what it is missing.
     pub(super) fn broadcast_append(&mut self) {
-        for peer in self.peers() {
+        for peer in self.followers() {
             self.send_append(peer, false);
         }
     }
@@ -189,7 +198,7 @@ impl RaftCore {
         let stall_limit =
             (self.cfg.election_timeout_min / self.cfg.heartbeat_interval).max(2) as u32;
         self.release_snapshot_source();
-        for peer in self.peers() {
+        for peer in self.followers() {
             let last = self.log.last_index();
             if let Some(pr) = self.progress.get_mut(&peer) {
                 if pr.read_stalled(stall_limit) {

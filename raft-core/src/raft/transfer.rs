@@ -28,12 +28,16 @@ pub enum TransferError {
     /// The target is this node, or not a voter of the configuration in effect.
     #[error("{0} is not another voter of the configuration")]
     NotAVoter(NodeId),
-    /// Another transfer is in progress.
-    #[error("a leadership transfer is already in progress")]
+    /// Another transfer, or a membership change, is in progress.
+    #[error("a leadership transfer or membership change is in progress; retry once it is done")]
     InProgress,
     /// The target did not take over within an election timeout; this node leads on.
     #[error("the leadership transfer timed out; this node is still the leader")]
     TimedOut,
+    /// This node lost leadership, but to another node than the target (another election
+    /// overtook the transfer).
+    #[error("leadership went to {0}, not to the transfer's target")]
+    Superseded(NodeId),
 }
 
 impl RaftCore {
@@ -47,7 +51,9 @@ impl RaftCore {
         if target == self.id || !self.membership().is_voter(target) {
             return Err(TransferError::NotAVoter(target));
         }
-        if self.transfer.is_some() {
+        // The target must campaign with the leader's whole log: nothing may be appended
+        // after TimeoutNow, as leaving a joint configuration would.
+        if self.transfer.is_some() || self.config_change_pending() {
             return Err(TransferError::InProgress);
         }
         self.transfer = Some(Transfer {
