@@ -80,6 +80,12 @@ mod tests {
         assert!(is_out_of_reach(&m, |id| id.0 == 5 || id.0 == 6));
         m.voters.clear();
         assert!(!is_out_of_reach(&m, |id| id.0 == 1));
+        // Five voters: two against still leave three; two voters: one against is enough.
+        let five = Membership::new(ids(&[1, 2, 3, 4, 5]));
+        assert!(!is_out_of_reach(&five, |id| id.0 <= 2));
+        assert!(is_out_of_reach(&five, |id| id.0 <= 3));
+        let two = Membership::new(ids(&[1, 2]));
+        assert!(is_out_of_reach(&two, |id| id.0 == 2));
     }
 
     #[test]

@@ -540,3 +540,70 @@ fn no_membership_change_during_a_transfer_and_no_transfer_during_a_change() {
         Err(raft_core::TransferError::InProgress)
     );
 }
+
+// ----- following a change to its end (what `RaftNode`'s calls wait for) ------------------
+
+fn outcome(sim: &Sim, id: LogId) -> Option<Result<Membership, ChangeError>> {
+    sim.core(1).change_outcome(id)
+}
+
+#[test]
+fn a_learner_change_ends_when_its_entry_commits() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(2));
+    sim.isolate(NodeId(3));
+    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(2);
+    assert_eq!(outcome(&sim, id), None);
+    sim.heal();
+    // The lost appends are resent once the pipeline counts as stalled.
+    sim.run_ticks(cfg().election_timeout_min * 2);
+    let m = outcome(&sim, id).expect("ended").expect("took effect");
+    assert_eq!(m.learners, ids(&[4]));
+    assert_eq!(m.voters, ids(&[1, 2, 3]));
+}
+
+#[test]
+fn a_voter_change_ends_only_when_the_joint_configuration_is_left() {
+    let mut sim = three_and_two_spares();
+    let joint = change(&mut sim, MembershipChange::SetVoters(ids(&[1, 2]))).unwrap();
+    // The joint entry commits; the entry that leaves it reaches nobody yet.
+    let held = sim.deliver_holding(|m| {
+        matches!(&m.body, MessageBody::AppendEntries(a)
+            if a.entries.iter().any(|e| e.index() > joint.index))
+    });
+    assert!(sim.core(1).commit_index() >= joint.index);
+    assert!(sim.core(1).last_log_id().index > joint.index);
+    assert_eq!(outcome(&sim, joint), None);
+    for m in held {
+        sim.deliver(m);
+    }
+    sim.run_ticks(2);
+    assert_eq!(
+        outcome(&sim, joint),
+        Some(Ok(Membership::new(ids(&[1, 2]))))
+    );
+    // A later change under way does not make the finished one pending again.
+    sim.isolate(NodeId(2));
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    assert!(sim.core(1).config_change_pending());
+    assert_eq!(
+        outcome(&sim, joint),
+        Some(Ok(Membership::new(ids(&[1, 2]))))
+    );
+}
+
+#[test]
+fn a_change_replaced_by_a_new_leaders_log_is_lost() {
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(1));
+    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.elect(2);
+    sim.propose(NodeId(2));
+    sim.propose(NodeId(2));
+    sim.deliver_all();
+    assert_eq!(outcome(&sim, id), None, "node 1 does not know yet");
+    sim.heal();
+    sim.run_ticks(4);
+    assert_eq!(outcome(&sim, id), Some(Err(ChangeError::Lost)));
+}
