@@ -607,3 +607,25 @@ fn a_change_replaced_by_a_new_leaders_log_is_lost() {
     sim.run_ticks(4);
     assert_eq!(outcome(&sim, id), Some(Err(ChangeError::Lost)));
 }
+
+#[test]
+fn a_new_leader_tracks_the_servers_of_the_last_committed_configuration() {
+    // Node 1 removes 3 (cut off); the joint configuration commits and node 2 receives the
+    // final one, but not its commit. Node 2, elected, still replicates to node 3 (a
+    // member of the last configuration it knows committed) so that 3 learns its removal.
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(3));
+    let joint = change(&mut sim, MembershipChange::Remove(NodeId(3))).unwrap();
+    sim.deliver_holding(|m| {
+        m.from == NodeId(1)
+            && m.to == NodeId(2)
+            && matches!(&m.body, MessageBody::AppendEntries(a)
+                if a.leader_commit > joint.index)
+    });
+    let core2 = sim.core(2);
+    assert_eq!(core2.membership(), &Membership::new(ids(&[1, 2])));
+    assert!(core2.commit_index() <= joint.index, "{:?}", core2.status());
+    sim.elect(2);
+    assert_eq!(sim.core(2).role(), Role::Leader, "{}", sim.describe());
+    assert!(sim.core(2).status().peers.contains_key(&NodeId(3)));
+}
