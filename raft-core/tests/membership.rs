@@ -629,3 +629,30 @@ fn a_new_leader_tracks_the_servers_of_the_last_committed_configuration() {
     assert_eq!(sim.core(2).role(), Role::Leader, "{}", sim.describe());
     assert!(sim.core(2).status().peers.contains_key(&NodeId(3)));
 }
+
+#[test]
+fn a_change_compacted_into_a_snapshot_has_ended() {
+    let cfg = Config {
+        snapshot_threshold: 0,
+        snapshot_trailing: 0,
+        ..cfg()
+    };
+    let mut sim = Sim::with_spares(
+        1,
+        Membership::new(ids(&[1, 2, 3])),
+        &[NodeId(4)],
+        cfg,
+        Faults::none(),
+    );
+    sim.elect(1);
+    sim.run_ticks(1);
+    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    sim.propose(NodeId(1));
+    sim.deliver_all();
+    sim.with_core(NodeId(1), |c| c.snapshot_now());
+    sim.run_ticks(1);
+    assert!(sim.core(1).first_log_index() > id.index, "compacted");
+    let m = outcome(&sim, id).expect("ended").expect("took effect");
+    assert_eq!(m.learners, ids(&[4]));
+}
