@@ -66,6 +66,18 @@ fn disk_entries(sim: &Sim, range: std::ops::Range<LogIndex>) -> Vec<Entry> {
         .collect()
 }
 
+/// Node 3 behind entries no longer in memory; the leader's read for it, taken unanswered:
+/// where it starts and what the disk holds for it. The wire is left empty.
+fn read_held_for_3() -> (Sim, LogIndex, Vec<Entry>) {
+    let mut sim = node_3_behind(cfg(), 30);
+    sim.hold_reads = true;
+    let (range, _) = read_for_3(&mut sim);
+    let from = range.start;
+    let entries = disk_entries(&sim, range);
+    sim.take_in_flight();
+    (sim, from, entries)
+}
+
 fn appends_to_3(sim: &Sim) -> Vec<(LogId, Vec<LogId>)> {
     sim.in_flight()
         .into_iter()
@@ -155,12 +167,7 @@ fn a_probe_reads_one_appends_worth_up_to_where_memory_begins() {
 
 #[test]
 fn entries_read_back_are_sent_after_the_right_previous_entry() {
-    let mut sim = node_3_behind(cfg(), 30);
-    sim.hold_reads = true;
-    let (range, _) = read_for_3(&mut sim);
-    let from = range.start;
-    let entries = disk_entries(&sim, range);
-    sim.take_in_flight();
+    let (mut sim, from, entries) = read_held_for_3();
     sim.with_core(NodeId(1), |c| c.entries_read(NodeId(3), from, entries));
     let appends = appends_to_3(&sim);
     assert_eq!(appends.len(), 1, "a probe carries one batch: {appends:?}");
@@ -173,12 +180,7 @@ fn entries_read_back_are_sent_after_the_right_previous_entry() {
 
 #[test]
 fn a_read_answered_after_the_follower_moved_on_is_ignored() {
-    let mut sim = node_3_behind(cfg(), 30);
-    sim.hold_reads = true;
-    let (range, _) = read_for_3(&mut sim);
-    let from = range.start;
-    let entries = disk_entries(&sim, range);
-    sim.take_in_flight();
+    let (mut sim, from, entries) = read_held_for_3();
     // An answer for another start (an older read) changes nothing.
     let other = from.next();
     sim.with_core(NodeId(1), |c| {
@@ -228,14 +230,9 @@ fn a_failed_read_is_retried_at_the_next_heartbeat() {
 
 #[test]
 fn a_store_that_returns_other_entries_stops_the_leader() {
-    let mut sim = node_3_behind(cfg(), 30);
-    sim.hold_reads = true;
+    let (mut sim, from, mut entries) = read_held_for_3();
     sim.expect_fatal = true;
-    let (range, _) = read_for_3(&mut sim);
-    let from = range.start;
-    let mut entries = disk_entries(&sim, range);
     entries[2].log_id.term.0 += 1;
-    sim.take_in_flight();
     sim.with_core(NodeId(1), |c| c.entries_read(NodeId(3), from, entries));
     assert!(
         matches!(

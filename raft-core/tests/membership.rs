@@ -65,10 +65,8 @@ fn joint_configuration_needs_both_majorities_to_commit() {
     assert_eq!(sim.core(4).membership(), &m);
 }
 
-#[test]
-fn joint_configuration_needs_both_majorities_to_elect() {
-    // Every log holds the joint configuration {1,2,3} -> {1,4,5}. Node 1 can win the old
-    // half (1, 2, 3) but not the new one while 4 and 5 are cut off.
+/// A disk holding an entry at 1 and, at 2, the joint configuration {1,2,3} -> {1,4,5}.
+fn joint_disk() -> (sim::Disk, Membership) {
     let joint = Membership {
         voters: ids(&[1, 4, 5]),
         outgoing: Some(ids(&[1, 2, 3])),
@@ -79,6 +77,14 @@ fn joint_configuration_needs_both_majorities_to_elect() {
         log_id: LogId::new(1, 2),
         payload: EntryPayload::Membership(joint.clone()),
     });
+    (d, joint)
+}
+
+#[test]
+fn joint_configuration_needs_both_majorities_to_elect() {
+    // Every log holds the joint configuration {1,2,3} -> {1,4,5}. Node 1 can win the old
+    // half (1, 2, 3) but not the new one while 4 and 5 are cut off.
+    let (d, joint) = joint_disk();
     let mut sim = Sim::from_disks(1, cfg(), vec![d.clone(); 5]);
     assert_eq!(sim.core(1).membership(), &joint);
     sim.isolate(NodeId(4));
@@ -473,16 +479,7 @@ fn a_candidate_rejected_by_one_half_of_a_joint_configuration_steps_down_at_once(
     // Every log holds the joint configuration {1,2,3} -> {1,4,5}; 4 and 5 hold a longer
     // log and refuse node 1. The old half would elect it, the new half cannot: the
     // election is lost, and node 1 does not wait for its timer to find out.
-    let joint = Membership {
-        voters: ids(&[1, 4, 5]),
-        outgoing: Some(ids(&[1, 2, 3])),
-        learners: BTreeSet::new(),
-    };
-    let mut base = disk(1, &[1]);
-    base.log.push(Entry {
-        log_id: LogId::new(1, 2),
-        payload: EntryPayload::Membership(joint),
-    });
+    let (base, _) = joint_disk();
     let mut longer = base.clone();
     longer
         .log

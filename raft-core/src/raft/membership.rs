@@ -209,9 +209,10 @@ impl RaftCore {
         if self.role != Role::Leader || self.config_uncommitted() {
             return;
         }
-        let m = self.membership().clone();
-        if m.outgoing.is_some() {
-            self.append_own(vec![EntryPayload::Membership(m.leave_joint())]);
+        // Runs at every commit: look at the configuration without cloning it.
+        if self.membership().outgoing.is_some() {
+            let next = self.membership().leave_joint();
+            self.append_own(vec![EntryPayload::Membership(next)]);
             return;
         }
         // The change is committed: servers it removed are let go once they know it.
@@ -220,7 +221,7 @@ impl RaftCore {
             self.settled_config = latest;
             self.track_members();
         }
-        if !m.is_voter(self.id) {
+        if !self.membership().is_voter(self.id) {
             tracing::debug!(node = %self.id, term = %self.hard.term, "removed from the voters; stepping down");
             // Tell everyone the final configuration is committed before going quiet.
             self.broadcast_heartbeat();
