@@ -1,9 +1,12 @@
 //! The network seam: one-way delivery of Raft messages.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::message::Message;
+use crate::types::NodeId;
 
 /// Sends Raft messages to peers.
 ///
@@ -24,6 +27,20 @@ pub trait Transport: Send + Sync + 'static {
     /// (see [`Config::validate_for_transport`](crate::Config::validate_for_transport)).
     fn max_message_bytes(&self) -> Option<usize> {
         None
+    }
+
+    /// The servers this node may need to reach changed: at start, and whenever a
+    /// configuration is appended, committed, truncated away or installed with a snapshot.
+    /// `peers` names every one of them (this node excluded), with the address its latest
+    /// configuration records, if any ([`Membership::addresses`](crate::Membership)).
+    ///
+    /// A transport with a peer table adds or updates the servers given an address, keeps
+    /// what it knows of those given none, and forgets the servers no longer named (so a
+    /// removed member is no longer dialed or accepted). Messages queued for a forgotten
+    /// server may be dropped. Called from the node's driver: it must not block. The default
+    /// does nothing, for transports that route by node id alone.
+    fn update_peers(&self, peers: &BTreeMap<NodeId, Option<String>>) {
+        let _ = peers;
     }
 }
 

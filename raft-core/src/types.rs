@@ -1,6 +1,6 @@
 //! The vocabulary of Raft: terms, indexes, node ids, log entries and the hard state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -102,6 +102,12 @@ pub struct Membership {
     pub outgoing: Option<BTreeSet<NodeId>>,
     /// Non-voting members that receive the log.
     pub learners: BTreeSet<NodeId>,
+    /// Where members are reached, for those that carry an address: opaque to the core,
+    /// read by the transport (the TCP transport takes `HOST:PORT`). It travels in the
+    /// configuration's log entry and in snapshot metadata, so a member added later is
+    /// reachable without a restart. A member without one must be known to the transport
+    /// some other way (for example [`Membership::new`] with peers configured by hand).
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Membership {
@@ -111,7 +117,14 @@ impl Membership {
             voters: voters.into_iter().collect(),
             outgoing: None,
             learners: BTreeSet::new(),
+            addresses: BTreeMap::new(),
         }
+    }
+
+    /// This configuration with `address` recorded for `id`.
+    pub fn with_address(mut self, id: NodeId, address: impl Into<String>) -> Membership {
+        self.addresses.insert(id, address.into());
+        self
     }
 
     /// Whether `id` has a vote in this configuration (either half of a joint one).
@@ -180,10 +193,14 @@ impl EntryPayload {
             EntryPayload::Blank => 0,
             EntryPayload::Command(b) => b.len(),
             EntryPayload::Membership(m) => {
-                let ids =
-                    m.voters.len() + m.outgoing.as_ref().map_or(0, |o| o.len()) + m.learners.len();
-                // Each id a varint of at most 10 bytes, each set a length prefix.
-                10 * ids + 16
+                let ids = m.voters.len()
+                    + m.outgoing.as_ref().map_or(0, |o| o.len())
+                    + m.learners.len()
+                    + m.addresses.len();
+                let text: usize = m.addresses.values().map(String::len).sum();
+                // Each id a varint of at most 10 bytes, each set, map and string a length
+                // prefix of at most 10.
+                10 * ids + 10 * m.addresses.len() + text + 40
             }
         }
     }

@@ -71,6 +71,7 @@ fn joint_disk() -> (sim::Disk, Membership) {
         voters: ids(&[1, 4, 5]),
         outgoing: Some(ids(&[1, 2, 3])),
         learners: BTreeSet::new(),
+        addresses: Default::default(),
     };
     let mut d = disk(1, &[1]);
     d.log.push(Entry {
@@ -107,7 +108,7 @@ fn second_change_while_joint_is_refused() {
     change(&mut sim, MembershipChange::SetVoters(ids(&[1, 4, 5]))).unwrap();
     sim.run_ticks(2);
     assert_eq!(
-        change(&mut sim, MembershipChange::AddLearner(NodeId(5))),
+        change(&mut sim, MembershipChange::AddLearner(NodeId(5), None)),
         Err(ChangeError::InProgress)
     );
     assert!(sim.core(1).config_change_pending());
@@ -118,9 +119,9 @@ fn a_change_before_the_last_one_commits_is_refused() {
     let mut sim = three_and_two_spares();
     sim.isolate(NodeId(2));
     sim.isolate(NodeId(3));
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     assert_eq!(
-        change(&mut sim, MembershipChange::AddLearner(NodeId(5))),
+        change(&mut sim, MembershipChange::AddLearner(NodeId(5), None)),
         Err(ChangeError::InProgress)
     );
 }
@@ -158,7 +159,7 @@ fn a_change_that_leaves_no_voter_is_refused() {
 fn a_change_on_a_follower_names_the_leader() {
     let mut sim = three_and_two_spares();
     let refused = sim.with_core(NodeId(2), |c| {
-        c.change_membership(MembershipChange::AddLearner(NodeId(4)))
+        c.change_membership(MembershipChange::AddLearner(NodeId(4), None))
     });
     assert!(
         matches!(refused, Some(Err(ChangeError::NotLeader(n))) if n.leader_hint == Some(NodeId(1))),
@@ -173,7 +174,7 @@ fn an_added_learner_is_replicated_to_at_once_and_never_votes() {
         sim.propose(NodeId(1));
         sim.deliver_all();
     }
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     assert!(sim.core(1).status().peers.contains_key(&NodeId(4)));
     sim.run_ticks(4);
     assert_eq!(sim.log(4), sim.log(1));
@@ -186,7 +187,7 @@ fn an_added_learner_is_replicated_to_at_once_and_never_votes() {
 fn a_new_member_is_probed_one_message_at_a_time() {
     let mut sim = three_and_two_spares();
     sim.isolate(NodeId(4));
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.take_in_flight();
     for _ in 0..3 {
         sim.propose(NodeId(1));
@@ -205,7 +206,7 @@ fn a_promoted_learner_votes_before_it_holds_its_promotion() {
     // needs node 4's vote for the new half. A server answers votes whatever its own
     // configuration says (dissertation 4.1), or this election could never be won.
     let mut sim = three_and_two_spares();
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(4);
     sim.isolate(NodeId(4));
     change(&mut sim, MembershipChange::SetVoters(ids(&[1, 3, 4]))).unwrap();
@@ -220,7 +221,7 @@ fn a_promoted_learner_votes_before_it_holds_its_promotion() {
 #[test]
 fn a_promoted_learner_becomes_a_follower_when_the_change_is_appended() {
     let mut sim = three_and_two_spares();
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(4);
     // Node 4 takes the joint configuration but no later message: not committed for it.
     let joint = change(&mut sim, MembershipChange::SetVoters(ids(&[1, 2, 3, 4]))).unwrap();
@@ -294,7 +295,7 @@ fn a_restarted_node_uses_the_configuration_of_its_snapshot_and_log() {
     // The membership at a snapshot's index travels in its metadata; later ones come from
     // the log. Checked through a restart of a cluster that grew.
     let mut sim = three_and_two_spares();
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(4);
     let m = sim.core(1).membership().clone();
     sim.crash(NodeId(2));
@@ -410,7 +411,7 @@ fn transfer_to_dead_node_times_out_and_leader_resumes() {
 fn a_transfer_needs_another_voter_and_no_transfer_in_progress() {
     use raft_core::TransferError;
     let mut sim = three_and_two_spares();
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(2);
     assert_eq!(
         transfer(&mut sim, 1),
@@ -431,7 +432,7 @@ fn a_transfer_needs_another_voter_and_no_transfer_in_progress() {
 fn adding_a_member_again_or_removing_a_stranger_changes_nothing() {
     let mut sim = three_and_two_spares();
     for c in [
-        MembershipChange::AddLearner(NodeId(2)),
+        MembershipChange::AddLearner(NodeId(2), None),
         MembershipChange::Remove(NodeId(5)),
         MembershipChange::SetVoters(ids(&[1, 2, 3])),
     ] {
@@ -442,7 +443,7 @@ fn adding_a_member_again_or_removing_a_stranger_changes_nothing() {
 #[test]
 fn a_learner_is_removed_at_once() {
     let mut sim = three_and_two_spares();
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(2);
     change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
     assert_eq!(sim.core(1).membership(), &Membership::new(ids(&[1, 2, 3])));
@@ -454,7 +455,7 @@ fn the_joint_configuration_is_left_only_once_it_is_committed() {
     // not (4 and 5 never receive it): the leader must stay joint.
     let mut sim = three_and_two_spares();
     for id in [4, 5] {
-        change(&mut sim, MembershipChange::AddLearner(NodeId(id))).unwrap();
+        change(&mut sim, MembershipChange::AddLearner(NodeId(id), None)).unwrap();
         sim.run_ticks(2);
     }
     let k = sim.propose(NodeId(1)).expect("leader").index;
@@ -522,7 +523,7 @@ fn no_membership_change_during_a_transfer_and_no_transfer_during_a_change() {
     sim.isolate(NodeId(3));
     transfer(&mut sim, 3).unwrap();
     assert_eq!(
-        change(&mut sim, MembershipChange::AddLearner(NodeId(4))),
+        change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)),
         Err(ChangeError::InProgress)
     );
     for _ in 0..cfg().election_timeout_min {
@@ -549,7 +550,7 @@ fn a_learner_change_ends_when_its_entry_commits() {
     let mut sim = three_and_two_spares();
     sim.isolate(NodeId(2));
     sim.isolate(NodeId(3));
-    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(2);
     assert_eq!(outcome(&sim, id), None);
     sim.heal();
@@ -582,7 +583,7 @@ fn a_voter_change_ends_only_when_the_joint_configuration_is_left() {
     );
     // A later change under way does not make the finished one pending again.
     sim.isolate(NodeId(2));
-    change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     assert!(sim.core(1).config_change_pending());
     assert_eq!(
         outcome(&sim, joint),
@@ -594,7 +595,7 @@ fn a_voter_change_ends_only_when_the_joint_configuration_is_left() {
 fn a_change_replaced_by_a_new_leaders_log_is_lost() {
     let mut sim = three_and_two_spares();
     sim.isolate(NodeId(1));
-    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.elect(2);
     sim.propose(NodeId(2));
     sim.propose(NodeId(2));
@@ -643,7 +644,7 @@ fn a_change_compacted_into_a_snapshot_has_ended() {
     );
     sim.elect(1);
     sim.run_ticks(1);
-    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4))).unwrap();
+    let id = change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
     sim.run_ticks(4);
     sim.propose(NodeId(1));
     sim.deliver_all();
@@ -652,4 +653,49 @@ fn a_change_compacted_into_a_snapshot_has_ended() {
     assert!(sim.core(1).first_log_index() > id.index, "compacted");
     let m = outcome(&sim, id).expect("ended").expect("took effect");
     assert_eq!(m.learners, ids(&[4]));
+}
+
+// ----- members carry their addresses ----------------------------------------------------------
+
+#[test]
+fn an_added_members_address_reaches_every_peer_table_and_leaves_with_it() {
+    let mut sim = three_and_two_spares();
+    let addr = sim::address_of(NodeId(4));
+    let learner = MembershipChange::AddLearner(NodeId(4), Some(addr.clone()));
+    change(&mut sim, learner).unwrap();
+    sim.run_ticks(4);
+    // Every member, the leader included, now knows where node 4 is; node 4 knows the others
+    // by id only (founders configured without addresses).
+    for id in [1, 2, 3] {
+        let peers = sim.core(id).peers();
+        assert_eq!(
+            peers.get(&NodeId(4)),
+            Some(&Some(addr.clone())),
+            "node {id}"
+        );
+        assert!(
+            !peers.contains_key(&NodeId(id)),
+            "a node is not its own peer"
+        );
+    }
+    assert_eq!(sim.core(4).peers().get(&NodeId(1)), Some(&None));
+    // Promoted, it keeps its address.
+    change(&mut sim, MembershipChange::SetVoters(ids(&[1, 2, 3, 4]))).unwrap();
+    sim.run_ticks(6);
+    let m = sim.core(1).membership().clone();
+    assert_eq!((m.voters, m.outgoing), (ids(&[1, 2, 3, 4]), None));
+    assert_eq!(m.addresses.get(&NodeId(4)), Some(&addr));
+    // Removed: once the removal is committed everywhere, no peer table names it.
+    let before = sim.core(2).peers_epoch();
+    change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
+    sim.run_ticks(10);
+    assert!(sim.core(1).membership().addresses.is_empty());
+    for id in [1, 2, 3] {
+        assert!(!sim.core(id).peers().contains_key(&NodeId(4)), "node {id}");
+    }
+    assert_ne!(
+        sim.core(2).peers_epoch(),
+        before,
+        "the driver must hear of the change"
+    );
 }

@@ -102,6 +102,7 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
     }
     let mut sim = Sim::with_spares(seed, membership, &spares, cfg, faults);
     sim.durable_state_machines = durable_state_machines;
+    sim.require_addresses = true;
     for _ in 0..steps {
         sim.step_once(true);
     }

@@ -163,6 +163,44 @@ impl TcpTransport {
         }
     }
 
+    /// Forgets `id`: it is no longer dialed, and connections claiming to be it are refused
+    /// from now on. What was already queued for it is still sent on a connection that is up.
+    pub fn remove_peer(&self, id: NodeId) {
+        lock(&self.shared.addrs).remove(&id);
+        // Dropping the queue's sender lets its task drain what is queued, then end.
+        lock(&self.shared.peers).remove(&id);
+    }
+
+    /// The peers this transport knows, and where it dials them.
+    pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        lock(&self.shared.addrs).clone()
+    }
+
+    /// The peer table follows `peers` (see [`Transport::update_peers`]), reading each
+    /// address with `parse`: servers given an address are added or moved, servers given
+    /// none keep theirs, servers not named are forgotten. An address `parse` refuses is
+    /// logged and leaves that server as it was.
+    pub fn update_peers_with(
+        &self,
+        peers: &BTreeMap<NodeId, Option<String>>,
+        parse: impl Fn(&str) -> Option<SocketAddr>,
+    ) {
+        let known: Vec<NodeId> = lock(&self.shared.addrs).keys().copied().collect();
+        for id in known.into_iter().filter(|id| !peers.contains_key(id)) {
+            tracing::info!(node = %self.shared.id, peer = %id, "no longer a member; forgotten");
+            self.remove_peer(id);
+        }
+        for (&id, address) in peers {
+            let Some(address) = address else { continue };
+            match parse(address) {
+                Some(addr) => self.set_peer(id, addr),
+                None => {
+                    tracing::warn!(node = %self.shared.id, peer = %id, %address, "cannot read the member's address; keeping what was known")
+                }
+            }
+        }
+    }
+
     /// Starts accepting connections and delivering their messages to `inbox`.
     pub fn serve(&self, inbox: Inbox) {
         let Some(listener) = lock(&self.listener).take() else {
@@ -213,6 +251,11 @@ impl TcpTransport {
 
 #[async_trait]
 impl Transport for TcpTransport {
+    /// Members' addresses are read as `IP:PORT` (see [`update_peers_with`](TcpTransport::update_peers_with)).
+    fn update_peers(&self, peers: &BTreeMap<NodeId, Option<String>>) {
+        self.update_peers_with(peers, |a| a.parse().ok());
+    }
+
     async fn send(&self, msg: Message) {
         let stats = &self.shared.stats;
         let Some(tx) = self.peer_sender(msg.to) else {
@@ -260,8 +303,13 @@ async fn sender_loop(
             Err(e) => {
                 tracing::debug!(node = %shared.id, peer = %to, %addr, error = %e, "cannot connect; retrying");
                 // Messages queued meanwhile are stale by the time we connect: drop them.
-                while rx.try_recv().is_ok() {
-                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    match rx.try_recv() {
+                        Ok(_) => shared.stats.dropped.fetch_add(1, Ordering::Relaxed),
+                        // The peer was forgotten (or the transport dropped): stop dialing.
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                    };
                 }
                 let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2 + 1);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;

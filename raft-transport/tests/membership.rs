@@ -25,7 +25,7 @@ async fn add_learner_catches_up() {
     c.add_spare(NodeId(4)).await;
     let leader = c.check_one_leader().await;
     let node = c.node(leader).cloned().expect("leader");
-    let m = within(10, node.add_learner(NodeId(4)))
+    let m = within(10, node.add_learner(NodeId(4), "mem"))
         .await
         .expect("added");
     assert_eq!(m.learners, ids(&[4]));
@@ -42,7 +42,7 @@ async fn promote_learner_to_voter() {
     c.add_spare(NodeId(4)).await;
     let leader = c.check_one_leader().await;
     let node = c.node(leader).cloned().expect("leader");
-    within(10, node.add_learner(NodeId(4)))
+    within(10, node.add_learner(NodeId(4), "mem"))
         .await
         .expect("added");
     let m = within(10, node.change_membership(ids(&[1, 2, 3, 4])))
@@ -91,7 +91,7 @@ async fn a_second_change_while_one_is_in_progress_is_refused() {
     // Less than an election timeout: CheckQuorum would depose a leader that cannot reach
     // the new half for longer.
     Cluster::sleep(std::time::Duration::from_millis(50)).await;
-    let second = node.add_learner(NodeId(6)).await;
+    let second = node.add_learner(NodeId(6), "mem").await;
     assert!(
         matches!(
             second,
@@ -145,7 +145,7 @@ async fn on_leader(c: &Cluster, change: raft_core::MembershipChange) -> raft_cor
         let leader = c.check_one_leader().await;
         let node = c.node(leader).cloned().expect("leader");
         let result = match &change {
-            MembershipChange::AddLearner(id) => node.add_learner(*id).await,
+            MembershipChange::AddLearner(id, _) => node.add_learner(*id, "mem").await,
             MembershipChange::SetVoters(v) => node.change_membership(v.clone()).await,
             MembershipChange::Remove(id) => node.remove(*id).await,
         };
@@ -171,7 +171,11 @@ async fn single_node_bootstrap_then_grow() {
     c.one(cmd("alone"), 1, true).await;
     for id in [2, 3] {
         c.add_spare(NodeId(id)).await;
-        on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(id))).await;
+        on_leader(
+            &c,
+            raft_core::MembershipChange::AddLearner(NodeId(id), None),
+        )
+        .await;
     }
     let m = on_leader(&c, raft_core::MembershipChange::SetVoters(ids(&[1, 2, 3]))).await;
     assert_eq!(m.voters, ids(&[1, 2, 3]));
@@ -189,7 +193,11 @@ async fn replace_every_member_one_by_one() {
     for (old, new) in [(1, 4), (2, 5), (3, 6)] {
         acked.push(c.one(cmd(format!("before {new}")), 3, true).await);
         c.add_spare(NodeId(new)).await;
-        on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(new))).await;
+        on_leader(
+            &c,
+            raft_core::MembershipChange::AddLearner(NodeId(new), None),
+        )
+        .await;
         acked.push(c.one(cmd(format!("learner {new}")), 3, true).await);
         voters.remove(&NodeId(old));
         voters.insert(NodeId(new));
@@ -241,7 +249,7 @@ async fn change_started_before_a_partition() {
     let mut c = Cluster::new(3, seed(410)).await;
     c.one(cmd("x"), 3, true).await;
     c.add_spare(NodeId(4)).await;
-    on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(4))).await;
+    on_leader(&c, raft_core::MembershipChange::AddLearner(NodeId(4), None)).await;
     let leader = c.check_one_leader().await;
     let node = c.node(leader).cloned().expect("leader");
     let change = tokio::spawn(async move { node.change_membership(ids(&[1, 2, 3, 4])).await });

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cmd, tcp_config, Cluster};
+use common::{cmd, tcp_config, within, Cluster};
 use proptest::prelude::*;
 use raft_core::{Inbox, NodeId};
 use raft_transport::frame::{self, Frame};
@@ -69,6 +69,50 @@ async fn tcp_restarted_node_catches_up() {
             "restarted node misses command {i}"
         );
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_member_added_with_its_address_is_reached_and_forgotten_once_removed() {
+    // --- phase: three members over TCP; node 4 knows where they are, none of them knows it.
+    let mut c = Cluster::tcp(3, 15).await;
+    c.one(cmd("before"), 3, false).await;
+    c.add_spare(NodeId(4)).await;
+    let net = c.tcp.as_ref().expect("tcp");
+    let addr4 = net.addrs[&NodeId(4)].to_string();
+    let founders = [NodeId(1), NodeId(2), NodeId(3)];
+    let knows_4 = |c: &Cluster, id: NodeId| {
+        let net = c.tcp.as_ref().expect("tcp");
+        net.transports[&id].peers().contains_key(&NodeId(4))
+    };
+    assert!(founders.iter().all(|&id| !knows_4(&c, id)));
+    // --- phase: added as a learner with its address, every member's transport learns it
+    // from the configuration, and node 4 catches up over TCP.
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).cloned().expect("leader");
+    let m = within(10, node.add_learner(NodeId(4), addr4.clone()))
+        .await
+        .expect("added");
+    assert_eq!(m.addresses.get(&NodeId(4)), Some(&addr4));
+    c.one(cmd("after"), 4, false).await;
+    let told: Vec<bool> = founders.iter().map(|&id| knows_4(&c, id)).collect();
+    assert_eq!(
+        told, [true; 3],
+        "every member learns the address from the configuration"
+    );
+    // --- phase: removed, it is forgotten by every member's transport.
+    within(10, node.remove(NodeId(4))).await.expect("removed");
+    for _ in 0..100 {
+        if founders.iter().all(|&id| !knows_4(&c, id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        founders.iter().all(|&id| !knows_4(&c, id)),
+        "a removed member is still in a transport's peer table"
+    );
+    c.one(cmd("without 4"), 3, false).await;
     c.shutdown().await;
 }
 

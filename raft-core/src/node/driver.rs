@@ -64,6 +64,8 @@ pub(crate) struct Driver {
     /// Callers of a leadership transfer waiting for it to end, and its target.
     transfer_waiters: Vec<oneshot::Sender<Result<(), RaftError>>>,
     transfer_target: Option<NodeId>,
+    /// The core's peers epoch the transport was last told of.
+    peers_epoch: Option<(u64, LogIndex)>,
 }
 
 type Loaded = Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
@@ -130,6 +132,7 @@ impl Driver {
             change_waiters: Vec::new(),
             transfer_waiters: Vec::new(),
             transfer_target: None,
+            peers_epoch: None,
         }
     }
 
@@ -327,6 +330,12 @@ impl Driver {
 
     /// Carries out the core's actions, in order.
     async fn execute(&mut self) {
+        // Before any message leaves: the transport must know where new members are.
+        let epoch = self.core.peers_epoch();
+        if self.peers_epoch != Some(epoch) {
+            self.peers_epoch = Some(epoch);
+            self.transport.update_peers(&self.core.peers());
+        }
         for action in self.core.take_actions() {
             match action {
                 Action::Persist { id, op } => {

@@ -202,20 +202,27 @@ impl RaftNode {
 
     /// Adds `id` as a learner: it receives the log (catching up through a snapshot if
     /// needed) but does not vote. Resolves once the change is committed, to the new
-    /// configuration. The transport must be able to reach `id`.
+    /// configuration. `address` is recorded in the configuration (opaque to Raft: the
+    /// TCP transport takes `HOST:PORT`), so every member's transport learns where `id` is,
+    /// now and after restarts, and forgets it once it is removed.
     ///
     /// ```no_run
     /// # async fn grow(node: raft_core::RaftNode) -> Result<(), raft_core::RaftError> {
     /// use raft_core::NodeId;
-    /// node.add_learner(NodeId(4)).await?;
+    /// node.add_learner(NodeId(4), "10.0.0.4:7000").await?;
     /// // ... once it has caught up (see `status().peers`), give it a vote:
     /// let mut voters = node.membership().await?.voters;
     /// voters.insert(NodeId(4));
     /// node.change_membership(voters).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn add_learner(&self, id: NodeId) -> Result<Membership, RaftError> {
-        self.change(MembershipChange::AddLearner(id)).await
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        address: impl Into<String>,
+    ) -> Result<Membership, RaftError> {
+        let change = MembershipChange::AddLearner(id, Some(address.into()));
+        self.change(change).await
     }
 
     /// Makes `voters` the voter set, through a joint configuration of the old and new sets

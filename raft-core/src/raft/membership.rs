@@ -3,7 +3,7 @@
 //! the leader leaves on its own once the joint one is committed. A configuration takes
 //! effect on every server as soon as it is in its log, committed or not.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{NotLeader, RaftCore};
 use crate::progress::Progress;
@@ -12,10 +12,13 @@ use crate::types::{EntryPayload, LogId, LogIndex, Membership, NodeId, Role};
 /// A change to the cluster's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipChange {
-    /// Add a member that receives the log but does not vote.
-    AddLearner(NodeId),
+    /// Add a member that receives the log but does not vote, with the address the
+    /// transport reaches it at (recorded in the configuration; `None` when the transport
+    /// already knows it).
+    AddLearner(NodeId, Option<String>),
     /// Make this the voter set (through a joint configuration of the old and new sets).
-    /// Learners named in it are promoted.
+    /// Learners named in it are promoted and keep their addresses; a new voter that was not
+    /// a learner has none, so add members as learners first (they also catch up that way).
     SetVoters(BTreeSet<NodeId>),
     /// Remove a member: a learner at once, a voter through a joint configuration.
     Remove(NodeId),
@@ -56,12 +59,15 @@ impl Membership {
     /// learner changes, a joint one when the voters change.
     pub fn changed(&self, change: &MembershipChange) -> Result<Membership, ChangeError> {
         let next = match change {
-            MembershipChange::AddLearner(id) if self.members().contains(id) => {
+            MembershipChange::AddLearner(id, _) if self.members().contains(id) => {
                 return Err(ChangeError::Unchanged)
             }
-            MembershipChange::AddLearner(id) => {
+            MembershipChange::AddLearner(id, address) => {
                 let mut next = self.clone();
                 next.learners.insert(*id);
+                if let Some(address) = address {
+                    next.addresses.insert(*id, address.clone());
+                }
                 next
             }
             MembershipChange::Remove(id) if self.voters.contains(id) => {
@@ -85,9 +91,10 @@ impl Membership {
                 voters: voters.clone(),
                 outgoing: Some(self.voters.clone()),
                 learners: self.learners.difference(voters).copied().collect(),
+                addresses: self.addresses.clone(),
             },
         };
-        Ok(next)
+        Ok(next.keeping_members_addresses())
     }
 
     /// The configuration that ends a joint one: its incoming half alone.
@@ -96,7 +103,16 @@ impl Membership {
             voters: self.voters.clone(),
             outgoing: None,
             learners: self.learners.clone(),
+            addresses: self.addresses.clone(),
         }
+        .keeping_members_addresses()
+    }
+
+    /// Drops the addresses of servers that are no longer members.
+    fn keeping_members_addresses(mut self) -> Membership {
+        let members = self.members();
+        self.addresses.retain(|id, _| members.contains(id));
+        self
     }
 }
 
@@ -160,6 +176,7 @@ impl RaftCore {
     /// snapshot): this node's role and, on a leader, the followers it replicates to follow
     /// it at once (section 6: a configuration takes effect when appended).
     pub(super) fn config_changed(&mut self) {
+        self.peers_epoch += 1;
         match self.role {
             Role::Leader => self.track_members(),
             Role::Follower | Role::Learner => self.role = self.follower_role(),
@@ -175,6 +192,7 @@ impl RaftCore {
     /// change committed, so it stops campaigning instead of being cut off before it knows.
     /// New members are probed from the end of the log.
     pub(super) fn track_members(&mut self) {
+        self.peers_epoch += 1;
         let me = self.id;
         let mut members = self.membership().members();
         members.extend(self.last_committed_config().members());
@@ -200,6 +218,41 @@ impl RaftCore {
                 .entry(id)
                 .or_insert_with(|| Progress::new(next));
         }
+    }
+
+    /// Every server this node may still need to reach, with the address a configuration
+    /// records for it: the members of the configuration in effect and of the last committed
+    /// one, and on a leader the servers it still replicates to (a removed one until it
+    /// holds its removal). The latest address recorded wins.
+    pub fn peers(&self) -> BTreeMap<NodeId, Option<String>> {
+        let mut ids = self.membership().members();
+        ids.extend(self.last_committed_config().members());
+        ids.extend(self.progress.keys().copied());
+        ids.remove(&self.id);
+        let mut peers: BTreeMap<NodeId, Option<String>> =
+            ids.into_iter().map(|id| (id, None)).collect();
+        let configs =
+            std::iter::once(&self.base_config).chain(self.config_log.iter().map(|(_, m)| m));
+        for m in configs {
+            for (id, address) in &m.addresses {
+                if let Some(slot) = peers.get_mut(id) {
+                    *slot = Some(address.clone());
+                }
+            }
+        }
+        peers
+    }
+
+    /// Changes whenever [`peers`](Self::peers) may have (a configuration appended,
+    /// truncated, committed or installed, or followers tracked anew): the driver tells the
+    /// transport then.
+    pub fn peers_epoch(&self) -> (u64, LogIndex) {
+        let committed = self.log.committed;
+        let last_committed = self.config_log.iter().rev().find(|(i, _)| *i <= committed);
+        (
+            self.peers_epoch,
+            last_committed.map_or(LogIndex(0), |(i, _)| *i),
+        )
     }
 
     /// On a leader, after the commit index moved: a committed joint configuration is left

@@ -274,6 +274,8 @@ pub struct RaftCore {
     /// On a leader: the latest configuration entry known committed when followers were
     /// last tracked.
     settled_config: LogIndex,
+    /// Bumped whenever the servers this node must reach may have changed.
+    peers_epoch: u64,
 }
 
 impl RaftCore {
@@ -343,6 +345,7 @@ impl RaftCore {
             transfer: None,
             retiring: false,
             settled_config: LogIndex(0),
+            peers_epoch: 0,
             cfg,
         };
         core.role = core.follower_role();

@@ -307,6 +307,9 @@ pub struct Sim {
     pub membership_changes: u64,
     /// Leaves log reads unanswered (rule tests answer them by hand, see `take_reads`).
     pub hold_reads: bool,
+    /// Whether every member added after the start must carry its address (random runs
+    /// add members with [`address_of`]; rule tests may add them without one).
+    pub require_addresses: bool,
 }
 
 /// A broken safety property.
@@ -369,6 +372,7 @@ impl Sim {
             entries_read: 0,
             membership_changes: 0,
             hold_reads: false,
+            require_addresses: false,
         };
         for id in ids {
             sim.add_node(id, Disk::default());
@@ -755,6 +759,7 @@ impl Sim {
             }
             Action::RestoreSnapshot { meta, data } => {
                 self.snapshots_installed += 1;
+                self.check_addresses(id, meta.last_log_id, &meta.membership);
                 let state = self.restore_state(id, &meta, &data);
                 let node = self.nodes.get_mut(&id).expect("known node");
                 node.applied = state;
@@ -983,6 +988,9 @@ impl Sim {
     /// leader's new entries are only in its memory until sent or durable).
     fn check_entries(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Term, keep: bool) {
         for e in entries {
+            if let EntryPayload::Membership(m) = &e.payload {
+                self.check_addresses(id, e.log_id, m);
+            }
             let record = (e.payload.clone(), prev_term);
             match self.seen.get(&e.log_id) {
                 Some(known) if *known != record => {
@@ -999,6 +1007,23 @@ impl Sim {
                 None => {}
             }
             prev_term = e.term();
+        }
+    }
+
+    /// Members carry their addresses: every member a configuration names was added with
+    /// its address, which every later configuration keeps, and no former member's lingers.
+    fn check_addresses(&mut self, id: NodeId, at: LogId, m: &Membership) {
+        let members = m.members();
+        let wrong = m.addresses.iter().find(|(n, a)| **a != address_of(**n));
+        let stale = m.addresses.keys().find(|n| !members.contains(n));
+        let founders = self.membership.members();
+        let missing = members.iter().find(|n| {
+            self.require_addresses && !founders.contains(n) && !m.addresses.contains_key(n)
+        });
+        if wrong.is_some() || stale.is_some() || missing.is_some() {
+            self.fail(format!(
+                "addresses: {id} holds a configuration at {at} with a wrong ({wrong:?}), stale ({stale:?}) or missing ({missing:?}) address: {m:?}"
+            ));
         }
     }
 
@@ -1251,7 +1276,8 @@ impl Sim {
             return;
         }
         let change = match self.rng.gen_range(0..3) {
-            0 => pick(&mut self.rng, outsiders).map(MembershipChange::AddLearner),
+            0 => pick(&mut self.rng, outsiders)
+                .map(|id| MembershipChange::AddLearner(id, Some(address_of(id)))),
             1 => pick(&mut self.rng, learners).map(|l| {
                 let mut voters = m.voters.clone();
                 voters.insert(l);
@@ -1413,6 +1439,11 @@ impl Sim {
 
 /// The ids of a core's log entries in memory, from the first index held.
 type LogWindow = (u64, Vec<LogId>);
+
+/// The address the simulator gives a node it adds to the cluster.
+pub fn address_of(id: NodeId) -> String {
+    format!("sim-{}", id.0)
+}
 
 fn log_window(core: &RaftCore) -> LogWindow {
     let first = core.first_log_index().0;

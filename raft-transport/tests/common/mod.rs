@@ -104,6 +104,35 @@ pub struct TcpNet {
     pub transports: BTreeMap<NodeId, TcpTransport>,
 }
 
+impl TcpNet {
+    /// The transport of `id`: the one bound at build time, or a new one on the address it
+    /// had (after a crash closed it), knowing every address bound so far.
+    async fn transport(&mut self, id: NodeId) -> TcpTransport {
+        let t = match self.transports.get(&id) {
+            Some(t) => t.clone(),
+            None => {
+                let at = self
+                    .addrs
+                    .get(&id)
+                    .copied()
+                    .unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
+                let t = TcpTransport::bind(id, at, tcp_config())
+                    .await
+                    .expect("bind 127.0.0.1");
+                self.addrs.insert(id, t.local_addr());
+                self.transports.insert(id, t.clone());
+                t
+            }
+        };
+        for (&peer, &addr) in &self.addrs {
+            if !t.peers().contains_key(&peer) {
+                t.set_peer(peer, addr);
+            }
+        }
+        t
+    }
+}
+
 /// The cluster under test.
 pub struct Cluster {
     pub net: MemNetwork,
@@ -225,7 +254,10 @@ impl Cluster {
                 applied_index: LogIndex(0),
                 record: slot.applied.clone(),
             }),
-            transport: self.net.transport(id),
+            transport: match &mut self.tcp {
+                Some(net) => Arc::new(net.transport(id).await),
+                None => self.net.transport(id),
+            },
         };
         let seed = self.seed ^ (id.0 << 20) ^ slot.restarts;
         let node = RaftNode::start(
@@ -237,7 +269,10 @@ impl Cluster {
         )
         .await
         .expect("node starts");
-        self.net.register(id, node.inbox());
+        match &self.tcp {
+            Some(net) => net.transports[&id].serve(node.inbox()),
+            None => self.net.register(id, node.inbox()),
+        }
         self.live
             .lock()
             .expect("live lock")
