@@ -144,4 +144,9 @@ pub enum RaftError {
     /// A leadership transfer was refused or did not happen.
     #[error(transparent)]
     Transfer(#[from] crate::raft::TransferError),
+    /// This node's stores show that a committed configuration removed it from the cluster
+    /// (see [`CoreStatus::removed`](crate::CoreStatus::removed)): they cannot take part
+    /// again. To bring the machine back, start it on empty stores and add it anew.
+    #[error("node {0} was removed from the cluster; its data cannot rejoin it: start it on empty stores and add it again")]
+    Removed(NodeId),
 }

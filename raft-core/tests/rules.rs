@@ -470,27 +470,58 @@ fn a_leader_asking_to_truncate_a_committed_entry_stops_the_node() {
     );
 }
 
-#[test]
-fn a_leader_sends_nothing_in_its_term_before_the_term_is_durable() {
-    // A single voter wins at once. Had its AppendEntries overtaken the write of its new term,
-    // a crash would let it lead that term again with other entries, and the learner that
-    // stored the first ones would apply a different command at the same index.
+/// Voter 1 alone, learner 2, with writes completed only by hand.
+fn sole_voter_and_a_learner() -> Sim {
     let members = raft_core::Membership {
         learners: [NodeId(2)].into(),
         ..raft_core::Membership::new([NodeId(1)])
     };
     let mut sim = Sim::with_membership(1, members, plain_cfg(), Faults::none());
     sim.faults.disk = 0.0;
+    sim
+}
+
+#[test]
+fn a_leader_sends_nothing_in_its_term_before_the_term_is_durable() {
+    // A single voter wins at once. Had its AppendEntries overtaken the write of its new term,
+    // a crash would let it lead that term again with other entries, and the learner that
+    // stored the first ones would apply a different command at the same index.
+    let mut sim = sole_voter_and_a_learner();
     sim.campaign(1);
-    assert_eq!(sim.core(1).role(), Role::Leader);
     assert!(sim.in_flight().is_empty(), "{:?}", sim.in_flight());
     sim.complete_writes(NodeId(1), usize::MAX);
+    assert_eq!(sim.core(1).role(), Role::Leader);
     assert!(
         sim.in_flight()
             .iter()
             .any(|m| matches!(m.body, MessageBody::AppendEntries(_))),
         "replication starts once the term is durable"
     );
+}
+
+#[test]
+fn a_sole_voter_leads_only_once_its_vote_is_durable() {
+    // Seed 1238868 of the 1,000,000-seed run: voter 2, alone in its configuration, led term 6
+    // from a vote still in memory, crashed before it reached the disk, restarted in term 5,
+    // and granted term 6 to another candidate: two leaders of term 6.
+    let mut sim = sole_voter_and_a_learner();
+    sim.campaign(1);
+    assert_eq!(
+        sim.core(1).role(),
+        Role::Candidate,
+        "the vote is not durable yet"
+    );
+    sim.crash(NodeId(1));
+    sim.restart(NodeId(1));
+    assert_eq!(
+        sim.core(1).term(),
+        Term(0),
+        "the term it never led is forgotten"
+    );
+    sim.campaign(1);
+    sim.complete_writes(NodeId(1), usize::MAX);
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    assert_eq!(sim.core(1).term(), Term(1));
 }
 
 #[test]

@@ -8,10 +8,14 @@
 //! - [`server`]: the RESP2 front end; writes go through the log, reads are linearizable
 //!   (ReadIndex), followers forward to the leader;
 //! - [`client`]: a Rust client that follows leader changes and retries exactly once;
+//! - [`admin`]: the `RAFT.*` membership commands and members' addresses;
+//! - [`identity`]: which cluster and node a data directory belongs to;
 //! - [`runner`]: one node process, a local cluster of child processes, and the demo.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod client;
+pub mod identity;
 pub mod kv;
 pub mod resp;
 pub mod runner;

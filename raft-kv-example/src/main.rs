@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use raft_core::{Config, NodeId, RaftError};
+use raft_kv_example::admin::{AdminCommand, MemberAddr};
+use raft_kv_example::identity;
 use raft_kv_example::runner::{self, NodeOptions, RunError, SnapshotPolicy};
 
 #[derive(Parser)]
@@ -19,6 +21,34 @@ use raft_kv_example::runner::{self, NodeOptions, RunError, SnapshotPolicy};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Add node ID as a learner: it receives the log (a snapshot first if needed), no vote.
+    AddLearner {
+        /// The new node's id.
+        id: u64,
+        /// Its Raft address, HOST:PORT.
+        raft_addr: std::net::SocketAddr,
+        /// Its client address, so other nodes can forward to it when it leads.
+        client_addr: Option<std::net::SocketAddr>,
+    },
+    /// Give learner ID a vote (through a joint configuration).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove node ID from the cluster (the leader included: it steps down).
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
+    /// Hand leadership to voter ID.
+    Transfer {
+        /// The voter's id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,6 +95,19 @@ enum Cmd {
         /// Entries kept behind a snapshot, so followers slightly behind need no snapshot.
         #[arg(long, default_value_t = SnapshotPolicy::default().trailing)]
         snapshot_trailing: u64,
+        /// Join a running cluster: --peers lists its current members (not this node); the
+        /// node takes part once a member adds it (`raft-kv admin add-learner`).
+        #[arg(long)]
+        join: bool,
+    },
+    /// Change a running cluster's membership through any of its nodes (sent as the RESP
+    /// commands RAFT.ADDLEARNER, RAFT.PROMOTE, RAFT.REMOVE and RAFT.TRANSFER).
+    Admin {
+        /// A node's client address, e.g. 127.0.0.1:6380 (followers forward to the leader).
+        #[arg(long)]
+        endpoint: std::net::SocketAddr,
+        #[command(subcommand)]
+        action: AdminAction,
     },
     /// Run a local cluster of child processes on 127.0.0.1 until Ctrl-C.
     Cluster {
@@ -117,6 +160,7 @@ async fn main() -> ExitCode {
             cluster_id,
             snapshot_threshold,
             snapshot_trailing,
+            join,
         } => {
             let raft = Config {
                 tick_interval: Duration::from_millis(tick_ms),
@@ -141,6 +185,7 @@ async fn main() -> ExitCode {
                         peer_clients,
                         raft,
                         cluster_id,
+                        join,
                     };
                     run_node(opts).await
                 }
@@ -161,6 +206,7 @@ async fn main() -> ExitCode {
             run_cluster(nodes, data_dir, base_port, snapshots).await
         }
         Cmd::Demo => demo::run().await,
+        Cmd::Admin { endpoint, action } => admin(endpoint, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,9 +217,43 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Sends one membership command and prints the answer.
+async fn admin(endpoint: std::net::SocketAddr, action: AdminAction) -> Result<(), RunError> {
+    let command = match action {
+        AdminAction::AddLearner {
+            id,
+            raft_addr,
+            client_addr,
+        } => {
+            let addr = MemberAddr {
+                raft: raft_addr,
+                client: client_addr,
+            };
+            AdminCommand::AddLearner(NodeId(id), addr)
+        }
+        AdminAction::Promote { id } => AdminCommand::Promote(NodeId(id)),
+        AdminAction::Remove { id } => AdminCommand::Remove(NodeId(id)),
+        AdminAction::Transfer { id } => AdminCommand::Transfer(NodeId(id)),
+    };
+    let mut client = raft_kv_example::KvClient::new(vec![endpoint]);
+    let args = command
+        .to_args()
+        .into_iter()
+        .map(bytes::Bytes::from)
+        .collect();
+    match client.call(args).await {
+        Ok(_) => {
+            println!("OK");
+            Ok(())
+        }
+        Err(e) => Err(RunError::Refused(e.to_string())),
+    }
+}
+
 async fn run_node(opts: NodeOptions) -> Result<(), RunError> {
     let id = opts.id;
     let raft_addr = opts.raft_addr;
+    let data_dir = opts.data_dir.clone();
     let node = runner::start_node(opts).await?;
     println!(
         "node {} ready: raft {raft_addr}, clients {}",
@@ -181,6 +261,11 @@ async fn run_node(opts: NodeOptions) -> Result<(), RunError> {
     );
     tokio::select! {
         _ = runner::wait_for_stop_signal() => {}
+        removed = runner::removal(&node.node) => {
+            // Like etcd: a removed member stops, and its data is never used again.
+            let marker = identity::mark_removed(&data_dir, &removed)?;
+            println!("node {} was removed from the cluster ({removed}); stopping (marked in {})", id.0, marker.display());
+        }
         fatal = node.node.stopped() => {
             if let Some(fatal) = fatal {
                 // Fail-stop: exit non-zero so a supervisor restarts the node from its

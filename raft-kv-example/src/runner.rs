@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft_core::{Config, Membership, NodeId, RaftError, RaftNode, Seams};
@@ -11,6 +11,8 @@ use raft_transport::{TcpConfig, TcpTransport};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
+use crate::admin::{ClientAddrs, KvTransport};
+use crate::identity;
 use crate::kv::KvStateMachine;
 use crate::server::KvServer;
 
@@ -27,6 +29,9 @@ pub enum RunError {
     /// The Raft node failed to start.
     #[error("raft: {0}")]
     Raft(#[from] RaftError),
+    /// The cluster refused or could not carry out a request.
+    #[error("{0}")]
+    Refused(String),
     /// A socket or process operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -82,6 +87,9 @@ pub struct NodeOptions {
     pub raft: Config,
     /// Shared by all members; connections from other clusters are refused.
     pub cluster_id: u64,
+    /// Join a running cluster: `peers` lists its members (not this node), and this node
+    /// takes part once a member adds it (`RAFT.ADDLEARNER`).
+    pub join: bool,
 }
 
 /// A node running in this process.
@@ -106,13 +114,23 @@ impl RunningNode {
 /// Starts one node: opens (or resumes) its data directory, binds its sockets, starts Raft
 /// and the Redis-protocol server.
 pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
-    if !opts.peers.contains_key(&opts.id) {
-        return Err(RunError::Usage(format!(
-            "--peers must include this node ({}) with its raft address",
-            opts.id.0
-        )));
+    match (opts.join, opts.peers.contains_key(&opts.id)) {
+        (false, false) => {
+            return Err(RunError::Usage(format!(
+                "--peers must include this node ({}) with its raft address (to join a running cluster instead, pass --join)",
+                opts.id.0
+            )))
+        }
+        (true, true) => {
+            return Err(RunError::Usage(format!(
+                "with --join, --peers lists the cluster's current members, not this node ({})",
+                opts.id.0
+            )))
+        }
+        _ => {}
     }
     let (log, snapshots) = raft_storage::open_data_dir(&opts.data_dir, 2).await?;
+    identity::check(&opts.data_dir, opts.cluster_id, opts.id)?;
     let tcp = TcpConfig {
         cluster_id: opts.cluster_id,
         ..TcpConfig::default()
@@ -126,6 +144,10 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
     for (&id, &addr) in &opts.peers {
         transport.set_peer(id, addr);
     }
+    let clients = opts.peer_clients.clone().into_iter();
+    let clients: ClientAddrs = Arc::new(RwLock::new(
+        clients.filter(|(id, _)| *id != opts.id).collect(),
+    ));
     let listener = TcpListener::bind(opts.client_addr)
         .await
         .map_err(io(format!(
@@ -137,12 +159,13 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
         log: Arc::new(log),
         snapshots: Arc::new(snapshots),
         state_machine: Box::new(KvStateMachine::new()),
-        transport: Arc::new(transport.clone()),
+        transport: Arc::new(KvTransport::new(transport.clone(), clients.clone())),
     };
+    // A joining node starts outside the configuration, so it never campaigns on its own.
     let membership = Membership::new(opts.peers.keys().copied());
     let node = RaftNode::start(opts.id, opts.raft.clone(), membership, seams, None).await?;
     transport.serve(node.inbox());
-    let server = KvServer::new(node.clone(), opts.peer_clients.clone());
+    let server = KvServer::new(node.clone(), clients);
     let server = tokio::spawn(server.serve(listener));
     Ok(RunningNode {
         node,
@@ -150,6 +173,28 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
         server,
         client_addr,
     })
+}
+
+/// Resolves once `node` learns that it was removed from the cluster (a committed
+/// configuration no longer names it), to a line saying so; never if it stops first.
+pub async fn removal(node: &RaftNode) -> String {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        every.tick().await;
+        match node.status().await {
+            Ok(s) if s.removed => {
+                let voters: Vec<String> = s
+                    .membership
+                    .voters
+                    .iter()
+                    .map(|v| v.0.to_string())
+                    .collect();
+                return format!("at term {}; voters now {}", s.term.0, voters.join(","));
+            }
+            Ok(_) => {}
+            Err(_) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// How long a node that stopped on a fatal error keeps its connections open, so that

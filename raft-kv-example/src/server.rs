@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+use crate::admin::{AdminCommand, ClientAddrs};
 use crate::kv::{
     encode_query, encode_write, Query, QueryResult, Session, Write, WriteOp, WriteResult,
 };
@@ -30,6 +31,8 @@ enum Request {
     Info,
     /// QUIT: answer OK and close.
     Quit,
+    /// A membership change (`RAFT.*`), run on the leader.
+    Admin(AdminCommand),
 }
 
 fn upper(b: &[u8]) -> String {
@@ -55,6 +58,9 @@ fn classify(args: &[Bytes]) -> Request {
     let name = upper(first);
     let rest = &args[1..];
     let write = |op| Request::Write(Write { session: None, op });
+    if let Some(admin) = AdminCommand::parse(&name, rest) {
+        return admin.map_or_else(|e| Request::Local(Value::err(e)), Request::Admin);
+    }
     match name.as_str() {
         "PING" => match rest {
             [] => Request::Local(Value::Simple("PONG".into())),
@@ -189,6 +195,15 @@ struct Forwarder {
     conn: Mutex<Option<(TcpStream, BytesMut)>>,
 }
 
+impl Forwarder {
+    fn new(addr: SocketAddr) -> Forwarder {
+        Forwarder {
+            addr,
+            conn: Mutex::new(None),
+        }
+    }
+}
+
 /// The prefix that marks a forwarded command; the receiver never forwards it again.
 const FORWARDED: &[u8] = b"FWD";
 
@@ -263,7 +278,7 @@ async fn finish(
             ),
             Err(RaftError::NotLeader {
                 leader_hint: Some(l),
-            }) if !forwarded && fwd.contains_key(&l) => {
+            }) if !forwarded && fwd.knows(l) => {
                 leader = Some(l);
                 to_forward.push((i, args));
                 replies.push(Value::Bulk(None)); // replaced by the leader's answer below
@@ -273,7 +288,17 @@ async fn finish(
     }
     if let Some(l) = leader {
         let reqs: Vec<Vec<Bytes>> = to_forward.iter().map(|(_, a)| a.clone()).collect();
-        let answers = fwd[&l].forward(&reqs).await;
+        let answers = match fwd.get(l) {
+            Some(f) => f.forward(&reqs).await,
+            None => reqs
+                .iter()
+                .map(|_| {
+                    error_reply(&RaftError::NotLeader {
+                        leader_hint: Some(l),
+                    })
+                })
+                .collect(),
+        };
         for ((i, _), a) in to_forward.into_iter().zip(answers) {
             replies[i] = a;
         }
@@ -284,22 +309,55 @@ async fn finish(
 /// The Redis-protocol server of one node.
 pub struct KvServer {
     node: RaftNode,
-    peer_clients: BTreeMap<NodeId, SocketAddr>,
+    peer_clients: ClientAddrs,
     limits: Limits,
 }
 
 /// One client connection's links to other nodes, opened on first use: each client
-/// connection forwards over its own, so clients never queue behind each other.
-type Forwarders = BTreeMap<NodeId, Forwarder>;
+/// connection forwards over its own, so clients never queue behind each other. Members'
+/// client addresses come from the shared table, which follows membership changes.
+struct Forwarders {
+    clients: ClientAddrs,
+    open: std::sync::Mutex<BTreeMap<NodeId, Arc<Forwarder>>>,
+}
+
+impl Forwarders {
+    fn new(clients: ClientAddrs) -> Forwarders {
+        Forwarders {
+            clients,
+            open: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn address(&self, id: NodeId) -> Option<SocketAddr> {
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        clients.get(&id).copied()
+    }
+
+    /// Whether requests can be forwarded to `id`.
+    fn knows(&self, id: NodeId) -> bool {
+        self.address(id).is_some()
+    }
+
+    /// The link to `id`, reopened when its address changed.
+    fn get(&self, id: NodeId) -> Option<Arc<Forwarder>> {
+        let addr = self.address(id)?;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let link = open
+            .entry(id)
+            .or_insert_with(|| Arc::new(Forwarder::new(addr)));
+        if link.addr != addr {
+            *link = Arc::new(Forwarder::new(addr));
+        }
+        Some(link.clone())
+    }
+}
 
 impl KvServer {
-    /// A server for `node`; `peer_clients` maps each other node to its client address, so
-    /// requests reaching a follower are forwarded to the leader.
-    pub fn new(node: RaftNode, peer_clients: BTreeMap<NodeId, SocketAddr>) -> Arc<KvServer> {
-        let peer_clients = peer_clients
-            .into_iter()
-            .filter(|(id, _)| *id != node.id())
-            .collect();
+    /// A server for `node`; `peer_clients` maps other nodes to their client addresses, so
+    /// requests reaching a follower are forwarded to the leader. The table may change while
+    /// the server runs (see [`KvTransport`](crate::admin::KvTransport)).
+    pub fn new(node: RaftNode, peer_clients: ClientAddrs) -> Arc<KvServer> {
         Arc::new(KvServer {
             node,
             peer_clients,
@@ -331,19 +389,7 @@ impl KvServer {
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
-        let fwd: Forwarders = self
-            .peer_clients
-            .iter()
-            .map(|(&id, &addr)| {
-                (
-                    id,
-                    Forwarder {
-                        addr,
-                        conn: Mutex::new(None),
-                    },
-                )
-            })
-            .collect();
+        let fwd = Forwarders::new(self.peer_clients.clone());
         loop {
             if stream.read_buf(&mut buf).await? == 0 {
                 return Ok(());
@@ -424,6 +470,13 @@ impl KvServer {
                             replies.push(Value::ok());
                             quit = true;
                             break;
+                        }
+                        Request::Admin(c) => {
+                            let done = c.execute(&self.node).await;
+                            let decode = |_: &[u8]| Ok(Value::ok());
+                            let args = std::iter::once(args.clone());
+                            let result = vec![done.map(|()| Bytes::new())];
+                            replies.extend(finish(result, args, decode, forwarded, fwd).await);
                         }
                         Request::Write(_) | Request::Read(_) => unreachable!("handled above"),
                     }

@@ -1,6 +1,7 @@
 //! The KV cluster as real processes on 127.0.0.1: driven with a Redis client crate and
 //! redis-cli, killed with SIGKILL under load, restarted, and fed hostile bytes.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ struct ProcCluster {
     nodes: Vec<Proc>,
     /// Extra arguments for every `raft-kv node`.
     extra: Vec<String>,
+    /// The first `founders` nodes found the cluster; the others join it later.
+    founders: usize,
 }
 
 fn free_port() -> u16 {
@@ -45,7 +48,7 @@ impl ProcCluster {
     /// The cluster's layout, with no process started yet.
     fn start_stopped(n: u64) -> ProcCluster {
         let tmp = tempfile::tempdir().unwrap();
-        let nodes = (1..=n)
+        let nodes: Vec<Proc> = (1..=n)
             .map(|id| Proc {
                 id,
                 client: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -56,9 +59,24 @@ impl ProcCluster {
             .collect();
         ProcCluster {
             _tmp: tmp,
+            founders: nodes.len(),
             nodes,
             extra: Vec::new(),
         }
+    }
+
+    /// `n` nodes that snapshot every 20 entries (keeping 5 behind), the first `founders`
+    /// of them started as the cluster.
+    fn compacting(n: u64, founders: usize) -> ProcCluster {
+        let mut c = ProcCluster::start_stopped(n);
+        c.founders = founders;
+        c.extra = ["--snapshot-threshold", "20", "--snapshot-trailing", "5"]
+            .map(String::from)
+            .to_vec();
+        for i in 0..founders {
+            c.spawn(i);
+        }
+        c
     }
 
     /// Waits for node `i`'s process to exit on its own.
@@ -89,6 +107,13 @@ impl ProcCluster {
         self.spawn_with(i, cmd);
     }
 
+    /// Starts node `i`, not a founder, with `--join`: it waits to be added.
+    fn spawn_joining(&mut self, i: usize) {
+        self.extra.push("--join".into());
+        self.spawn(i);
+        self.extra.pop();
+    }
+
     fn spawn_with(&mut self, i: usize, mut cmd: Command) {
         let peers = self.list(|p| p.raft);
         let clients = self.list(|p| p.client);
@@ -115,8 +140,9 @@ impl ProcCluster {
         p.child = Some(child);
     }
 
+    /// `ID=ADDR,...` of the founding members.
     fn list(&self, f: impl Fn(&Proc) -> SocketAddr) -> String {
-        self.nodes
+        self.nodes[..self.founders]
             .iter()
             .map(|p| format!("{}={}", p.id, f(p)))
             .collect::<Vec<_>>()
@@ -402,13 +428,7 @@ fn a_full_disk_stops_the_node_with_the_cause_and_a_nonzero_exit() {
 
 #[test]
 fn a_node_down_while_the_others_compact_catches_up_through_a_snapshot() {
-    let mut c = ProcCluster::start_stopped(3);
-    c.extra = ["--snapshot-threshold", "20", "--snapshot-trailing", "5"]
-        .map(String::from)
-        .to_vec();
-    for i in 0..3 {
-        c.spawn(i);
-    }
+    let mut c = ProcCluster::compacting(3, 3);
     let leader = c.leader();
     let down = (leader + 1) % 3;
     let mut conn = c.conn(leader);
@@ -658,4 +678,103 @@ fn redis_cli_works_unchanged() {
     assert_eq!(cli(&["GET", "cli-key"]), "cli-value");
     assert_eq!(cli(&["INCR", "cli-n"]), "1");
     assert!(cli(&["INFO", "raft"]).contains("role:follower"));
+}
+
+/// Runs `raft-kv admin --endpoint ADDR ARGS...` as a process: its exit status and output.
+fn admin(endpoint: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["admin", "--endpoint", &endpoint.to_string()])
+        .args(args)
+        .output()
+        .expect("run raft-kv admin");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Waits until node `i`'s INFO satisfies `ok`.
+fn wait_info(
+    c: &ProcCluster,
+    i: usize,
+    what: &str,
+    ok: impl Fn(&BTreeMap<String, String>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if c.info(i).is_some_and(|f| ok(&f)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {}: {what}; INFO {:?}",
+            i + 1,
+            c.info(i)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_node_joins_becomes_a_voter_leads_and_once_removed_stops_for_good() {
+    // --- phase: three founders compact their logs; node 4 is started with --join.
+    let mut c = ProcCluster::compacting(4, 3);
+    let leader = c.leader();
+    let mut conn = c.conn(leader);
+    for i in 0..100 {
+        let _: () = conn.set(format!("k{i}"), i).unwrap();
+    }
+    c.spawn_joining(3);
+    let follower = (leader + 1) % 3;
+    let (raft4, client4) = (c.nodes[3].raft.to_string(), c.nodes[3].client.to_string());
+    // --- phase: added through a follower (forwarded to the leader), it catches up through
+    // a snapshot, then gets a vote.
+    let (ok, out) = admin(
+        c.nodes[follower].client,
+        &["add-learner", "4", &raft4, &client4],
+    );
+    assert!(ok && out.contains("OK"), "add-learner: {out}");
+    wait_info(&c, 3, "a caught-up learner", |f| {
+        f["role"] == "learner" && f["applied_index"].parse::<u64>().unwrap() >= 100
+    });
+    let (ok, out) = admin(c.nodes[leader].client, &["promote", "4"]);
+    assert!(ok, "promote: {out}");
+    wait_info(&c, 3, "a voter", |f| {
+        f["voters"] == "1,2,3,4" && f["joint"] == "0"
+    });
+    let mut via_4 = c.conn(3);
+    let v: Option<i64> = via_4.get("k99").unwrap();
+    assert_eq!(v, Some(99));
+    // --- phase: leadership handed to node 4; a founder forwards to it at the client
+    // address the configuration carries (it was never given on a command line).
+    let (ok, out) = admin(c.nodes[leader].client, &["transfer", "4"]);
+    assert!(ok, "transfer: {out}");
+    wait_info(&c, 3, "the leader", |f| f["role"] == "leader");
+    let mut via_founder = c.conn(follower);
+    let _: () = via_founder.set("written", "through 4").unwrap();
+    // --- phase: removed (the leader removes itself), node 4 stops on its own and its data
+    // can never be started again; the others carry on.
+    let (ok, out) = admin(c.nodes[3].client, &["remove", "4"]);
+    assert!(ok, "remove: {out}");
+    let status = c.wait_exit(3, Duration::from_secs(30));
+    assert!(status.success(), "a removed node exits cleanly: {status}");
+    let written: Option<String> = retry(&c, |conn| conn.get("written"));
+    assert_eq!(written.as_deref(), Some("through 4"));
+    c.spawn_joining(3);
+    let status = c.wait_exit(3, Duration::from_secs(30));
+    assert!(!status.success());
+    let log = std::fs::read_to_string(c.nodes[3].dir.with_extension("log")).unwrap();
+    assert!(log.contains("was removed from the cluster"), "{log}");
+}
+
+#[test]
+fn a_data_dir_of_another_cluster_is_refused() {
+    let mut c = ProcCluster::start(1);
+    c.leader();
+    c.sigkill(0);
+    c.extra = ["--cluster-id", "9"].map(String::from).to_vec();
+    c.spawn(0);
+    let status = c.wait_exit(0, Duration::from_secs(30));
+    assert!(!status.success());
+    let log = std::fs::read_to_string(c.nodes[0].dir.with_extension("log")).unwrap();
+    assert!(log.contains("another cluster or node"), "{log}");
 }

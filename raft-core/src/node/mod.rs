@@ -113,6 +113,9 @@ impl RaftNode {
         if let Some(fatal) = core.fatal() {
             return Err(RaftError::Fatal(fatal.clone()));
         }
+        if core.is_removed() {
+            return Err(RaftError::Removed(id));
+        }
         let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
         let (requests, requests_rx) = mpsc::channel(REQUEST_CAPACITY);
         let driver = driver::Driver::new(

@@ -125,14 +125,20 @@ impl RaftCore {
             });
             self.send_with_term(peer, term, body);
         }
-        // A sole voter has won already.
+        // A sole voter has won already (once its vote is durable, see `tally_votes`).
         self.tally_votes();
     }
 
     /// Counts votes; acts on a decided election.
-    fn tally_votes(&mut self) {
+    pub(super) fn tally_votes(&mut self) {
+        // Section 5.2: a candidate's own vote counts once it is durable. Other voters answer
+        // only after that (their replies wait for our write), but a vote of our own that
+        // decides alone would otherwise let a crash forget the term we led, and lead it twice.
+        let own_vote_durable =
+            self.role != Role::Candidate || self.persisted_write >= self.hard_state_write;
+        let counts = |id: NodeId| id != self.id || own_vote_durable;
         let m = self.membership();
-        let won = quorum::has_quorum(m, |id| self.votes.get(&id) == Some(&true));
+        let won = quorum::has_quorum(m, |id| self.votes.get(&id) == Some(&true) && counts(id));
         let lost = quorum::is_out_of_reach(m, |id| self.votes.get(&id) == Some(&false));
         if won {
             if self.role == Role::PreCandidate {

@@ -282,6 +282,19 @@ impl RaftCore {
         }
     }
 
+    /// Whether a committed configuration no longer names this node, after one it holds
+    /// did. (A server not yet added is named by none; one whose removal was compacted
+    /// into its snapshot before it restarted no longer knows it was a member.)
+    pub fn is_removed(&self) -> bool {
+        if self.last_committed_config().members().contains(&self.id) {
+            return false;
+        }
+        let configs =
+            std::iter::once(&self.base_config).chain(self.config_log.iter().map(|(_, m)| m));
+        let mut named = configs.map(|m| m.members().contains(&self.id));
+        named.any(|n| n)
+    }
+
     /// The last configuration known committed (the snapshot's when the log holds none).
     fn last_committed_config(&self) -> &Membership {
         let committed = self.log.committed;

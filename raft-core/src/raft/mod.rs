@@ -186,6 +186,10 @@ pub struct CoreStatus {
     pub stable_index: LogIndex,
     /// The effective configuration.
     pub membership: Membership,
+    /// Whether this node was removed from the cluster: a committed configuration no
+    /// longer names it, after one that did. A removed node never campaigns; it may as well
+    /// stop (see [`RaftError::Removed`](crate::RaftError::Removed)).
+    pub removed: bool,
     /// On a leader: each follower's match index and replication state.
     pub peers: BTreeMap<NodeId, (LogIndex, ReplicationState)>,
 }
@@ -434,8 +438,11 @@ impl RaftCore {
             }
         }
         self.release_restore(upto);
-        if self.role == Role::Leader {
-            self.maybe_commit();
+        match self.role {
+            Role::Leader => self.maybe_commit(),
+            // Our own vote may be what decides the election.
+            Role::Candidate => self.tally_votes(),
+            _ => {}
         }
         self.maybe_apply();
     }
@@ -556,6 +563,7 @@ impl RaftCore {
                 .map_or(0, |(_, data)| data.len() as u64),
             stable_index: self.log.stable,
             membership: self.membership().clone(),
+            removed: self.is_removed(),
             peers: self
                 .progress
                 .iter()

@@ -483,6 +483,9 @@ impl Sim {
 
     /// Crashes a node: everything not on its disk is lost.
     pub fn crash(&mut self, id: NodeId) {
+        if trace() {
+            println!("step {} crash {id}", self.step);
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         node.core = None;
         node.pending.clear();
@@ -511,6 +514,9 @@ impl Sim {
     /// Restarts a crashed node from its disk.
     pub fn restart(&mut self, id: NodeId) {
         if !self.nodes[&id].is_up() {
+            if trace() {
+                println!("step {} restart {id}", self.step);
+            }
             self.start(id);
         }
     }
@@ -1149,6 +1155,17 @@ impl Sim {
             return;
         }
         let to = msg.to;
+        if trace() {
+            let before = self.nodes[&to].core.as_ref().map(|c| (c.role(), c.term()));
+            println!("step {} deliver {msg:?}", self.step);
+            self.with_core(to, |c| c.step(msg));
+            let after = self.nodes[&to]
+                .core
+                .as_ref()
+                .map(|c| (c.role(), c.term(), c.membership().clone()));
+            println!("   {to}: {before:?} -> {after:?}");
+            return;
+        }
         self.with_core(to, |c| c.step(msg));
     }
 
@@ -1439,6 +1456,12 @@ impl Sim {
 
 /// The ids of a core's log entries in memory, from the first index held.
 type LogWindow = (u64, Vec<LogId>);
+
+/// Whether `RAFT_SIM_TRACE` asks for every delivered message and the state it leads to.
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var("RAFT_SIM_TRACE").is_ok())
+}
 
 /// The address the simulator gives a node it adds to the cluster.
 pub fn address_of(id: NodeId) -> String {
