@@ -146,7 +146,9 @@ pub enum RaftError {
     Transfer(#[from] crate::raft::TransferError),
     /// This node's stores show that a committed configuration removed it from the cluster
     /// (see [`CoreStatus::removed`](crate::CoreStatus::removed)): they cannot take part
-    /// again. To bring the machine back, start it on empty stores and add it anew.
-    #[error("node {0} was removed from the cluster; its data cannot rejoin it: start it on empty stores and add it again")]
+    /// again. To bring the machine back, start it on empty stores under a new id and add it
+    /// (ids are not reused, as in etcd: a node catching up could otherwise briefly see its
+    /// old removal as its own).
+    #[error("node {0} was removed from the cluster; its data cannot rejoin it: start the machine on empty stores with a new id and add it")]
     Removed(NodeId),
 }

@@ -699,3 +699,33 @@ fn an_added_members_address_reaches_every_peer_table_and_leaves_with_it() {
         "the driver must hear of the change"
     );
 }
+
+#[test]
+fn a_node_is_removed_only_by_a_committed_configuration() {
+    let mut sim = three_and_two_spares();
+    // Node 4 holds the configuration that adds it before anyone knows it committed: it is
+    // being added, not removed.
+    sim.isolate(NodeId(2));
+    sim.isolate(NodeId(3));
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
+    sim.run_ticks(4);
+    assert!(sim.core(4).membership().learners.contains(&NodeId(4)));
+    assert!(!sim.core(4).status().removed);
+    sim.heal();
+    sim.run_ticks(6);
+    assert!(!sim.core(4).status().removed);
+    // Its removal appended but not committed: still a member.
+    sim.isolate(NodeId(2));
+    sim.isolate(NodeId(3));
+    change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    assert!(!sim.core(4).membership().members().contains(&NodeId(4)));
+    assert!(
+        !sim.core(4).status().removed,
+        "the removal may still be truncated away"
+    );
+    // Committed, and told so by the leader's last heartbeat: removed.
+    sim.heal();
+    sim.run_ticks(10);
+    assert!(sim.core(4).status().removed);
+}

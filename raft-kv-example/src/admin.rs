@@ -4,7 +4,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | `RAFT.ADDLEARNER id raft_addr [client_addr]` | adds a learner; it catches up (by snapshot if needed) |
-//! | `RAFT.PROMOTE id` | makes a learner a voter (through a joint configuration) |
+//! | `RAFT.PROMOTE id` | once the learner has caught up, makes it a voter (through a joint configuration) |
 //! | `RAFT.REMOVE id` | removes a member, the leader included |
 //! | `RAFT.TRANSFER id` | hands leadership to the voter `id` |
 //!
@@ -17,8 +17,15 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{Message, NodeId, RaftError, RaftNode, Transport};
+use raft_core::{ChangeError, Message, NodeId, RaftError, RaftNode, Transport};
 use raft_transport::TcpTransport;
+
+use crate::client::{ClientError, KvClient};
+
+/// How far behind the commit index a learner may be when it is promoted.
+pub const PROMOTE_MAX_LAG: u64 = 64;
+/// How long `RAFT.PROMOTE` waits for the learner to catch up.
+pub const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A membership command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +153,12 @@ impl AdminCommand {
                 node.add_learner(*id, addr.to_string()).await?;
             }
             AdminCommand::Promote(id) => {
+                // A learner far behind would hold up commits while the joint configuration
+                // waits for it: promote once it holds all but a few entries.
+                let caught_up = node.wait_caught_up(*id, PROMOTE_MAX_LAG);
+                tokio::time::timeout(PROMOTE_WAIT, caught_up)
+                    .await
+                    .map_err(|_| RaftError::Membership(ChangeError::InProgress))??;
                 let mut voters = node.membership().await?.voters;
                 voters.insert(*id);
                 node.change_membership(voters).await?;
@@ -157,6 +170,16 @@ impl AdminCommand {
         }
         Ok(())
     }
+}
+
+/// Sends `command` to the cluster through any of `endpoints` (client addresses) and waits
+/// for it to be carried out; retried on another node while the leader changes.
+pub async fn send(endpoints: Vec<SocketAddr>, command: &AdminCommand) -> Result<(), ClientError> {
+    let mut client = KvClient::new(endpoints);
+    // A promotion first waits for the learner to catch up.
+    client.attempt_timeout = PROMOTE_WAIT + std::time::Duration::from_secs(5);
+    let args = command.to_args().into_iter().map(Bytes::from).collect();
+    client.call(args).await.map(|_| ())
 }
 
 /// Each member's client address, for forwarding: given by hand (`--peer-clients`) and

@@ -29,7 +29,7 @@ pub fn check(dir: &Path, cluster_id: u64, id: NodeId) -> Result<(), RunError> {
     if removed.exists() {
         let why = std::fs::read_to_string(&removed).unwrap_or_default();
         return Err(RunError::Usage(format!(
-            "{} belongs to node {} that was removed from the cluster ({}); it cannot rejoin with this data: delete the directory, start the node with --join and add it again (raft-kv admin add-learner)",
+            "{} belongs to node {} that was removed from the cluster ({}); it cannot rejoin with this data: give the machine a new id and an empty --data-dir, start it with --join and add it (raft-kv admin add-learner)",
             dir.display(),
             id.0,
             why.trim()

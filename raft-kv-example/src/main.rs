@@ -11,6 +11,7 @@ use raft_core::{Config, NodeId, RaftError};
 use raft_kv_example::admin::{AdminCommand, MemberAddr};
 use raft_kv_example::identity;
 use raft_kv_example::runner::{self, NodeOptions, RunError, SnapshotPolicy};
+use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
 #[command(
@@ -235,14 +236,8 @@ async fn admin(endpoint: std::net::SocketAddr, action: AdminAction) -> Result<()
         AdminAction::Remove { id } => AdminCommand::Remove(NodeId(id)),
         AdminAction::Transfer { id } => AdminCommand::Transfer(NodeId(id)),
     };
-    let mut client = raft_kv_example::KvClient::new(vec![endpoint]);
-    let args = command
-        .to_args()
-        .into_iter()
-        .map(bytes::Bytes::from)
-        .collect();
-    match client.call(args).await {
-        Ok(_) => {
+    match raft_kv_example::admin::send(vec![endpoint], &command).await {
+        Ok(()) => {
             println!("OK");
             Ok(())
         }
@@ -320,8 +315,36 @@ async fn run_cluster(
         "benchmark:     redis-benchmark -p {} -t set,get -n 100000 -c 32 -P 16 -q",
         first.port()
     );
+    println!("Type 'add' and Enter to grow the cluster by one node (it joins, catches up and becomes a voter).");
     println!("Ctrl-C stops the cluster; the data stays for the next run.");
-    runner::wait_for_stop_signal().await;
+    let mut layout = layout;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            _ = runner::wait_for_stop_signal() => break,
+            line = stdin.next_line(), if reading => match line {
+                Ok(Some(l)) if l.trim() == "add" => {
+                    let started = std::time::Instant::now();
+                    match runner::grow(&exe, &layout, base_port, &data_dir, snapshots).await {
+                        Ok((n, child)) => {
+                            println!(
+                                "  node {} joined as a voter in {:.1} s: clients {}  raft {}  data {}",
+                                n.id.0, started.elapsed().as_secs_f64(), n.client, n.raft, n.dir.display()
+                            );
+                            layout.push(n);
+                            children.push(child);
+                        }
+                        Err(e) => println!("  could not add a node: {e}"),
+                    }
+                }
+                Ok(Some(l)) if l.trim().is_empty() => {}
+                Ok(Some(l)) => println!("  unknown command '{}'; type 'add' to grow the cluster", l.trim()),
+                // No terminal (or it closed): only a signal stops the cluster.
+                Ok(None) | Err(_) => reading = false,
+            },
+        }
+    }
     println!("stopping...");
     for c in &mut children {
         runner::stop_child(c, Duration::from_secs(5)).await;

@@ -11,7 +11,7 @@ use raft_transport::{TcpConfig, TcpTransport};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-use crate::admin::{ClientAddrs, KvTransport};
+use crate::admin::{AdminCommand, ClientAddrs, KvTransport, MemberAddr};
 use crate::identity;
 use crate::kv::KvStateMachine;
 use crate::server::KvServer;
@@ -278,6 +278,28 @@ pub fn spawn_node(
     snapshots: SnapshotPolicy,
     log: Option<&Path>,
 ) -> Result<Child, RunError> {
+    spawn(exe, node_command(exe, node, all, snapshots), log)
+}
+
+/// Spawns `raft-kv node --join` for `node`, a new node for the cluster of `members`.
+pub fn spawn_joining_node(
+    exe: &Path,
+    node: &LocalNode,
+    members: &[LocalNode],
+    snapshots: SnapshotPolicy,
+    log: Option<&Path>,
+) -> Result<Child, RunError> {
+    let mut cmd = node_command(exe, node, members, snapshots);
+    cmd.arg("--join");
+    spawn(exe, cmd, log)
+}
+
+fn node_command(
+    exe: &Path,
+    node: &LocalNode,
+    peers: &[LocalNode],
+    snapshots: SnapshotPolicy,
+) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .arg("--id")
@@ -289,14 +311,18 @@ pub fn spawn_node(
         .arg("--client-addr")
         .arg(node.client.to_string())
         .arg("--peers")
-        .arg(joined(all, |n| n.raft))
+        .arg(joined(peers, |n| n.raft))
         .arg("--peer-clients")
-        .arg(joined(all, |n| n.client))
+        .arg(joined(peers, |n| n.client))
         .arg("--snapshot-threshold")
         .arg(snapshots.threshold.to_string())
         .arg("--snapshot-trailing")
         .arg(snapshots.trailing.to_string())
         .kill_on_drop(true);
+    cmd
+}
+
+fn spawn(exe: &Path, mut cmd: Command, log: Option<&Path>) -> Result<Child, RunError> {
     if let Some(path) = log {
         let file =
             std::fs::File::create(path).map_err(io(format!("cannot create {}", path.display())))?;
@@ -305,6 +331,37 @@ pub fn spawn_node(
     }
     cmd.spawn()
         .map_err(io(format!("cannot start {}", exe.display())))
+}
+
+/// Grows the local cluster of `members` by one node: starts it with `--join` beside the
+/// others (the next ports of the layout), adds it as a learner through any member, and
+/// promotes it to voter once it has caught up. Returns the new node and its process.
+pub async fn grow(
+    exe: &Path,
+    members: &[LocalNode],
+    base_port: u16,
+    data_dir: &Path,
+    snapshots: SnapshotPolicy,
+) -> Result<(LocalNode, Child), RunError> {
+    let n = members.iter().map(|m| m.id.0).max().unwrap_or(0) + 1;
+    let node = local_layout(n, base_port, data_dir)
+        .pop()
+        .expect("invariant: a layout of n >= 1 nodes has a last one");
+    let child = spawn_joining_node(exe, &node, members, snapshots, None)?;
+    let endpoints: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
+    let addr = MemberAddr {
+        raft: node.raft,
+        client: Some(node.client),
+    };
+    for command in [
+        AdminCommand::AddLearner(node.id, addr),
+        AdminCommand::Promote(node.id),
+    ] {
+        crate::admin::send(endpoints.clone(), &command)
+            .await
+            .map_err(|e| RunError::Refused(format!("{}: {e}", command.to_args()[0])))?;
+    }
+    Ok((node, child))
 }
 
 /// Asks a child to stop cleanly (SIGTERM), then waits up to `grace` before killing it.

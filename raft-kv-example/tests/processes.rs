@@ -778,3 +778,65 @@ fn a_data_dir_of_another_cluster_is_refused() {
     let log = std::fs::read_to_string(c.nodes[0].dir.with_extension("log")).unwrap();
     assert!(log.contains("another cluster or node"), "{log}");
 }
+
+#[test]
+fn a_local_cluster_grows_by_one_node_on_a_typed_command() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    // Client ports base.., raft ports base+1000..: pick a base whose four ports are free.
+    let base = loop {
+        let p = free_port();
+        let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
+        if p < 60000 && [p, p + 1, p + 1000, p + 1001].into_iter().all(free) {
+            break p;
+        }
+    };
+    let mut cluster = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(["cluster", "--nodes", "1", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start raft-kv cluster");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = cluster.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line with '{what}': {e}"),
+            }
+        }
+    };
+    wait_for("Type 'add'");
+    writeln!(cluster.stdin.as_mut().unwrap(), "add").unwrap();
+    let joined = wait_for("joined as a voter");
+    assert!(joined.contains("node 2"), "{joined}");
+    let node1 = SocketAddr::from(([127, 0, 0, 1], base));
+    let mut c = redis::Client::open(format!("redis://{node1}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    assert!(info.contains("voters:1,2\r\n"), "{info}");
+    let _: () = c.set("grown", "yes").unwrap();
+    let node2 = SocketAddr::from(([127, 0, 0, 1], base + 1));
+    let mut c2 = redis::Client::open(format!("redis://{node2}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: Option<String> = c2.get("grown").unwrap();
+    assert_eq!(v.as_deref(), Some("yes"));
+    cluster.kill().unwrap();
+    cluster.wait().unwrap();
+}

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 pub const HEADER_LEN: usize = 8;
 /// Identifies this protocol in the handshake.
 pub const MAGIC: u32 = 0x5241_4654; // "RAFT"
-/// The wire protocol's version.
-pub const VERSION: u16 = 1;
+/// The wire protocol's version (2: configurations carry members' addresses).
+pub const VERSION: u16 = 2;
 
 /// What travels on a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

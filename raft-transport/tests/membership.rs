@@ -29,6 +29,26 @@ async fn add_learner_catches_up() {
         .await
         .expect("added");
     assert_eq!(m.learners, ids(&[4]));
+    // The leader can wait for the learner to hold everything committed.
+    let before = node.status().await.expect("status").commit_index;
+    let matched = within(10, node.wait_caught_up(NodeId(4), 0))
+        .await
+        .expect("caught up");
+    assert!(matched >= before, "{matched:?} < {before:?}");
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader && i != NodeId(4))
+        .expect("a follower");
+    let not_leader = c
+        .node(follower)
+        .expect("up")
+        .wait_caught_up(NodeId(4), 0)
+        .await;
+    assert!(
+        matches!(not_leader, Err(RaftError::NotLeader { .. })),
+        "{not_leader:?}"
+    );
     // Every entry reaches the learner, which never votes.
     c.one(cmd("after"), 4, true).await;
     assert_eq!(role(&c, NodeId(4)).await, Role::Learner);

@@ -112,6 +112,16 @@ async fn tcp_member_added_with_its_address_is_reached_and_forgotten_once_removed
         founders.iter().all(|&id| !knows_4(&c, id)),
         "a removed member is still in a transport's peer table"
     );
+    // The leader's last heartbeat still reached node 4 before it was forgotten: node 4
+    // knows its removal committed.
+    let removed = c
+        .node(NodeId(4))
+        .expect("up")
+        .status()
+        .await
+        .expect("status")
+        .removed;
+    assert!(removed, "node 4 never learnt that its removal committed");
     c.one(cmd("without 4"), 3, false).await;
     c.shutdown().await;
 }

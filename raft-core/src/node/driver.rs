@@ -64,8 +64,9 @@ pub(crate) struct Driver {
     /// Callers of a leadership transfer waiting for it to end, and its target.
     transfer_waiters: Vec<oneshot::Sender<Result<(), RaftError>>>,
     transfer_target: Option<NodeId>,
-    /// The core's peers epoch the transport was last told of.
+    /// The core's peers epoch the transport was last told of, and the peers it named.
     peers_epoch: Option<(u64, LogIndex)>,
+    peers: BTreeMap<NodeId, Option<String>>,
 }
 
 type Loaded = Result<Option<(SnapshotMeta, Bytes)>, StorageError>;
@@ -133,6 +134,7 @@ impl Driver {
             transfer_waiters: Vec::new(),
             transfer_target: None,
             peers_epoch: None,
+            peers: BTreeMap::new(),
         }
     }
 
@@ -330,12 +332,29 @@ impl Driver {
 
     /// Carries out the core's actions, in order.
     async fn execute(&mut self) {
-        // Before any message leaves: the transport must know where new members are.
+        // Before any message leaves, the transport learns where new members are; servers
+        // no longer needed are forgotten only after this batch, which may carry the last
+        // heartbeat telling a removed server that its removal committed.
         let epoch = self.core.peers_epoch();
-        if self.peers_epoch != Some(epoch) {
+        let forget = if self.peers_epoch != Some(epoch) {
             self.peers_epoch = Some(epoch);
-            self.transport.update_peers(&self.core.peers());
+            let peers = self.core.peers();
+            let mut both = self.peers.clone();
+            both.extend(peers.iter().map(|(id, a)| (*id, a.clone())));
+            self.transport.update_peers(&both);
+            let gone = both.len() != peers.len();
+            self.peers = peers;
+            gone
+        } else {
+            false
+        };
+        self.execute_actions().await;
+        if forget {
+            self.transport.update_peers(&self.peers);
         }
+    }
+
+    async fn execute_actions(&mut self) {
         for action in self.core.take_actions() {
             match action {
                 Action::Persist { id, op } => {

@@ -74,6 +74,8 @@ pub struct RaftNode {
     driver: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// `None` while running; then `Some(None)` after a shutdown, or the fatal error.
     stopped: watch::Receiver<Option<Option<FatalError>>>,
+    /// The tick interval, for waits that poll the core's status.
+    tick: std::time::Duration,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -138,6 +140,7 @@ impl RaftNode {
             inbox,
             driver: Arc::new(Mutex::new(Some(handle))),
             stopped,
+            tick: config.tick_interval,
         })
     }
 
@@ -249,6 +252,32 @@ impl RaftNode {
     /// leader is allowed: it steps down once the change is committed.
     pub async fn remove(&self, id: NodeId) -> Result<Membership, RaftError> {
         self.change(MembershipChange::Remove(id)).await
+    }
+
+    /// On the leader: waits until member `id` holds the log up to `max_lag` entries behind
+    /// the commit index (a learner that caught up can be promoted without stalling
+    /// commits while the joint configuration waits for it), and resolves to its match index.
+    /// Checks once per tick; bound the wait with `tokio::time::timeout`.
+    ///
+    /// Errors: [`RaftError::NotLeader`] on a follower or once leadership is lost, and
+    /// [`RaftError::Membership`] (`Unchanged`) if `id` is not a member being replicated to.
+    pub async fn wait_caught_up(&self, id: NodeId, max_lag: u64) -> Result<LogIndex, RaftError> {
+        let mut every = tokio::time::interval(self.tick);
+        loop {
+            every.tick().await;
+            let s = self.status().await?;
+            if s.role != crate::types::Role::Leader {
+                return Err(RaftError::NotLeader {
+                    leader_hint: s.leader,
+                });
+            }
+            let Some(&(matched, _)) = s.peers.get(&id) else {
+                return Err(crate::raft::ChangeError::Unchanged.into());
+            };
+            if matched.0 + max_lag >= s.commit_index.0 {
+                return Ok(matched);
+            }
+        }
     }
 
     /// The configuration in effect on this node (the latest in its log).

@@ -282,17 +282,23 @@ impl RaftCore {
         }
     }
 
-    /// Whether a committed configuration no longer names this node, after one it holds
-    /// did. (A server not yet added is named by none; one whose removal was compacted
-    /// into its snapshot before it restarted no longer knows it was a member.)
+    /// Whether a committed configuration no longer names this node, after an earlier
+    /// committed one did, and no later one names it again. Only committed configurations
+    /// count: one merely appended may still be truncated away. (A server not yet added is
+    /// named by none; one whose removal was compacted into its snapshot before it
+    /// restarted no longer knows it was a member.)
     pub fn is_removed(&self) -> bool {
-        if self.last_committed_config().members().contains(&self.id) {
+        let me = self.id;
+        if self.membership().members().contains(&me)
+            || self.last_committed_config().members().contains(&me)
+        {
             return false;
         }
-        let configs =
-            std::iter::once(&self.base_config).chain(self.config_log.iter().map(|(_, m)| m));
-        let mut named = configs.map(|m| m.members().contains(&self.id));
-        named.any(|n| n)
+        let committed = self.log.committed;
+        let earlier = self.config_log.iter().take_while(|(i, _)| *i <= committed);
+        std::iter::once(&self.base_config)
+            .chain(earlier.map(|(_, m)| m))
+            .any(|m| m.members().contains(&me))
     }
 
     /// The last configuration known committed (the snapshot's when the log holds none).
