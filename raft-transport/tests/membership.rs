@@ -76,6 +76,26 @@ async fn promote_learner_to_voter() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn remove_follower() {
+    let c = Cluster::new(3, seed(408)).await;
+    c.one(cmd("x"), 3, true).await;
+    let leader = c.check_one_leader().await;
+    let removed = nth(&c, leader, 1);
+    let node = c.node(leader).cloned().expect("leader");
+    let m = within(10, node.remove(removed)).await.expect("removed");
+    assert_eq!(m.voters.len(), 2);
+    assert!(!m.members().contains(&removed));
+    // The two that remain commit on their own; the removed node learns it was removed
+    // and receives nothing more.
+    let idx = c.one(cmd("y"), 2, true).await;
+    let status = c.node(removed).expect("up").status().await.expect("status");
+    assert!(status.removed, "{status:?}");
+    assert!(!c.applied(removed).contains_key(&idx));
+    assert_eq!(c.check_one_leader().await, leader);
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn remove_leader_steps_down() {
     let c = Cluster::new(3, seed(403)).await;
     c.one(cmd("x"), 3, true).await;
