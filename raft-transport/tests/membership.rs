@@ -49,6 +49,12 @@ async fn add_learner_catches_up() {
         matches!(not_leader, Err(RaftError::NotLeader { .. })),
         "{not_leader:?}"
     );
+    let stranger = node.wait_caught_up(NodeId(9), 0).await;
+    let not_a_member = raft_core::ChangeError::NotAMember(NodeId(9));
+    assert!(
+        matches!(&stranger, Err(RaftError::Membership(e)) if *e == not_a_member),
+        "{stranger:?}"
+    );
     // Every entry reaches the learner, which never votes.
     c.one(cmd("after"), 4, true).await;
     assert_eq!(role(&c, NodeId(4)).await, Role::Learner);

@@ -260,7 +260,7 @@ impl RaftNode {
     /// Checks once per tick; bound the wait with `tokio::time::timeout`.
     ///
     /// Errors: [`RaftError::NotLeader`] on a follower or once leadership is lost, and
-    /// [`RaftError::Membership`] (`Unchanged`) if `id` is not a member being replicated to.
+    /// [`RaftError::Membership`] (`NotAMember`) if `id` is not a member being replicated to.
     pub async fn wait_caught_up(&self, id: NodeId, max_lag: u64) -> Result<LogIndex, RaftError> {
         let mut every = tokio::time::interval(self.tick);
         loop {
@@ -272,7 +272,7 @@ impl RaftNode {
                 });
             }
             let Some(&(matched, _)) = s.peers.get(&id) else {
-                return Err(crate::raft::ChangeError::Unchanged.into());
+                return Err(crate::raft::ChangeError::NotAMember(id).into());
             };
             if matched.0 + max_lag >= s.commit_index.0 {
                 return Ok(matched);

@@ -52,6 +52,9 @@ pub enum ChangeError {
     /// The core has stopped after a fatal error.
     #[error("the node has stopped")]
     Stopped,
+    /// The server named is not a member this leader replicates to.
+    #[error("node {0} is not a member of the cluster; add it first")]
+    NotAMember(NodeId),
 }
 
 impl Membership {
