@@ -419,3 +419,66 @@ fn a_read_never_answered_is_asked_again_after_the_stall_limit_and_heartbeats_go_
         "one heartbeat each time while reading"
     );
 }
+
+#[test]
+fn a_replicating_follower_waiting_on_a_read_stays_replicating_when_the_read_is_asked_again() {
+    // Window of one: node 3's only AppendEntries is held back while nodes 1 and 2 commit,
+    // apply and (cache 0) drop five more entries. Its acknowledgement then frees the window
+    // with nothing in flight, and the next entries must be read from disk. A read that is
+    // never answered is asked again after the stall limit; nothing was lost on the wire,
+    // so the pipeline stays in Replicate.
+    let cfg = Config {
+        max_inflight: 1,
+        max_entries_per_append: 1,
+        ..cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg.clone(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    let mut held = Vec::new();
+    let settle = |sim: &mut Sim, held: &mut Vec<raft_core::Message>| {
+        for _ in 0..100 {
+            let msgs = sim.take_in_flight();
+            if msgs.is_empty() {
+                break;
+            }
+            for m in msgs {
+                if m.to == NodeId(3) || m.from == NodeId(3) {
+                    held.push(m);
+                } else {
+                    sim.deliver(m);
+                }
+            }
+        }
+    };
+    for _ in 0..6 {
+        sim.propose(NodeId(1));
+        settle(&mut sim, &mut held);
+    }
+    let last = sim.core(1).last_log_id().index;
+    assert_eq!(sim.core(1).commit_index(), last);
+    sim.hold_reads = true;
+    // Node 3 stores the one entry sent to it and acknowledges it.
+    let first = held.remove(0);
+    sim.deliver(first);
+    for m in sim.take_in_flight() {
+        if m.to == NodeId(1) {
+            sim.deliver(m);
+        }
+    }
+    let state = sim.core(1).status().peers[&NodeId(3)].1;
+    assert_eq!(state, raft_core::ReplicationState::Replicate);
+    assert_eq!(
+        sim.take_reads(1).len(),
+        1,
+        "the next entries are read from disk"
+    );
+    let limit = cfg.election_timeout_min / cfg.heartbeat_interval;
+    for _ in 0..limit * cfg.heartbeat_interval {
+        sim.with_core(NodeId(1), |c| c.tick());
+        sim.take_in_flight();
+    }
+    assert_eq!(sim.take_reads(1).len(), 1, "the read is asked again");
+    let state = sim.core(1).status().peers[&NodeId(3)].1;
+    assert_eq!(state, raft_core::ReplicationState::Replicate);
+}
