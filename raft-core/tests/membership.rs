@@ -653,6 +653,42 @@ fn a_change_compacted_into_a_snapshot_has_ended() {
     assert!(sim.core(1).first_log_index() > id.index, "compacted");
     let m = outcome(&sim, id).expect("ended").expect("took effect");
     assert_eq!(m.learners, ids(&[4]));
+    // A later change committed after the compaction does not make the first one pending.
+    change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    let m = outcome(&sim, id)
+        .expect("still ended")
+        .expect("took effect");
+    assert!(
+        m.learners.is_empty(),
+        "the configuration now in effect: {m:?}"
+    );
+}
+
+#[test]
+fn a_finished_change_stays_finished_while_a_later_one_is_under_way() {
+    let mut sim = three_and_two_spares();
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
+    sim.run_ticks(4);
+    let second = change(&mut sim, MembershipChange::AddLearner(NodeId(5), None)).unwrap();
+    sim.run_ticks(4);
+    let m = outcome(&sim, second).expect("ended").expect("took effect");
+    assert_eq!(m.learners, ids(&[4, 5]));
+    // A third change cannot commit: the second one's outcome is still its own, found past
+    // the first change's configuration.
+    sim.isolate(NodeId(2));
+    sim.isolate(NodeId(3));
+    change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    assert!(sim.core(1).config_change_pending());
+    let m = outcome(&sim, second)
+        .expect("still ended")
+        .expect("took effect");
+    assert_eq!(
+        m.learners,
+        ids(&[4, 5]),
+        "the second change's own configuration"
+    );
 }
 
 // ----- members carry their addresses ----------------------------------------------------------
