@@ -765,3 +765,40 @@ fn a_node_is_removed_only_by_a_committed_configuration() {
     sim.run_ticks(10);
     assert!(sim.core(4).status().removed);
 }
+
+#[test]
+fn the_peers_epoch_changes_exactly_when_the_servers_to_reach_change() {
+    let epoch = |sim: &Sim, id: u64| sim.core(id).peers_epoch();
+    let mut sim = three_and_two_spares();
+    // Ordinary commits change nothing: the transport is not told again at every commit.
+    let e = epoch(&sim, 1);
+    for _ in 0..3 {
+        sim.propose(NodeId(1));
+        sim.deliver_all();
+    }
+    assert_eq!(epoch(&sim, 1), e);
+    // A configuration appended but not committed: every holder must reach the new member.
+    sim.isolate(NodeId(2));
+    sim.isolate(NodeId(3));
+    let (e1, e4) = (epoch(&sim, 1), epoch(&sim, 4));
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
+    sim.run_ticks(2);
+    assert_ne!(epoch(&sim, 1), e1);
+    assert_ne!(epoch(&sim, 4), e4, "a learner holding its own addition");
+    sim.heal();
+    sim.run_ticks(10);
+    // Removed while cut off, node 4 is still replicated to until it holds its removal;
+    // letting it go then is a change of its own.
+    sim.isolate(NodeId(4));
+    change(&mut sim, MembershipChange::Remove(NodeId(4))).unwrap();
+    sim.run_ticks(4);
+    assert!(
+        sim.core(1).peers().contains_key(&NodeId(4)),
+        "still being let go"
+    );
+    let e1 = epoch(&sim, 1);
+    sim.heal();
+    sim.run_ticks(30);
+    assert!(!sim.core(1).peers().contains_key(&NodeId(4)));
+    assert_ne!(epoch(&sim, 1), e1);
+}

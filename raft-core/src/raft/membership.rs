@@ -250,8 +250,7 @@ impl RaftCore {
     /// truncated, committed or installed, or followers tracked anew): the driver tells the
     /// transport then.
     pub fn peers_epoch(&self) -> (u64, LogIndex) {
-        let committed = self.log.committed;
-        let last_committed = self.config_log.iter().rev().find(|(i, _)| *i <= committed);
+        let last_committed = self.last_committed_config_entry();
         (
             self.peers_epoch,
             last_committed.map_or(LogIndex(0), |(i, _)| *i),
@@ -306,12 +305,14 @@ impl RaftCore {
 
     /// The last configuration known committed (the snapshot's when the log holds none).
     fn last_committed_config(&self) -> &Membership {
-        let committed = self.log.committed;
-        self.config_log
-            .iter()
-            .rev()
-            .find(|(i, _)| *i <= committed)
+        self.last_committed_config_entry()
             .map_or(&self.base_config, |(_, m)| m)
+    }
+
+    /// The last configuration entry in the log known committed, if the log holds one.
+    fn last_committed_config_entry(&self) -> Option<&(LogIndex, Membership)> {
+        let committed = self.log.committed;
+        self.config_log.iter().rev().find(|(i, _)| *i <= committed)
     }
 
     /// Whether this node may start an election: it votes in the last configuration known
