@@ -1067,6 +1067,30 @@ fn a_follower_behind_a_window_of_one_gains_one_entry_per_round_trip() {
 }
 
 #[test]
+fn a_full_pipeline_sends_nothing_until_a_slot_frees() {
+    // A window of one, full: a new proposal waits for the acknowledgement; it sends no
+    // empty AppendEntries in its place (only heartbeats go out with a full window).
+    let cfg = Config {
+        max_inflight: 1,
+        ..plain_cfg()
+    };
+    let mut sim = Sim::new(1, 3, cfg, Faults::none());
+    sim.elect(1);
+    sim.run_ticks(1);
+    sim.deliver_all();
+    sim.propose(NodeId(1));
+    let first = sim.take_in_flight();
+    assert!(first.iter().any(|m| m.to == NodeId(3)), "{first:?}");
+    sim.propose(NodeId(1));
+    let to_3: Vec<_> = sim
+        .in_flight()
+        .into_iter()
+        .filter(|m| m.to == NodeId(3))
+        .collect();
+    assert!(to_3.is_empty(), "sent with a full window: {to_3:?}");
+}
+
+#[test]
 fn lost_append_in_replicate_is_resent_within_the_stall_limit() {
     // The one AppendEntries in flight to node 3 is lost: the heartbeats at the match point
     // succeed but cannot move it, so after `election_timeout_min / heartbeat_interval`

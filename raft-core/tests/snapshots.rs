@@ -763,3 +763,23 @@ fn a_configuration_after_an_installed_snapshot_stays_in_effect() {
     assert_eq!(sim.core(1).first_log_index(), LogIndex(5));
     assert_eq!(sim.core(1).membership(), &grown);
 }
+
+#[test]
+fn a_follower_receiving_a_snapshot_gets_no_appends_for_new_proposals() {
+    // While chunks stream, new entries wait for the install: only heartbeats (and chunks)
+    // go to the follower, not an empty AppendEntries per proposal.
+    let mut sim = node_3_behind_a_compacted_log();
+    first_chunks(&mut sim);
+    let (_, state) = sim.core(1).status().peers[&NodeId(3)];
+    assert_eq!(state, raft_core::ReplicationState::Snapshot);
+    sim.take_in_flight();
+    for _ in 0..3 {
+        sim.propose(NodeId(1));
+    }
+    let appends: Vec<_> = sim
+        .in_flight()
+        .into_iter()
+        .filter(|m| m.to == NodeId(3) && matches!(m.body, MessageBody::AppendEntries(_)))
+        .collect();
+    assert!(appends.is_empty(), "{appends:?}");
+}
