@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12 figures: time for a new node to join a cluster holding 100,000 keys and become a
+# Membership figures: time for a new node to join a cluster holding 100,000 keys and become a
 # voter; write throughput in 1-second windows while the membership changes under load.
 set -u
 BIN=${BIN:-target/release/raft-kv}
