@@ -1116,12 +1116,13 @@ impl Sim {
     }
 
     fn report(&self, what: &str) -> String {
-        self.report_as("SAFETY VIOLATION", what)
+        let with_state = format!("{what}{}", self.describe());
+        self.report_as("SAFETY VIOLATION", &with_state)
     }
 
     fn report_as(&self, kind: &str, what: &str) -> String {
         format!(
-            "{kind} at step {} of seed {}: {what}\n  config: {:?}\n  faults: {:?}\nrerun with RAFT_SIM_SEED={}",
+            "{kind} at step {} of seed {}: {what}\n  config: {:?}\n  faults: {:?}\nrerun with RAFT_SIM_SEED={} (RAFT_SIM_TRACE=1 prints every delivered message)",
             self.step, self.seed, self.cfg, self.faults, self.seed
         )
     }
