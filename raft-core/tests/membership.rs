@@ -802,3 +802,34 @@ fn the_peers_epoch_changes_exactly_when_the_servers_to_reach_change() {
     assert!(!sim.core(1).peers().contains_key(&NodeId(4)));
     assert_ne!(epoch(&sim, 1), e1);
 }
+
+#[test]
+fn a_configuration_truncated_away_leaves_the_peer_table() {
+    // Node 1 appends the addition of node 4 while cut off; nodes 2 and 3 elect a leader
+    // without it, whose log replaces it on node 1: node 4 leaves node 1's peers again.
+    let mut sim = three_and_two_spares();
+    sim.isolate(NodeId(1));
+    change(&mut sim, MembershipChange::AddLearner(NodeId(4), None)).unwrap();
+    assert!(sim.core(1).peers().contains_key(&NodeId(4)));
+    sim.campaign(2);
+    sim.deliver_all();
+    assert_eq!(sim.core(2).role(), Role::Leader);
+    for _ in 0..3 {
+        sim.propose(NodeId(2));
+        sim.deliver_all();
+    }
+    let before = sim.core(1).peers_epoch();
+    sim.heal();
+    sim.run_ticks(10);
+    assert_eq!(
+        sim.core(1).log_id_at(sim.core(2).last_log_id().index),
+        Some(sim.core(2).last_log_id())
+    );
+    assert!(!sim.core(1).membership().learners.contains(&NodeId(4)));
+    assert!(!sim.core(1).peers().contains_key(&NodeId(4)));
+    assert_ne!(
+        sim.core(1).peers_epoch(),
+        before,
+        "the transport must hear of it"
+    );
+}
