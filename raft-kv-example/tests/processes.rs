@@ -79,6 +79,14 @@ impl ProcCluster {
         c
     }
 
+    /// Waits for node `i`'s process to fail, and checks that its log says `why`.
+    fn assert_refused(&mut self, i: usize, why: &str) {
+        let status = self.wait_exit(i, Duration::from_secs(30));
+        assert!(!status.success());
+        let log = std::fs::read_to_string(self.nodes[i].dir.with_extension("log")).unwrap();
+        assert!(log.contains(why), "{log}");
+    }
+
     /// Waits for node `i`'s process to exit on its own.
     fn wait_exit(&mut self, i: usize, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.nodes[i].child.take().expect("running");
@@ -760,10 +768,7 @@ fn a_node_joins_becomes_a_voter_leads_and_once_removed_stops_for_good() {
     let written: Option<String> = retry(&c, |conn| conn.get("written"));
     assert_eq!(written.as_deref(), Some("through 4"));
     c.spawn_joining(3);
-    let status = c.wait_exit(3, Duration::from_secs(30));
-    assert!(!status.success());
-    let log = std::fs::read_to_string(c.nodes[3].dir.with_extension("log")).unwrap();
-    assert!(log.contains("was removed from the cluster"), "{log}");
+    c.assert_refused(3, "was removed from the cluster");
 }
 
 #[test]
@@ -773,10 +778,7 @@ fn a_data_dir_of_another_cluster_is_refused() {
     c.sigkill(0);
     c.extra = ["--cluster-id", "9"].map(String::from).to_vec();
     c.spawn(0);
-    let status = c.wait_exit(0, Duration::from_secs(30));
-    assert!(!status.success());
-    let log = std::fs::read_to_string(c.nodes[0].dir.with_extension("log")).unwrap();
-    assert!(log.contains("another cluster or node"), "{log}");
+    c.assert_refused(0, "another cluster or node");
 }
 
 #[test]
