@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::read::ReadPolicy;
 use crate::types::ENTRY_OVERHEAD;
 
 /// Bytes a message adds around its entries: addresses, term, previous log id, commit index,
@@ -52,6 +53,18 @@ pub struct Config {
     /// A leader that has not heard from a quorum within an election timeout steps down, and
     /// followers that hear from a leader ignore vote requests for that long (dissertation 6.2).
     pub check_quorum: bool,
+    /// How [`RaftNode::read`](crate::RaftNode::read) makes reads linearizable (see
+    /// [`ReadPolicy`]); per read with [`RaftNode::read_with`](crate::RaftNode::read_with).
+    pub read_policy: ReadPolicy,
+    /// The bound on clock drift that lease reads assume, in ticks: a leader's lease lasts
+    /// [`Config::lease_ticks`] = `election_timeout_min - 1 - lease_drift_ticks` ticks from
+    /// the moment it sent the heartbeat a quorum answered. Raise it if node clocks (tick
+    /// rates) may differ by more than `lease_drift_ticks / election_timeout_min`.
+    pub lease_drift_ticks: u64,
+    /// How long the node lets a proposal or read wait before failing it with
+    /// [`RaftError::Timeout`](crate::RaftError::Timeout) (node only). A proposal that timed
+    /// out may still be applied later.
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -72,6 +85,9 @@ impl Default for Config {
             snapshot_chunk_bytes: 1 << 20,
             pre_vote: true,
             check_quorum: true,
+            read_policy: ReadPolicy::ReadIndex,
+            lease_drift_ticks: 2,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -115,7 +131,29 @@ impl Config {
         if self.snapshot_chunk_bytes == 0 {
             return bad("snapshot_chunk_bytes must be at least 1".into());
         }
+        if self.read_policy == ReadPolicy::Lease && !self.check_quorum {
+            return bad("read_policy Lease needs check_quorum: without it followers vote for a new leader while the old one's lease runs".into());
+        }
+        if self.read_policy == ReadPolicy::Lease && self.lease_ticks() == 0 {
+            return bad(format!(
+                "lease_drift_ticks ({}) leaves no lease: it must be below election_timeout_min - 1 ({})",
+                self.lease_drift_ticks,
+                self.election_timeout_min - 1
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request_timeout must be greater than zero".into());
+        }
         Ok(())
+    }
+
+    /// How long a leader's lease lasts, in its ticks, from the sending of a heartbeat a
+    /// quorum answered: the election timeout minus the drift bound, minus one tick because
+    /// ticks count time only to the tick. 0 disables lease reads.
+    pub fn lease_ticks(&self) -> u64 {
+        self.election_timeout_min
+            .saturating_sub(1)
+            .saturating_sub(self.lease_drift_ticks)
     }
 
     /// An upper bound on the encoded size of any AppendEntries this configuration lets a

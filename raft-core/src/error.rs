@@ -126,6 +126,10 @@ pub enum RaftError {
     /// The node is shutting down or has stopped.
     #[error("the raft node is shutting down")]
     ShuttingDown,
+    /// The request did not complete within `Config::request_timeout`. A proposal may still
+    /// be applied later (its outcome is unknown); a read can simply be retried.
+    #[error("the request did not complete within {0:?}; a proposal may still take effect")]
+    Timeout(std::time::Duration),
     /// The node stopped after a fatal error (see [`FatalError`]); restart it.
     #[error("the raft node stopped: {0}")]
     Fatal(FatalError),

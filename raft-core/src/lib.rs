@@ -33,7 +33,7 @@ pub use raft::{
     Action, ChangeError, CoreStatus, InitialState, MembershipChange, NotLeader, PersistOp,
     ProposeError, RaftCore, TransferError, WriteId,
 };
-pub use read::ReadId;
+pub use read::{ReadCounts, ReadId, ReadPath, ReadPolicy};
 pub use state_machine::StateMachine;
 pub use storage::{LogState, LogStore, SnapshotStore, SnapshotWriter};
 pub use transport::{Inbox, Transport};

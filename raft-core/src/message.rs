@@ -38,6 +38,31 @@ pub enum MessageBody {
     /// Leadership transfer: the leader tells a caught-up follower to campaign now
     /// (dissertation 3.10).
     TimeoutNow,
+    /// A follower asks the leader for a read index, for every read waiting at the follower
+    /// (dissertation 6.4).
+    ReadIndex(ReadIndexRequest),
+    /// The leader's answer to a [`MessageBody::ReadIndex`].
+    ReadIndexResponse(ReadIndexResponse),
+}
+
+/// A follower's request for a read index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexRequest {
+    /// The follower's id for this batch of reads, echoed in the answer.
+    pub ctx: u64,
+    /// Every read in the batch allows a lease read: a leader holding its lease may answer
+    /// at once, without a round of heartbeats.
+    pub lease: bool,
+}
+
+/// The leader's answer to a read index request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    /// Echo of the request's `ctx`.
+    pub ctx: u64,
+    /// The read index: serve the batch once this index is applied. `None` when the
+    /// recipient is not (or no longer) the leader.
+    pub index: Option<LogIndex>,
 }
 
 /// RequestVote and PreVote arguments.
@@ -143,6 +168,8 @@ impl MessageBody {
             MessageBody::InstallSnapshot(_) => "InstallSnapshot",
             MessageBody::SnapshotResponse(_) => "SnapshotResponse",
             MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::ReadIndex(_) => "ReadIndex",
+            MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
         }
     }
 }

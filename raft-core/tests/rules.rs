@@ -8,7 +8,7 @@ use bytes::Bytes;
 use raft_core::message::{AppendEntries, AppendOutcome, RequestVote, VoteResponse};
 use raft_core::{
     Action, Config, EntryPayload, LogId, LogIndex, Message, MessageBody, NodeId, PersistOp,
-    ProposeError, Role, Term,
+    ProposeError, ReadPolicy, ReplicationState, Role, Term,
 };
 use sim::{disk, Faults, Sim};
 
@@ -1514,7 +1514,12 @@ fn a_vote_request_from_a_stale_term_is_answered_with_our_term() {
 fn a_refused_pre_vote_is_answered_in_the_voters_term() {
     // Reference: dissertation 9.6: only a granted pre-vote answers in the candidate's future
     // term; a refusal carries the voter's term.
-    let mut sim = Sim::from_disks(1, cfg(), vec![disk(5, &[5, 5]), disk(5, &[]), disk(5, &[])]);
+    // (Without CheckQuorum: a just-started voter would ignore the request altogether.)
+    let quiet = Config {
+        check_quorum: false,
+        ..cfg()
+    };
+    let mut sim = Sim::from_disks(1, quiet, vec![disk(5, &[5, 5]), disk(5, &[]), disk(5, &[])]);
     sim.take_in_flight();
     let pre_vote = MessageBody::RequestVote(RequestVote {
         last_log_id: LogId::default(), // behind our log: refused
@@ -1689,15 +1694,284 @@ fn a_read_failed_by_a_new_leaders_append_names_that_leader() {
 }
 
 #[test]
-fn read_index_on_a_follower_is_refused_with_the_leader_hint() {
+fn read_index_on_a_candidate_is_refused() {
+    // A candidate knows no leader to ask for a read index.
     let mut sim = three();
     sim.elect(1);
     sim.run_ticks(1);
+    sim.faults.loss = 1.0;
+    sim.tick_node(2, cfg().election_timeout_max);
+    assert_eq!(sim.core(2).role(), Role::Candidate);
     let err = sim
         .with_core(NodeId(2), |c| c.read_index(7))
         .expect("up")
-        .expect_err("followers refuse");
-    assert_eq!(err.leader_hint, Some(NodeId(1)));
+        .expect_err("candidates refuse");
+    assert_eq!(err.leader_hint, None);
+}
+
+/// AppendEntries `m` carries entries.
+fn carries_entries(m: &Message) -> bool {
+    matches!(&m.body, MessageBody::AppendEntries(a) if !a.entries.is_empty())
+}
+
+#[test]
+fn reads_are_coalesced_into_one_heartbeat_round() {
+    // Reference: dissertation 6.4: one round of heartbeats confirms every read registered
+    // before it; a read arriving while a round is in flight waits for the next one.
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    let appends = sim.take_in_flight(); // entries in flight, not yet answered
+    let before = sim.count("AppendEntries");
+    let reads: Vec<u64> = (0..1000).map(|_| sim.read(NodeId(1))).collect();
+    let rounds = (sim.count("AppendEntries") - before) / 2;
+    assert_eq!(
+        rounds, 1,
+        "1,000 reads while one round is in flight: one round"
+    );
+    for m in appends {
+        sim.deliver(m);
+    }
+    sim.deliver_all();
+    assert!(reads
+        .iter()
+        .all(|r| sim.read_results.get(r).is_some_and(Option::is_some)));
+    let rounds = (sim.count("AppendEntries") - before) / 2;
+    assert!(rounds <= 3, "{rounds} rounds for 1,000 reads");
+}
+
+#[test]
+fn reads_never_demote_a_replicating_follower() {
+    // Read confirmation is not replication: it never counts toward the stall detector
+    // (which demotes a follower to Probe, and each probe resends a batch).
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.propose(NodeId(1));
+    // The entries stay in flight (their acknowledgements are slow), while reads go on.
+    let held: Vec<Message> = sim.take_in_flight();
+    for _ in 0..1000 {
+        let read = sim.read(NodeId(1));
+        sim.deliver_all();
+        assert!(sim.read_results.get(&read).is_some_and(Option::is_some));
+        for (peer, (_, state)) in sim.core(1).status().peers {
+            assert_eq!(
+                state,
+                ReplicationState::Replicate,
+                "{peer} demoted by reads"
+            );
+        }
+    }
+    assert!(held.iter().any(carries_entries));
+}
+
+// ----- Follower reads (dissertation 6.4) ---------------------------------------------------
+
+#[test]
+fn follower_read_waits_for_the_read_index() {
+    // The follower gets the leader's commit index as its read index, even one it has not
+    // applied yet: it must wait until it has (the node does; the core says which index).
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    let lid = sim.propose(NodeId(1)).expect("leader");
+    // Node 3 does not get the entry; node 2 does, so it commits.
+    sim.deliver_filtered(|m| m.to != NodeId(3) || !carries_entries(m), |_| {});
+    assert_eq!(sim.core(1).commit_index(), lid.index);
+    assert!(sim.core(3).commit_index() < lid.index);
+    let read = sim.read(NodeId(3));
+    sim.deliver_filtered(|m| m.to != NodeId(3) || !carries_entries(m), |_| {});
+    assert_eq!(sim.read_results.get(&read), Some(&Some(lid.index)));
+    assert!(
+        sim.core(3).status().applied_index < lid.index,
+        "the read index is ahead of what node 3 applied: it waits"
+    );
+    assert_eq!(sim.core(3).read_counts().follower_read_index, 1);
+}
+
+#[test]
+fn follower_read_batches_every_waiting_read_into_one_request() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    let before = sim.count("ReadIndex");
+    let reads: Vec<u64> = (0..100).map(|_| sim.read(NodeId(2))).collect();
+    sim.deliver_all();
+    assert!(
+        sim.count("ReadIndex") - before <= 2,
+        "one request, then one for the rest"
+    );
+    assert!(reads
+        .iter()
+        .all(|r| sim.read_results.get(r).is_some_and(Option::is_some)));
+}
+
+#[test]
+fn follower_read_fails_over_when_the_leader_changes() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    let read = sim.read(NodeId(3));
+    // Its request to node 1 is lost, and node 2 takes over.
+    sim.deliver_filtered(|m| !matches!(m.body, MessageBody::ReadIndex(_)), |_| {});
+    sim.elect(2);
+    sim.run_ticks(2);
+    assert_eq!(sim.core(3).leader(), Some(NodeId(2)));
+    let commit = sim.core(2).commit_index();
+    assert!(
+        sim.read_results
+            .get(&read)
+            .is_some_and(|r| r.is_some_and(|i| i >= commit)),
+        "the read went to the new leader: {:?}",
+        sim.read_results.get(&read)
+    );
+}
+
+#[test]
+fn follower_read_is_refused_by_a_deposed_leader() {
+    let mut sim = Sim::new(1, 5, plain_cfg(), Faults::none());
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.partition(&[NodeId(1), NodeId(2)]);
+    sim.elect(3);
+    let new_commit = sim.propose(NodeId(3)).expect("new leader accepts");
+    sim.run_ticks(2);
+    assert_eq!(
+        sim.core(2).leader(),
+        Some(NodeId(1)),
+        "node 2 does not know"
+    );
+    let read = sim.read(NodeId(2));
+    sim.run_ticks(cfg().election_timeout_max * 2);
+    assert_eq!(
+        sim.read_results.get(&read),
+        None,
+        "the deposed leader gave a read index"
+    );
+    sim.heal();
+    sim.run_ticks(4);
+    match sim.read_results.get(&read) {
+        Some(Some(index)) => assert!(*index >= new_commit.index, "stale read index {index}"),
+        Some(None) => {}
+        None => panic!("the read never ended"),
+    }
+}
+
+#[test]
+fn follower_read_request_lost_is_sent_again() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    let read = sim.read(NodeId(2));
+    sim.deliver_filtered(|m| !matches!(m.body, MessageBody::ReadIndex(_)), |_| {});
+    assert_eq!(sim.read_results.get(&read), None);
+    sim.run_ticks(cfg().election_timeout_min);
+    assert!(sim.read_results.get(&read).is_some_and(Option::is_some));
+}
+
+// ----- Lease reads (dissertation 6.4.1) ------------------------------------------------
+
+fn lease_cfg() -> Config {
+    Config {
+        read_policy: ReadPolicy::Lease,
+        ..cfg()
+    }
+}
+
+/// A leader (node 1) whose last heartbeat round a quorum answered.
+fn leased() -> Sim {
+    let mut sim = Sim::new(1, 3, lease_cfg(), Faults::none());
+    sim.read_policy = ReadPolicy::Lease;
+    sim.elect(1);
+    sim.run_ticks(cfg().heartbeat_interval);
+    sim
+}
+
+#[test]
+fn lease_read_is_served_within_the_lease() {
+    let mut sim = leased();
+    let before = sim.count("AppendEntries");
+    let read = sim.read(NodeId(1));
+    assert_eq!(
+        sim.read_results.get(&read),
+        Some(&Some(sim.core(1).commit_index()))
+    );
+    assert_eq!(sim.count("AppendEntries"), before, "no round");
+    assert_eq!(sim.core(1).read_counts().lease, 1);
+}
+
+#[test]
+fn lease_read_is_refused_after_the_lease_expires() {
+    let mut sim = leased();
+    // Nobody answers from now on: the lease runs out lease_ticks after the last round
+    // a quorum answered was sent.
+    sim.isolate(NodeId(1));
+    sim.run_ticks(lease_cfg().lease_ticks());
+    let read = sim.read(NodeId(1));
+    assert_eq!(sim.read_results.get(&read), None, "served without a lease");
+    assert_eq!(sim.core(1).read_counts().lease, 0);
+}
+
+#[test]
+fn lease_read_is_refused_after_a_term_change() {
+    let mut sim = leased();
+    // A higher term reaches the leader: it steps down, and its lease goes with it.
+    let term = sim.core(1).term().0;
+    let last = sim.core(1).last_log_id();
+    sim.deliver(msg(3, 1, term + 1, append(last, &[], 0)));
+    assert_ne!(sim.core(1).role(), Role::Leader);
+    let read = sim.read(NodeId(1));
+    assert_eq!(
+        sim.read_results.get(&read),
+        None,
+        "served from the old term's lease"
+    );
+    assert_eq!(sim.core(1).read_counts().lease, 0);
+}
+
+#[test]
+fn lease_read_is_refused_after_a_transfer() {
+    let mut sim = leased();
+    sim.with_core(NodeId(1), |c| c.transfer_leadership(NodeId(2)))
+        .expect("up")
+        .expect("accepted");
+    // TimeoutNow is on its way: the target's voters will disregard this leader's lease.
+    assert!(sim
+        .in_flight()
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::TimeoutNow)));
+    assert_eq!(sim.core(1).role(), Role::Leader);
+    let read = sim.read(NodeId(1));
+    assert_eq!(
+        sim.read_results.get(&read),
+        None,
+        "served from a forfeited lease"
+    );
+    assert_eq!(sim.core(1).read_counts().lease, 0);
+}
+
+#[test]
+fn a_restarted_voter_ignores_candidates_for_an_election_timeout() {
+    // Dissertation 6.4.1: a leader's lease counts on a quorum ignoring candidates for an
+    // election timeout after they heard from it; a voter that restarts right after has
+    // forgotten it did, so it waits that long before granting anything.
+    let mut sim = leased();
+    sim.crash(NodeId(3));
+    sim.restart(NodeId(3));
+    let term = sim.core(3).term().0;
+    let last = sim.core(1).last_log_id();
+    let replies = exchange(&mut sim, msg(2, 3, term + 1, vote_request(last)));
+    assert!(
+        replies.is_empty(),
+        "answered a candidate at once: {replies:?}"
+    );
+    sim.tick_node(3, cfg().election_timeout_min - 1);
+    let replies = exchange(&mut sim, msg(2, 3, term + 1, vote_request(last)));
+    assert!(
+        replies.is_empty(),
+        "answered within the election timeout: {replies:?}"
+    );
 }
 
 // ----- Durability ordering across a crash -------------------------------------------------

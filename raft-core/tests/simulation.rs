@@ -6,6 +6,10 @@
 //! replays one seed. Seeds run on every core. At scale, in release:
 //! `RAFT_SIM_SEEDS=1000000 cargo test -p raft-core --test simulation --release`.
 //!
+//! Reads take part: ReadIndex at the leader, follower reads, and lease reads under clock drift
+//! (nodes tick at rates up to 5% apart), each checked against every index committed
+//! before the read began.
+//!
 //! Storage faults take part: writes that fail (the node stops and restarts from its disk)
 //! and crashes that leave part of the unsynced writes on disk. A share of the seeds take
 //! snapshots, keep a tiny log cache (leaders read entries back from disk), or have state
@@ -34,6 +38,9 @@ const CONVERGE_STEPS: u64 = 2000;
 struct Outcome {
     acked: u64,
     reads: u64,
+    /// Of those, served from a leader's lease, and at a follower.
+    lease_reads: u64,
+    follower_reads: u64,
     /// Nodes that stopped on a failed write (and restarted from their disk).
     stops: u64,
     /// Snapshots taken, and installed from a leader.
@@ -100,8 +107,49 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
         let n = membership.members().len() as u64;
         spares = (n + 1..=n + rng.gen_range(1..=2)).map(NodeId).collect();
     }
+    // Reads: ReadIndex at the leader, follower reads, or lease reads (at the leader or via
+    // followers) under clock drift within the configured bound.
+    let (follower_reads, lease) = match rng.gen_range(0..10) {
+        0..=3 => (false, false),
+        4..=6 => (true, false),
+        _ => (rng.gen_bool(0.5), true),
+    };
+    if lease {
+        cfg.check_quorum = true;
+        cfg.lease_drift_ticks = rng.gen_range(1..=3);
+    }
+    if lease || follower_reads {
+        // Where a stale read would come from: a leader cut off while a new one is
+        // elected fast (short delays) and reads keep arriving at both.
+        faults.isolate_leader = rng.gen_range(0.0..0.02);
+        faults.max_delay = rng.gen_range(1..=3);
+        faults.read = rng.gen_range(0.05..0.5);
+    }
+    // Clocks drift (up to 5% apart) in every lease seed and a fifth of the others.
+    let drift = lease || rng.gen_bool(0.2);
+    let ids = membership
+        .members()
+        .into_iter()
+        .chain(spares.iter().copied());
+    let rates: Vec<(NodeId, u64, u64)> = ids
+        .map(|id| {
+            let rate = if drift {
+                rng.gen_range(950..=1050)
+            } else {
+                1000
+            };
+            (id, rate, rng.gen_range(0..1000))
+        })
+        .collect();
     let mut sim = Sim::with_spares(seed, membership, &spares, cfg, faults);
     sim.durable_state_machines = durable_state_machines;
+    sim.follower_reads = follower_reads;
+    if lease {
+        sim.read_policy = raft_core::ReadPolicy::Lease;
+    }
+    for (id, rate, phase) in rates {
+        sim.set_clock(id, rate, phase);
+    }
     sim.require_addresses = true;
     for _ in 0..steps {
         sim.step_once(true);
@@ -121,6 +169,8 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
     Outcome {
         acked: sim.acked.len() as u64,
         reads: sim.reads_served,
+        lease_reads: sim.lease_reads,
+        follower_reads: sim.follower_reads_served,
         stops: sim.stops.len() as u64,
         built: sim.snapshots_built,
         installed: sim.snapshots_installed,
@@ -136,8 +186,8 @@ fn safety_and_liveness_hold_under_random_faults() {
         let seed: u64 = seed.parse().expect("RAFT_SIM_SEED is a number");
         let out = run_seed(seed, steps);
         println!(
-            "simulation: seed {seed} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed, {} log reads from disk, {} membership changes",
-            out.acked, out.reads, out.stops, out.built, out.installed, out.entries_read, out.changes
+            "simulation: seed {seed} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served ({} from a lease, {} at followers), {} fail-stops on write errors, {} snapshots taken, {} installed, {} log reads from disk, {} membership changes",
+            out.acked, out.reads, out.lease_reads, out.follower_reads, out.stops, out.built, out.installed, out.entries_read, out.changes
         );
         return;
     }
@@ -146,6 +196,8 @@ fn safety_and_liveness_hold_under_random_faults() {
     let next = AtomicU64::new(0);
     let acked = AtomicU64::new(0);
     let reads = AtomicU64::new(0);
+    let lease_reads = AtomicU64::new(0);
+    let follower_reads = AtomicU64::new(0);
     let stops = AtomicU64::new(0);
     let built = AtomicU64::new(0);
     let installed = AtomicU64::new(0);
@@ -167,13 +219,17 @@ fn safety_and_liveness_hold_under_random_faults() {
                 entries_read.fetch_add(out.entries_read, Ordering::Relaxed);
                 changes.fetch_add(out.changes, Ordering::Relaxed);
                 reads.fetch_add(out.reads, Ordering::Relaxed);
+                lease_reads.fetch_add(out.lease_reads, Ordering::Relaxed);
+                follower_reads.fetch_add(out.follower_reads, Ordering::Relaxed);
             });
         }
     });
     println!(
-        "simulation: {seeds} seeds from {base} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served, {} fail-stops on write errors, {} snapshots taken, {} installed from a leader, {} log reads from disk, {} membership changes",
+        "simulation: {seeds} seeds from {base} x {steps} steps: 0 violations, {} commands acknowledged, {} reads served ({} from a lease, {} at followers), {} fail-stops on write errors, {} snapshots taken, {} installed from a leader, {} log reads from disk, {} membership changes",
         acked.into_inner(),
         reads.into_inner(),
+        lease_reads.into_inner(),
+        follower_reads.into_inner(),
         stops.into_inner(),
         built.into_inner(),
         installed.into_inner(),

@@ -16,7 +16,7 @@ use crate::raft::{
     Action, ChangeError, MembershipChange, NotLeader, PersistOp, ProposeError, RaftCore,
     TransferError, WriteId,
 };
-use crate::read::ReadId;
+use crate::read::{ReadId, ReadPolicy};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::Transport;
@@ -240,9 +240,9 @@ impl Driver {
             match req {
                 Request::Propose(cmd, reply) => batch.push((cmd, reply)),
                 Request::ProposeBatch(cmds) => batch.extend(cmds),
-                Request::Read(query, reply) => {
+                Request::Read(query, policy, reply) => {
                     self.propose(std::mem::take(&mut batch));
-                    self.read(query, reply);
+                    self.read(query, policy, reply);
                 }
                 Request::Status(reply) => {
                     let _ = reply.send(self.core.status());
@@ -317,10 +317,10 @@ impl Driver {
         }
     }
 
-    fn read(&mut self, query: Bytes, reply: Responder) {
+    fn read(&mut self, query: Bytes, policy: ReadPolicy, reply: Responder) {
         self.next_read += 1;
         let id = self.next_read;
-        match self.core.read_index(id) {
+        match self.core.read(id, policy) {
             Ok(()) => {
                 self.reads.insert(id, (query, reply));
             }

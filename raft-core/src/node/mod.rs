@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::log::EntryMeta;
 use crate::raft::{CoreStatus, InitialState, MembershipChange, RaftCore};
+use crate::read::ReadPolicy;
 use crate::state_machine::StateMachine;
 use crate::storage::{LogState, LogStore, SnapshotStore};
 use crate::transport::{Inbox, Transport};
@@ -52,7 +53,7 @@ type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
 pub(crate) enum Request {
     Propose(Bytes, Reply<Bytes>),
     ProposeBatch(Vec<(Bytes, Reply<Bytes>)>),
-    Read(Bytes, Reply<Bytes>),
+    Read(Bytes, ReadPolicy, Reply<Bytes>),
     Status(oneshot::Sender<Status>),
     SnapshotNow(Reply<LogId>),
     ChangeMembership(MembershipChange, Reply<Membership>),
@@ -76,6 +77,10 @@ pub struct RaftNode {
     stopped: watch::Receiver<Option<Option<FatalError>>>,
     /// The tick interval, for waits that poll the core's status.
     tick: std::time::Duration,
+    /// How long a proposal or read may wait (`Config::request_timeout`).
+    timeout: std::time::Duration,
+    /// The default read policy (`Config::read_policy`).
+    read_policy: ReadPolicy,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -90,7 +95,9 @@ impl RaftNode {
     ///
     /// `bootstrap` is the founding configuration, used only when the stores hold none;
     /// every founding member must be given the same one. `seed` makes election timing
-    /// reproducible; `None` draws one from the OS.
+    /// reproducible (for tests; a restarted node should get a new one, as `None` does, so
+    /// that its follower-read batch ids differ from the previous run's); `None` draws one
+    /// from the OS.
     pub async fn start(
         id: NodeId,
         config: Config,
@@ -141,6 +148,8 @@ impl RaftNode {
             driver: Arc::new(Mutex::new(Some(handle))),
             stopped,
             tick: config.tick_interval,
+            timeout: config.request_timeout,
+            read_policy: config.read_policy,
         })
     }
 
@@ -155,9 +164,11 @@ impl RaftNode {
     }
 
     /// Replicates `command` and resolves to the state machine's response once it is
-    /// committed and applied. Fails with [`RaftError::NotLeader`] on a non-leader.
+    /// committed and applied. Fails with [`RaftError::NotLeader`] on a non-leader, and
+    /// with [`RaftError::Timeout`] after `Config::request_timeout` (the command may still
+    /// be applied later).
     pub async fn propose(&self, command: Bytes) -> Result<Bytes, RaftError> {
-        self.call(|tx| Request::Propose(command, tx)).await?
+        self.call_timed(|tx| Request::Propose(command, tx)).await
     }
 
     /// Proposes several commands at once, in order, as one batch (one log write, one
@@ -180,18 +191,37 @@ impl RaftNode {
         {
             return replies.iter().map(|_| Err(self.stopped_error())).collect();
         }
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
-            out.push(rx.await.unwrap_or_else(|_| Err(self.stopped_error())));
+            out.push(
+                self.answer(tokio::time::timeout_at(deadline, rx).await)
+                    .await,
+            );
         }
         out
     }
 
-    /// A linearizable read: confirms leadership with a quorum (ReadIndex), waits until the
-    /// state machine has applied the read index, then runs `query` against it. Fails with
-    /// [`RaftError::NotLeader`] on a non-leader.
+    /// A read under the node's default policy (`Config::read_policy`, linearizable
+    /// ReadIndex unless configured otherwise), on any node: see [`read_with`](Self::read_with).
     pub async fn read(&self, query: Bytes) -> Result<Bytes, RaftError> {
-        self.call(|tx| Request::Read(query, tx)).await?
+        self.read_with(query, self.read_policy).await
+    }
+
+    /// Runs `query` against the state machine under `policy`:
+    /// - [`ReadPolicy::ReadIndex`]: on the leader, once a quorum has confirmed its
+    ///   leadership (reads arriving together share one round); on a follower or learner,
+    ///   once the leader has given it a read index and it has applied that index (the
+    ///   query runs on this node's state machine). Linearizable.
+    /// - [`ReadPolicy::Lease`]: the same, but a leader within its lease answers without a
+    ///   round; linearizable while clock drift stays within `Config::lease_drift_ticks`.
+    /// - [`ReadPolicy::Stale`]: at once, from this node's state, with no guarantee.
+    ///
+    /// Fails with [`RaftError::NotLeader`] when no leader can be asked (this node is
+    /// campaigning, or the node it asked is not the leader: retry, on the hint if given),
+    /// and with [`RaftError::Timeout`] after `Config::request_timeout`.
+    pub async fn read_with(&self, query: Bytes, policy: ReadPolicy) -> Result<Bytes, RaftError> {
+        self.call_timed(|tx| Request::Read(query, policy, tx)).await
     }
 
     /// The node's status.
@@ -324,6 +354,42 @@ impl RaftNode {
             Err(_) => None,
         };
         state
+    }
+
+    /// Sends a client request and waits for its answer, at most `Config::request_timeout`.
+    async fn call_timed<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(make(tx)).await.is_err() {
+            return Err(self.stopped_error());
+        }
+        self.answer(tokio::time::timeout(self.timeout, rx).await)
+            .await
+    }
+
+    /// Turns a client's wait into its result: the answer, a timeout, or, when the node
+    /// dropped the request because it stopped, why it stopped.
+    async fn answer<T>(
+        &self,
+        waited: Result<
+            Result<Result<T, RaftError>, oneshot::error::RecvError>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<T, RaftError> {
+        match waited {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.stop_cause().await),
+            Err(_) => Err(RaftError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Why a dropped request was dropped: a request is only dropped by a node that is
+    /// stopping, and the cause (a fatal error, or a shutdown) is published as it stops.
+    async fn stop_cause(&self) -> RaftError {
+        let wait = std::time::Duration::from_secs(1);
+        match tokio::time::timeout(wait, self.stopped()).await {
+            Ok(Some(fatal)) => RaftError::Fatal(fatal),
+            _ => self.stopped_error(),
+        }
     }
 
     /// What a request to a stopped node gets: the fatal error if one stopped it.

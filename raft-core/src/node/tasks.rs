@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{FatalError, RaftError, StorageError};
+use crate::error::{FatalError, RaftError, StateMachineError, StorageError};
 use crate::raft::{PersistOp, WriteId};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
@@ -128,11 +128,20 @@ pub(crate) async fn applier(
                 };
                 let (entries, replies): (Vec<Entry>, Vec<Option<Responder>>) =
                     batch.into_iter().unzip();
-                match state_machine.apply(&entries).await {
+                let applied_now = state_machine.apply(&entries).await.and_then(|r| {
+                    if r.len() == entries.len() {
+                        Ok(r)
+                    } else {
+                        Err(StateMachineError(format!(
+                            "apply returned {} responses for {} entries; the contract is one per entry",
+                            r.len(),
+                            entries.len()
+                        )))
+                    }
+                });
+                match applied_now {
                     Ok(responses) => {
-                        let mut responses = responses.into_iter();
-                        for reply in replies {
-                            let response = responses.next().unwrap_or_default();
+                        for (reply, response) in replies.into_iter().zip(responses) {
                             if let Some(reply) = reply {
                                 let _ = reply.send(Ok(response));
                             }

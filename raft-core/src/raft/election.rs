@@ -67,20 +67,26 @@ impl RaftCore {
                 });
                 self.send(msg.from, body);
             }
+            MessageBody::ReadIndex(req) => self.refuse_read_index(msg.from, req.ctx),
             _ => {}
         }
     }
 
-    /// Whether a leader was heard from within the minimum election timeout (CheckQuorum).
+    /// Whether a leader was heard from within the minimum election timeout (CheckQuorum),
+    /// or this node started less than that ago: it may have heard from a leader just
+    /// before going down, and that leader's lease reads count on it (dissertation 6.4.1).
     fn in_lease(&self) -> bool {
         self.cfg.check_quorum
-            && self.leader.is_some()
+            && (self.leader.is_some() || self.just_started)
             && self.election_elapsed < self.cfg.election_timeout_min
     }
 
     /// Ticks of a follower, learner or candidate: campaign when the election timer fires.
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_timeout_min {
+            self.just_started = false;
+        }
         if self.election_elapsed >= self.randomized_timeout {
             self.reset_election_timer();
             if self.may_campaign() {
@@ -100,6 +106,9 @@ impl RaftCore {
 
     /// Starts a PreVote round, or an election in the next term.
     pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        // A candidate knows no leader to ask for read indexes.
+        self.fail_follower_reads();
+        self.just_started = false;
         let term = if pre_vote {
             self.role = Role::PreCandidate;
             self.hard.term.next()
@@ -199,6 +208,7 @@ impl RaftCore {
                 self.become_follower(msg.term, Some(msg.from));
                 self.step_follower(msg);
             }
+            MessageBody::ReadIndex(req) => self.refuse_read_index(msg.from, req.ctx),
             _ => {}
         }
     }
@@ -212,6 +222,10 @@ impl RaftCore {
         self.election_elapsed = 0;
         self.progress.clear();
         self.settled_config = LogIndex(0);
+        // A new term: no answer from an earlier one vouches for this leader's lease.
+        self.seq_ticks.clear();
+        self.seq_fresh = false;
+        self.lease_forfeited = false;
         // The members of the configuration in effect and of the last committed one.
         self.track_members();
         tracing::debug!(node = %self.id, term = %self.hard.term, "became leader");

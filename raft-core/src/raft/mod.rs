@@ -14,6 +14,7 @@
 
 mod election;
 mod membership;
+mod read;
 mod replication;
 mod snapshot;
 mod transfer;
@@ -32,7 +33,7 @@ use crate::error::FatalError;
 use crate::log::{EntryMeta, RaftLog};
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
-use crate::read::{ReadId, ReadQueue};
+use crate::read::{FollowerReads, ReadCounts, ReadId, ReadQueue, SeqTicks};
 use crate::types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
 };
@@ -192,6 +193,8 @@ pub struct CoreStatus {
     pub removed: bool,
     /// On a leader: each follower's match index and replication state.
     pub peers: BTreeMap<NodeId, (LogIndex, ReplicationState)>,
+    /// Reads served since start, by path.
+    pub reads: ReadCounts,
 }
 
 /// Why a proposal or read was refused.
@@ -244,7 +247,20 @@ pub struct RaftCore {
     progress: BTreeMap<NodeId, Progress>,
     /// Sequence number stamped on every AppendEntries this leader sends (ReadIndex).
     seq: u64,
+    /// Nothing has been sent with `seq` yet (a read registered now may share it).
+    seq_fresh: bool,
+    /// When each recent `seq` was first sent, for the lease.
+    seq_ticks: SeqTicks,
+    /// Ticks since start: the leader's clock for its lease.
+    ticks: u64,
+    /// This leader sent `TimeoutNow` in its term: no lease until the term ends.
+    lease_forfeited: bool,
+    /// Started less than an election timeout ago: a leader may hold a lease counting on
+    /// this node's silence, so it ignores candidates as if it had just heard from one.
+    just_started: bool,
     reads: ReadQueue,
+    follower_reads: FollowerReads,
+    read_counts: ReadCounts,
     apply_sent: LogIndex,
     applied: LogIndex,
     last_write: WriteId,
@@ -330,7 +346,14 @@ impl RaftCore {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             seq: 0,
+            seq_fresh: false,
+            seq_ticks: SeqTicks::default(),
+            ticks: 0,
+            lease_forfeited: false,
+            just_started: true,
             reads: ReadQueue::default(),
+            follower_reads: FollowerReads::default(),
+            read_counts: ReadCounts::default(),
             apply_sent: applied,
             applied,
             last_write: 0,
@@ -354,6 +377,7 @@ impl RaftCore {
         };
         core.role = core.follower_role();
         core.reset_election_timer();
+        core.follower_reads = FollowerReads::starting_at(core.rng.gen());
         if let Some(why) = bad_restore {
             core.halt(FatalError::Restore(why));
         }
@@ -367,9 +391,13 @@ impl RaftCore {
         if self.fatal.is_some() {
             return;
         }
+        self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
-            _ => self.tick_election(),
+            _ => {
+                self.follower_reads_tick();
+                self.tick_election();
+            }
         }
     }
 
@@ -386,6 +414,10 @@ impl RaftCore {
             Role::Candidate | Role::PreCandidate => self.step_candidate(msg),
             Role::Follower | Role::Learner => self.step_follower(msg),
         }
+        if matches!(self.role, Role::Follower | Role::Learner) {
+            // The leader may have changed: reads waiting here go to the one we know now.
+            self.send_follower_reads();
+        }
     }
 
     /// Appends client commands to the log (leader only) and starts replicating them.
@@ -396,20 +428,6 @@ impl RaftCore {
         commands: impl IntoIterator<Item = Bytes>,
     ) -> Result<LogId, ProposeError> {
         self.propose_payloads(commands.into_iter().map(EntryPayload::Command))
-    }
-
-    /// Starts a linearizable read; the answer comes as [`Action::ReadReady`] or
-    /// [`Action::ReadFailed`].
-    pub fn read_index(&mut self, id: ReadId) -> Result<(), NotLeader> {
-        if self.role != Role::Leader || self.fatal.is_some() {
-            return Err(self.not_leader());
-        }
-        if !self.committed_in_current_term() {
-            self.reads.defer(id);
-            return Ok(());
-        }
-        self.register_read(id);
-        Ok(())
     }
 
     /// The driver finished every write up to and including `upto`.
@@ -569,6 +587,7 @@ impl RaftCore {
                 .iter()
                 .map(|(&id, p)| (id, (p.match_index, p.state)))
                 .collect(),
+            reads: self.read_counts,
         }
     }
 
@@ -595,6 +614,7 @@ impl RaftCore {
         self.held.clear();
         self.actions.clear();
         self.reads = ReadQueue::default();
+        self.follower_reads = FollowerReads::default();
         self.actions.push(Action::Stop(error.clone()));
         self.fatal = Some(error);
     }
@@ -680,8 +700,13 @@ impl RaftCore {
             term,
             body,
         };
-        let may_overtake = matches!(msg.body, MessageBody::AppendEntries(_))
-            && self.persisted_write >= self.hard_state_write;
+        // Read index requests and answers promise nothing about our log either.
+        let may_overtake = matches!(
+            msg.body,
+            MessageBody::AppendEntries(_)
+                | MessageBody::ReadIndex(_)
+                | MessageBody::ReadIndexResponse(_)
+        ) && self.persisted_write >= self.hard_state_write;
         if may_overtake || self.persisted_write == self.last_write {
             self.actions.push(Action::Send(msg));
         } else {
@@ -738,13 +763,6 @@ impl RaftCore {
             },
             _ => true,
         });
-    }
-
-    fn fail_pending_reads(&mut self) {
-        let leader_hint = self.leader.filter(|&l| l != self.id);
-        for id in self.reads.drain() {
-            self.actions.push(Action::ReadFailed { id, leader_hint });
-        }
     }
 
     /// Becomes a follower in `term` (raising the term clears the vote).

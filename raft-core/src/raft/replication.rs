@@ -1,4 +1,4 @@
-//! Log replication (section 5.3), commitment (section 5.4.2) and ReadIndex confirmation.
+//! Log replication (section 5.3) and commitment (section 5.4.2).
 
 use super::{Action, PersistOp, ProposeError, RaftCore};
 use crate::error::FatalError;
@@ -6,7 +6,6 @@ use crate::log;
 use crate::message::{AppendEntries, AppendOutcome, AppendResponse, Message, MessageBody};
 use crate::progress::ReplicationState;
 use crate::quorum;
-use crate::read::ReadId;
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId, Role, Term};
 
 impl RaftCore {
@@ -58,6 +57,7 @@ impl RaftCore {
             MessageBody::AppendResponse(resp) => self.handle_append_response(msg.from, resp),
             MessageBody::SnapshotResponse(resp) => self.handle_snapshot_response(msg.from, resp),
             MessageBody::RequestVote(req) => self.handle_vote_request(msg.from, msg.term, req),
+            MessageBody::ReadIndex(req) => self.handle_read_index(msg.from, req),
             MessageBody::AppendEntries(_) => {
                 // Election Safety makes this impossible; never act on it.
                 tracing::error!(node = %self.id, from = %msg.from, term = %msg.term, "second leader in one term");
@@ -79,6 +79,10 @@ impl RaftCore {
             // Leadership transfer (dissertation 3.10): campaign at once, skipping PreVote,
             // when the leader we know asks.
             MessageBody::TimeoutNow if self.leader == Some(msg.from) => self.campaign_now(),
+            MessageBody::ReadIndexResponse(resp) => {
+                self.handle_read_index_response(msg.from, resp);
+            }
+            MessageBody::ReadIndex(req) => self.refuse_read_index(msg.from, req.ctx),
             _ => {}
         }
     }
@@ -194,6 +198,9 @@ impl RaftCore {
     /// Heartbeats: an empty AppendEntries at the match point of replicating followers, and a
     /// resent probe to probing ones. Also restarts pipelines that stopped making progress.
     pub(super) fn broadcast_heartbeat(&mut self) {
+        // Each heartbeat round gets its own sequence number: its answers renew the lease,
+        // and confirm every read registered before it.
+        let seq = self.fresh_seq();
         // A pipeline silent for an election timeout has lost a message.
         let stall_limit =
             (self.cfg.election_timeout_min / self.cfg.heartbeat_interval).max(2) as u32;
@@ -219,6 +226,9 @@ impl RaftCore {
                 }
             }
             self.send_append(peer, true);
+        }
+        if !self.reads.is_empty() {
+            self.reads.round_sent(seq);
         }
     }
 
@@ -294,6 +304,7 @@ impl RaftCore {
             leader_commit: self.log.committed,
             seq: self.seq,
         });
+        self.seq_fresh = false;
         self.send(to, body);
         // Another may follow; a probe's window of one then refuses it.
         last.is_some()
@@ -421,8 +432,8 @@ impl RaftCore {
         let first_commit_in_term = !self.committed_in_current_term();
         self.log.committed = candidate;
         if first_commit_in_term {
-            for id in self.reads.take_deferred() {
-                self.register_read(id);
+            for reader in self.reads.take_deferred() {
+                self.register_read(reader);
             }
         }
         self.maybe_apply();
@@ -432,34 +443,5 @@ impl RaftCore {
     /// Whether this leader has committed an entry of its own term.
     pub(super) fn committed_in_current_term(&self) -> bool {
         self.log.term_at(self.log.committed) == Some(self.hard.term)
-    }
-
-    /// Records a read at the current commit index and starts the confirming round.
-    pub(super) fn register_read(&mut self, id: ReadId) {
-        self.seq += 1;
-        self.reads.register(id, self.log.committed, self.seq);
-        if !self.confirm_reads() {
-            self.broadcast_heartbeat();
-        }
-    }
-
-    /// Releases the reads a quorum has confirmed. Returns whether every read is released.
-    fn confirm_reads(&mut self) -> bool {
-        // Runs on every AppendEntries answer: with no read waiting, do nothing (no clone).
-        if self.reads.is_empty() {
-            return true;
-        }
-        let me = self.id;
-        let m = self.membership().clone();
-        let progress = &self.progress;
-        let ready = self.reads.confirm(|seq| {
-            quorum::has_quorum(&m, |id| {
-                id == me || progress.get(&id).is_some_and(|p| p.acked_seq >= seq)
-            })
-        });
-        for (id, index) in ready {
-            self.actions.push(Action::ReadReady { id, index });
-        }
-        self.reads.is_empty()
     }
 }

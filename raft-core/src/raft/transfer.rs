@@ -93,6 +93,8 @@ impl RaftCore {
         if caught_up {
             t.sent = true;
             let target = t.target;
+            // Dissertation 6.4.1: the target's voters disregard our lease; it ends first.
+            self.forfeit_lease();
             self.send(target, MessageBody::TimeoutNow);
         }
     }

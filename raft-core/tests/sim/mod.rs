@@ -11,8 +11,8 @@ use bytes::Bytes;
 use raft_core::message::{AppendOutcome, AppendResponse};
 use raft_core::{
     Action, Config, Entry, EntryMeta, EntryPayload, HardState, InitialState, LogId, LogIndex,
-    Membership, Message, MessageBody, NodeId, PersistOp, RaftCore, Role, SnapshotMeta, Term,
-    WriteId,
+    Membership, Message, MessageBody, NodeId, PersistOp, RaftCore, ReadPolicy, Role, SnapshotMeta,
+    Term, WriteId,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -38,7 +38,8 @@ pub struct Faults {
     pub disk: f64,
     /// Probability per step of a client proposal to the leader.
     pub propose: f64,
-    /// Probability per step of a ReadIndex read at a leader.
+    /// Probability per step of a client read (at the leader, or at any node with
+    /// `Sim::follower_reads`).
     pub read: f64,
     /// Probability that a disk write fails with an I/O error when it completes (the node
     /// then stops: fail-stop, and restarts later from what was durable).
@@ -49,6 +50,9 @@ pub struct Faults {
     /// Probability per step of a membership change proposed at the leader: add a spare
     /// node as a learner, promote a learner, remove a member (the leader included).
     pub membership: f64,
+    /// Probability per step of cutting the leader off from everyone (the case leases and
+    /// deposed leaders are about: a new leader is elected while the old one still acts).
+    pub isolate_leader: f64,
 }
 
 impl Faults {
@@ -68,6 +72,7 @@ impl Faults {
             write_error: 0.0,
             torn_crash: 0.0,
             membership: 0.0,
+            isolate_leader: 0.0,
         }
     }
 
@@ -91,6 +96,7 @@ impl Faults {
             },
             torn_crash: rng.gen_range(0.0..1.0),
             membership: 0.0,
+            isolate_leader: 0.0,
         }
     }
 }
@@ -281,6 +287,10 @@ pub struct Sim {
     reads: HashMap<u64, PendingRead>,
     next_read: u64,
     pub reads_served: u64,
+    /// Reads a leader served from its lease, at once.
+    pub lease_reads: u64,
+    /// Reads served at a follower with a read index from the leader.
+    pub follower_reads_served: u64,
     /// Every read's outcome: the read index, or `None` when it failed.
     pub read_results: BTreeMap<u64, Option<LogIndex>>,
     /// The leader hint of every failed read.
@@ -310,6 +320,17 @@ pub struct Sim {
     /// Whether every member added after the start must carry its address (random runs
     /// add members with [`address_of`]; rule tests may add them without one).
     pub require_addresses: bool,
+    /// The policy of the reads the simulator starts.
+    pub read_policy: ReadPolicy,
+    /// Reads start at any node that is up (followers ask the leader), not only the leader.
+    pub follower_reads: bool,
+    /// Each node's clock rate in ticks per thousand steps (1000 when absent): clock drift.
+    pub tick_rates: BTreeMap<NodeId, u64>,
+    /// Each node's fraction of a tick carried over, in thousandths.
+    tick_debt: BTreeMap<NodeId, u64>,
+    /// The highest index any node has known committed, ever: a linearizable read that
+    /// begins now must reflect at least this.
+    committed_high: LogIndex,
 }
 
 /// A broken safety property.
@@ -358,6 +379,8 @@ impl Sim {
             reads: HashMap::new(),
             next_read: 0,
             reads_served: 0,
+            lease_reads: 0,
+            follower_reads_served: 0,
             read_results: BTreeMap::new(),
             read_hints: BTreeMap::new(),
             next_command: 0,
@@ -372,6 +395,11 @@ impl Sim {
             entries_read: 0,
             membership_changes: 0,
             hold_reads: false,
+            read_policy: ReadPolicy::ReadIndex,
+            follower_reads: false,
+            tick_rates: BTreeMap::new(),
+            tick_debt: BTreeMap::new(),
+            committed_high: LogIndex(0),
             require_addresses: false,
         };
         for id in ids {
@@ -572,6 +600,7 @@ impl Sim {
         let was_leader = core.role() == Role::Leader;
         let r = f(core);
         let now_leader = core.role() == Role::Leader;
+        self.committed_high = self.committed_high.max(core.commit_index());
         self.check_new_entries(id);
         if now_leader && !was_leader {
             self.on_new_leader(id);
@@ -728,6 +757,9 @@ impl Sim {
                         ));
                     }
                     self.reads_served += 1;
+                    if self.nodes[&id].core().role() != Role::Leader {
+                        self.follower_reads_served += 1;
+                    }
                 }
             }
             Action::ReadFailed {
@@ -1184,7 +1216,13 @@ impl Sim {
     /// Ticks every live node once.
     pub fn tick_all(&mut self) {
         for id in self.ids() {
-            self.with_core(id, |c| c.tick());
+            // A node's clock runs at its own rate: some steps it ticks twice, some not at all.
+            let rate = self.tick_rates.get(&id).copied().unwrap_or(1000);
+            let debt = self.tick_debt.get(&id).copied().unwrap_or(0) + rate;
+            self.tick_debt.insert(id, debt % 1000);
+            for _ in 0..debt / 1000 {
+                self.with_core(id, |c| c.tick());
+            }
         }
     }
 
@@ -1208,25 +1246,29 @@ impl Sim {
         Some(lid)
     }
 
-    /// Starts a ReadIndex read at `id`.
+    /// Starts a read at `id` under `self.read_policy`.
     pub fn read(&mut self, id: NodeId) -> u64 {
         self.next_read += 1;
         let rid = self.next_read;
         // A linearizable read must reflect everything committed before it began.
-        let must_see = self
-            .applied_at
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or_default();
+        let must_see = self.committed_high;
         self.reads.insert(rid, PendingRead { node: id, must_see });
+        let policy = self.read_policy;
+        let leases = |s: &Sim| {
+            s.nodes[&id]
+                .core
+                .as_ref()
+                .map_or(0, |c| c.read_counts().lease)
+        };
+        let before = leases(self);
         if self
-            .with_core(id, |c| c.read_index(rid))
+            .with_core(id, |c| c.read(rid, policy))
             .map(|r| r.is_err())
             != Some(false)
         {
             self.reads.remove(&rid);
         }
+        self.lease_reads += leases(self) - before;
         rid
     }
 
@@ -1256,7 +1298,18 @@ impl Sim {
                 self.propose(l);
             }
             if self.rng.gen_bool(self.faults.read) {
-                let _ = self.read(l);
+                // At any node that is up, or at any node that believes it leads: a deposed
+                // leader that does not know it yet is where a stale read would come from.
+                let follower_reads = self.follower_reads;
+                let at: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|(&id, n)| Some((id, n.core.as_ref()?)))
+                    .filter(|(_, c)| follower_reads || c.role() == Role::Leader)
+                    .map(|(id, _)| id)
+                    .collect();
+                let at = at[self.rng.gen_range(0..at.len())];
+                let _ = self.read(at);
             }
             if self.rng.gen_bool(self.faults.membership) {
                 self.change_membership(l);
@@ -1329,6 +1382,11 @@ impl Sim {
                 if a != b {
                     self.blocked.insert((a, b));
                 }
+            }
+        }
+        if self.rng.gen_bool(self.faults.isolate_leader) {
+            if let Some(l) = self.leader() {
+                self.isolate(l);
             }
         }
         if self.rng.gen_bool(self.faults.heal) {
@@ -1565,6 +1623,13 @@ impl Sim {
         (1..=core.last_log_id().index.0)
             .filter_map(|i| core.log_id_at(LogIndex(i)))
             .collect()
+    }
+
+    /// Sets `id`'s clock to `rate` ticks per thousand steps, starting `phase` thousandths
+    /// of a tick in.
+    pub fn set_clock(&mut self, id: NodeId, rate: u64, phase: u64) {
+        self.tick_rates.insert(id, rate);
+        self.tick_debt.insert(id, phase % 1000);
     }
 
     /// Ticks `id` `n` times, delivering everything after each tick.
