@@ -298,3 +298,191 @@ async fn a_restart_reads_the_latest_snapshot_once() {
     assert_eq!(latest.load(Ordering::Relaxed), 0);
     node.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn follower_read_reflects_every_acknowledged_write() {
+    // The follower asks the leader for a read index and answers from its own state machine
+    // once it has applied that index.
+    let c = Cluster::new(3, 11).await;
+    let leader = c.check_one_leader().await;
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    let (l, f) = (
+        c.node(leader).unwrap().clone(),
+        c.node(follower).unwrap().clone(),
+    );
+    for i in 0..5 {
+        within(10, l.propose(cmd(i))).await.unwrap();
+        let seen = within(10, f.read(Bytes::new())).await.unwrap();
+        assert_eq!(seen, Bytes::from((i + 1).to_string()));
+    }
+    let reads = f.status().await.unwrap().reads;
+    assert_eq!(reads.follower_read_index, 5, "{reads:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_read_is_served_locally_without_the_leader() {
+    let mut c = Cluster::new(3, 12).await;
+    let leader = c.check_one_leader().await;
+    c.one(cmd("a"), 3, true).await;
+    let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
+    c.disconnect(follower);
+    let f = c.node(follower).unwrap().clone();
+    let seen = within(1, f.read_with(Bytes::new(), raft_core::ReadPolicy::Stale))
+        .await
+        .unwrap();
+    assert_eq!(seen, Bytes::from("1"));
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proposal_without_a_quorum_times_out_with_a_typed_error() {
+    let cfg = Config {
+        request_timeout: Duration::from_secs(2),
+        check_quorum: false, // the leader stays leader, cut off
+        ..common::test_config()
+    };
+    let mut c = Cluster::with_config(3, 13, cfg).await;
+    let leader = c.check_one_leader().await;
+    c.one(cmd("a"), 3, true).await;
+    c.disconnect(leader);
+    let node = c.node(leader).unwrap().clone();
+    let err = within(10, node.propose(cmd("b"))).await.unwrap_err();
+    assert!(
+        matches!(err, RaftError::Timeout(d) if d == Duration::from_secs(2)),
+        "{err:?}"
+    );
+    let err = within(10, node.read(Bytes::new())).await.unwrap_err();
+    assert!(matches!(err, RaftError::Timeout(_)), "{err:?}");
+    c.shutdown().await;
+}
+
+/// A state machine that answers nothing for commands (only for the leader's no-op).
+struct ShortChanged;
+
+#[async_trait]
+impl raft_core::StateMachine for ShortChanged {
+    async fn applied_index(&self) -> Result<LogIndex, raft_core::StateMachineError> {
+        Ok(LogIndex(0))
+    }
+    async fn apply(
+        &mut self,
+        entries: &[Entry],
+    ) -> Result<Vec<Bytes>, raft_core::StateMachineError> {
+        let others = entries
+            .iter()
+            .filter(|e| !matches!(e.payload, raft_core::EntryPayload::Command(_)));
+        Ok(others.map(|_| Bytes::new()).collect())
+    }
+    async fn query(&self, _: Bytes) -> Result<Bytes, raft_core::StateMachineError> {
+        Ok(Bytes::new())
+    }
+    async fn snapshot(&mut self) -> Result<Bytes, raft_core::StateMachineError> {
+        Ok(Bytes::new())
+    }
+    async fn restore(
+        &mut self,
+        _: &raft_core::SnapshotMeta,
+        _: Bytes,
+    ) -> Result<(), raft_core::StateMachineError> {
+        Ok(())
+    }
+}
+
+/// A log store whose appends fail once `fail` is set.
+struct FailingLog {
+    inner: raft_storage::MemLogStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl LogStore for FailingLog {
+    async fn hard_state(&self) -> Result<HardState, StorageError> {
+        self.inner.hard_state().await
+    }
+    async fn save_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(hs).await
+    }
+    async fn log_state(&self) -> Result<LogState, StorageError> {
+        self.inner.log_state().await
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend("disk on fire".into()));
+        }
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        self.inner.purge(upto).await
+    }
+    async fn entries(
+        &self,
+        range: std::ops::Range<LogIndex>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(range, max_bytes).await
+    }
+    async fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        self.inner.term(index).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_reaches_waiting_clients_with_its_cause() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = Arc::new(FailingLog {
+        inner: raft_storage::MemLogStore::new(),
+        fail: fail.clone(),
+    });
+    let net = raft_transport::MemNetwork::new(1);
+    let node = single_node(log, Arc::new(raft_storage::MemSnapshotStore::new(2)), &net).await;
+    within(10, node.propose(cmd("ok"))).await.unwrap();
+    fail.store(true, Ordering::SeqCst);
+    let err = within(10, node.propose(cmd("lost"))).await.unwrap_err();
+    match &err {
+        RaftError::Fatal(raft_core::FatalError::WriteFailed { error, .. }) => {
+            assert!(error.contains("disk on fire"), "{err}");
+        }
+        other => panic!("expected the write failure, got {other:?}"),
+    }
+    let later = within(10, node.read(Bytes::new())).await.unwrap_err();
+    assert!(matches!(later, RaftError::Fatal(_)), "{later:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_machine_that_answers_too_few_responses_is_an_error() {
+    let net = raft_transport::MemNetwork::new(1);
+    let seams = raft_core::Seams {
+        log: Arc::new(raft_storage::MemLogStore::new()),
+        snapshots: Arc::new(raft_storage::MemSnapshotStore::new(2)),
+        state_machine: Box::new(ShortChanged),
+        transport: net.transport(NodeId(1)),
+    };
+    let node = raft_core::RaftNode::start(
+        NodeId(1),
+        common::test_config(),
+        raft_core::Membership::new([NodeId(1)]),
+        seams,
+        Some(9),
+    )
+    .await
+    .unwrap();
+    within(10, async {
+        while node.status().await.unwrap().role != Role::Leader {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let err = within(10, node.propose(cmd("x"))).await.unwrap_err();
+    assert!(
+        err.to_string().contains("responses for"),
+        "not silent empty replies: {err}"
+    );
+    assert!(matches!(
+        within(10, node.stopped()).await,
+        Some(raft_core::FatalError::StateMachine(_))
+    ));
+}
