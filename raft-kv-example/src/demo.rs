@@ -108,9 +108,10 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         .collect();
     let log = |i: usize| dir.join(format!("node-{}.log", i + 1));
     // Small enough that compaction shows within the demo's few hundred writes.
-    let snapshots = runner::SnapshotPolicy {
+    let snapshots = runner::Tuning {
         threshold: 40,
         trailing: 10,
+        ..runner::Tuning::default()
     };
 
     step(

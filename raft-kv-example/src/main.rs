@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use raft_core::{Config, NodeId, RaftError};
+use raft_core::{Config, NodeId, RaftError, ReadPolicy};
 use raft_kv_example::admin::{AdminCommand, MemberAddr};
 use raft_kv_example::identity;
-use raft_kv_example::runner::{self, NodeOptions, RunError, SnapshotPolicy};
+use raft_kv_example::runner::{self, NodeOptions, RunError, Tuning};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
@@ -91,11 +91,18 @@ enum Cmd {
         cluster_id: u64,
         /// Take a snapshot every N applied entries (then the log behind it is purged);
         /// 0 turns snapshots off.
-        #[arg(long, default_value_t = SnapshotPolicy::default().threshold)]
+        #[arg(long, default_value_t = Tuning::default().threshold)]
         snapshot_threshold: u64,
         /// Entries kept behind a snapshot, so followers slightly behind need no snapshot.
-        #[arg(long, default_value_t = SnapshotPolicy::default().trailing)]
+        #[arg(long, default_value_t = Tuning::default().trailing)]
         snapshot_trailing: u64,
+        /// How reads (GET, MGET, EXISTS, ...) are made linearizable, on any node: `index`
+        /// (ReadIndex: the leader confirms its leadership with a quorum round, batched for
+        /// concurrent reads; followers ask the leader for a read index and answer
+        /// locally), `lease` (the leader skips the round while its lease holds; assumes
+        /// bounded clock drift), or `stale` (this node's state, no guarantee).
+        #[arg(long, default_value = "index", value_parser = runner::parse_read_policy)]
+        read_policy: ReadPolicy,
         /// Join a running cluster: --peers lists its current members (not this node); the
         /// node takes part once a member adds it (`raft-kv admin add-learner`).
         #[arg(long)]
@@ -122,11 +129,14 @@ enum Cmd {
         #[arg(long, default_value_t = 6380)]
         base_port: u16,
         /// Take a snapshot every N applied entries; 0 turns snapshots off.
-        #[arg(long, default_value_t = SnapshotPolicy::default().threshold)]
+        #[arg(long, default_value_t = Tuning::default().threshold)]
         snapshot_threshold: u64,
         /// Entries kept behind a snapshot.
-        #[arg(long, default_value_t = SnapshotPolicy::default().trailing)]
+        #[arg(long, default_value_t = Tuning::default().trailing)]
         snapshot_trailing: u64,
+        /// How reads are made linearizable: index, lease or stale (see `raft-kv node --help`).
+        #[arg(long, default_value = "index", value_parser = runner::parse_read_policy)]
+        read_policy: ReadPolicy,
     },
     /// Start a 3-node cluster in a temporary directory, write, kill the leader, show the
     /// failover and the old leader catching up, and explain each step.
@@ -161,6 +171,7 @@ async fn main() -> ExitCode {
             cluster_id,
             snapshot_threshold,
             snapshot_trailing,
+            read_policy,
             join,
         } => {
             let raft = Config {
@@ -170,6 +181,7 @@ async fn main() -> ExitCode {
                 heartbeat_interval: heartbeat_ticks,
                 snapshot_threshold,
                 snapshot_trailing,
+                read_policy,
                 ..Config::default()
             };
             match (
@@ -199,12 +211,14 @@ async fn main() -> ExitCode {
             base_port,
             snapshot_threshold,
             snapshot_trailing,
+            read_policy,
         } => {
-            let snapshots = SnapshotPolicy {
+            let tuning = Tuning {
                 threshold: snapshot_threshold,
                 trailing: snapshot_trailing,
+                read_policy,
             };
-            run_cluster(nodes, data_dir, base_port, snapshots).await
+            run_cluster(nodes, data_dir, base_port, tuning).await
         }
         Cmd::Demo => demo::run().await,
         Cmd::Admin { endpoint, action } => admin(endpoint, action).await,
@@ -279,7 +293,7 @@ async fn run_cluster(
     nodes: u64,
     data_dir: PathBuf,
     base_port: u16,
-    snapshots: SnapshotPolicy,
+    tuning: Tuning,
 ) -> Result<(), RunError> {
     if nodes == 0 {
         return Err(RunError::Usage("--nodes must be at least 1".into()));
@@ -291,7 +305,7 @@ async fn run_cluster(
     let layout = runner::local_layout(nodes, base_port, &data_dir);
     let mut children = Vec::new();
     for n in &layout {
-        children.push(runner::spawn_node(&exe, n, &layout, snapshots, None)?);
+        children.push(runner::spawn_node(&exe, n, &layout, tuning, None)?);
     }
     println!(
         "local cluster of {nodes} nodes, data in {}",
@@ -326,7 +340,7 @@ async fn run_cluster(
             line = stdin.next_line(), if reading => match line {
                 Ok(Some(l)) if l.trim() == "add" => {
                     let started = std::time::Instant::now();
-                    match runner::grow(&exe, &layout, base_port, &data_dir, snapshots).await {
+                    match runner::grow(&exe, &layout, base_port, &data_dir, tuning).await {
                         Ok((n, child)) => {
                             println!(
                                 "  node {} joined as a voter in {:.1} s: clients {}  raft {}  data {}",

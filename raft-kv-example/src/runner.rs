@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use raft_core::{Config, Membership, NodeId, RaftError, RaftNode, Seams};
+use raft_core::{Config, Membership, NodeId, RaftError, RaftNode, ReadPolicy, Seams};
 use raft_transport::{TcpConfig, TcpTransport};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -251,22 +251,47 @@ fn joined(nodes: &[LocalNode], f: impl Fn(&LocalNode) -> SocketAddr) -> String {
         .join(",")
 }
 
-/// When a node takes a snapshot and how much log it keeps behind one.
+/// The settings `raft-kv cluster` passes to every node it starts: when a node takes a
+/// snapshot, how much log it keeps behind one, and how it serves reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SnapshotPolicy {
+pub struct Tuning {
     /// Entries applied between snapshots.
     pub threshold: u64,
     /// Entries kept behind a snapshot for followers slightly behind.
     pub trailing: u64,
+    /// How GET and the other reads are made linearizable.
+    pub read_policy: ReadPolicy,
 }
 
-impl Default for SnapshotPolicy {
+impl Default for Tuning {
     fn default() -> Self {
         let cfg = Config::default();
-        SnapshotPolicy {
+        Tuning {
             threshold: cfg.snapshot_threshold,
             trailing: cfg.snapshot_trailing,
+            read_policy: cfg.read_policy,
         }
+    }
+}
+
+/// `--read-policy` on the command line.
+pub fn read_policy_arg(p: ReadPolicy) -> &'static str {
+    match p {
+        ReadPolicy::ReadIndex => "index",
+        ReadPolicy::Lease => "lease",
+        ReadPolicy::Stale => "stale",
+    }
+}
+
+/// Parses `--read-policy`: `index` (ReadIndex, the default), `lease` or `stale`.
+pub fn parse_read_policy(s: &str) -> Result<ReadPolicy, String> {
+    match s {
+        "index" => Ok(ReadPolicy::ReadIndex),
+        "lease" => Ok(ReadPolicy::Lease),
+        "stale" => Ok(ReadPolicy::Stale),
+        other => Err(format!(
+            "unknown read policy {other:?}: use index, lease or stale"
+        )),
     }
 }
 
@@ -275,10 +300,10 @@ pub fn spawn_node(
     exe: &Path,
     node: &LocalNode,
     all: &[LocalNode],
-    snapshots: SnapshotPolicy,
+    tuning: Tuning,
     log: Option<&Path>,
 ) -> Result<Child, RunError> {
-    spawn(exe, node_command(exe, node, all, snapshots), log)
+    spawn(exe, node_command(exe, node, all, tuning), log)
 }
 
 /// Spawns `raft-kv node --join` for `node`, a new node for the cluster of `members`.
@@ -286,20 +311,15 @@ pub fn spawn_joining_node(
     exe: &Path,
     node: &LocalNode,
     members: &[LocalNode],
-    snapshots: SnapshotPolicy,
+    tuning: Tuning,
     log: Option<&Path>,
 ) -> Result<Child, RunError> {
-    let mut cmd = node_command(exe, node, members, snapshots);
+    let mut cmd = node_command(exe, node, members, tuning);
     cmd.arg("--join");
     spawn(exe, cmd, log)
 }
 
-fn node_command(
-    exe: &Path,
-    node: &LocalNode,
-    peers: &[LocalNode],
-    snapshots: SnapshotPolicy,
-) -> Command {
+fn node_command(exe: &Path, node: &LocalNode, peers: &[LocalNode], tuning: Tuning) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .arg("--id")
@@ -315,9 +335,11 @@ fn node_command(
         .arg("--peer-clients")
         .arg(joined(peers, |n| n.client))
         .arg("--snapshot-threshold")
-        .arg(snapshots.threshold.to_string())
+        .arg(tuning.threshold.to_string())
         .arg("--snapshot-trailing")
-        .arg(snapshots.trailing.to_string())
+        .arg(tuning.trailing.to_string())
+        .arg("--read-policy")
+        .arg(read_policy_arg(tuning.read_policy))
         .kill_on_drop(true);
     cmd
 }
@@ -341,13 +363,13 @@ pub async fn grow(
     members: &[LocalNode],
     base_port: u16,
     data_dir: &Path,
-    snapshots: SnapshotPolicy,
+    tuning: Tuning,
 ) -> Result<(LocalNode, Child), RunError> {
     let n = members.iter().map(|m| m.id.0).max().unwrap_or(0) + 1;
     let node = local_layout(n, base_port, data_dir)
         .pop()
         .expect("invariant: a layout of n >= 1 nodes has a last one");
-    let child = spawn_joining_node(exe, &node, members, snapshots, None)?;
+    let child = spawn_joining_node(exe, &node, members, tuning, None)?;
     let endpoints: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     let addr = MemberAddr {
         raft: node.raft,

@@ -578,6 +578,16 @@ impl KvServer {
             s.membership.outgoing.as_ref().map(ids).unwrap_or_default(),
         );
         kv("joint", (s.membership.outgoing.is_some() as u8).to_string());
+        // Reads served here since start, by path (dissertation 6.4).
+        kv(
+            "reads_leader_read_index",
+            s.reads.leader_read_index.to_string(),
+        );
+        kv(
+            "reads_follower_read_index",
+            s.reads.follower_read_index.to_string(),
+        );
+        kv("reads_lease", s.reads.lease.to_string());
         for (peer, (m, state)) in &s.peers {
             kv(
                 &format!("peer_{}", peer.0),

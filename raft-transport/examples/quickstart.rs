@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Config, Entry, EntryPayload, LogIndex, Membership, NodeId, RaftNode, Role, Seams, SnapshotMeta,
-    StateMachine, StateMachineError,
+    Config, Entry, EntryPayload, LogIndex, Membership, NodeId, RaftNode, ReadPolicy, Role, Seams,
+    SnapshotMeta, StateMachine, StateMachineError,
 };
 use raft_storage::{MemLogStore, MemSnapshotStore};
 use raft_transport::MemNetwork;
@@ -82,6 +82,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let reply = leader.propose(Bytes::from("hello, raft")).await?; // resolves once applied
     let count = leader.read(Bytes::new()).await?; // linearizable read
+                                                  // Any node serves linearizable reads: a follower asks the leader for a read index.
+    let follower = nodes
+        .iter()
+        .find(|n| n.id() != leader.id())
+        .expect("3 nodes");
+    let seen = follower
+        .read_with(Bytes::new(), ReadPolicy::ReadIndex)
+        .await?;
+    assert_eq!(seen, count, "a follower's read sees the acknowledged write");
     let status = leader.status().await?;
     println!(
         "leader {} in term {}: {} / {} line(s); commit index {}",
