@@ -131,8 +131,8 @@ impl Config {
         if self.snapshot_chunk_bytes == 0 {
             return bad("snapshot_chunk_bytes must be at least 1".into());
         }
-        if self.read_policy == ReadPolicy::Lease && !self.check_quorum {
-            return bad("read_policy Lease needs check_quorum: without it followers vote for a new leader while the old one's lease runs".into());
+        if self.read_policy == ReadPolicy::Lease && !(self.check_quorum && self.pre_vote) {
+            return bad("read_policy Lease needs check_quorum and pre_vote: without them a voter the lease counts on can be moved to a new term, and vote, while the lease runs".into());
         }
         if self.read_policy == ReadPolicy::Lease && self.lease_ticks() == 0 {
             return bad(format!(

@@ -182,13 +182,22 @@ pub(crate) struct Batch {
     /// Ticks since it was sent: a batch unanswered for an election timeout is sent again
     /// (the request or its answer was lost).
     pub age: u64,
+    /// Times it was sent; after [`MAX_SENDS`] its reads fail (the leader is heard but does
+    /// not answer: a one-way link failure).
+    pub sends: u32,
 }
+
+/// How many times a follower sends one batch of reads before failing them.
+pub(crate) const MAX_SENDS: u32 = 3;
 
 /// Reads waiting at a follower for a read index from the leader.
 #[derive(Debug, Default)]
 pub(crate) struct FollowerReads {
     /// Reads not sent yet (no leader known, or a batch is in flight).
     pub waiting: Vec<(ReadId, ReadPolicy)>,
+    /// How many times the reads at the front of `waiting` were sent already (a batch
+    /// put back to be sent again).
+    pub resends: u32,
     /// The batch in flight, if any.
     pub in_flight: Option<Batch>,
     /// Ticks the waiting reads have gone unsent for want of a leader.

@@ -116,6 +116,7 @@ fn run_seed(seed: u64, steps: u64) -> Outcome {
     };
     if lease {
         cfg.check_quorum = true;
+        cfg.pre_vote = true;
         cfg.lease_drift_ticks = rng.gen_range(1..=3);
     }
     if lease || follower_reads {

@@ -147,12 +147,16 @@ impl Driver {
         stopped: &tokio::sync::watch::Sender<Option<Option<FatalError>>>,
     ) -> Option<FatalError> {
         let mut ticker = tokio::time::interval(self.tick);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Ticks missed while the driver was busy or paused fire at once, before anything
+        // else (`biased` below): the core's clock must not fall behind wall time, or a
+        // leader back from a stall would think its lease still runs.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         ticker.tick().await; // the first tick completes at once
         let id = self.core.id();
         let shutdown_reply = loop {
             let outcome = tokio::select! {
-                _ = ticker.tick() => { self.core.tick(); Ok(None) }
+                biased;
+                _ = ticker.tick() => { self.core.tick(); self.forget_abandoned_reads(); Ok(None) }
                 Some(msg) = inbox.recv() => { self.on_messages(msg, &mut inbox); Ok(None) }
                 req = requests.recv() => match req {
                     Some(req) => self.on_requests(req, &mut requests),
@@ -314,6 +318,14 @@ impl Driver {
         match &self.fatal {
             Some(e) => RaftError::Fatal(e.clone()),
             None => RaftError::ShuttingDown,
+        }
+    }
+
+    /// Drops reads whose caller gave up (timed out): the core may take long to answer them
+    /// (a follower whose leader does not answer), and they must not pile up meanwhile.
+    fn forget_abandoned_reads(&mut self) {
+        if !self.reads.is_empty() {
+            self.reads.retain(|_, (_, reply)| !reply.is_closed());
         }
     }
 

@@ -190,8 +190,10 @@ pub(crate) async fn applier(
                 if index <= applied {
                     let _ = reply.send(state_machine.query(query).await.map_err(Into::into));
                 } else {
-                    // Read indexes only grow, so the queue stays ordered.
-                    parked.push_back((index, query, reply));
+                    // Kept in index order: a lease read may come with a higher index than
+                    // a ReadIndex read confirmed after it.
+                    let at = parked.partition_point(|(i, _, _)| *i <= index);
+                    parked.insert(at, (index, query, reply));
                 }
             }
         }

@@ -50,8 +50,10 @@ impl RaftCore {
     fn answer_stale(&mut self, msg: &Message) {
         match &msg.body {
             MessageBody::AppendEntries(req) => {
+                // A refusal confirms no read: seq 0 (an echo could vouch for a newer run of
+                // the old leader that reuses the number).
                 let body = MessageBody::AppendResponse(AppendResponse {
-                    seq: req.seq,
+                    seq: 0,
                     outcome: AppendOutcome::Conflict {
                         rejected_prev: req.prev_log_id.index,
                         conflict_term: None,
@@ -97,7 +99,10 @@ impl RaftCore {
 
     /// Starts an election at once, skipping PreVote and the CheckQuorum lease, as the target
     /// of a leadership transfer does (etcd's `Campaign`): for operators and tests. A node
-    /// without a vote, a leader, or a stopped core does nothing.
+    /// without a vote, a leader, or a stopped core does nothing. Its vote requests ask voters
+    /// to disregard the current leader, so a leader serving lease reads
+    /// ([`ReadPolicy::Lease`](crate::ReadPolicy::Lease)) may be deposed inside its lease:
+    /// use leadership transfer instead, which ends the lease first.
     pub fn campaign_now(&mut self) {
         if self.may_campaign() && self.role != Role::Leader && self.fatal.is_none() {
             self.campaign(false, true);
@@ -222,8 +227,12 @@ impl RaftCore {
         self.election_elapsed = 0;
         self.progress.clear();
         self.settled_config = LogIndex(0);
-        // A new term: no answer from an earlier one vouches for this leader's lease.
+        // A new term: no answer from an earlier one vouches for this leader's reads or
+        // lease. Sequence numbers start above every earlier term's (terms only grow, also
+        // across restarts, while the counter itself restarts from 0), so an answer to a
+        // message of an earlier term, or of this node's previous run, confirms nothing.
         self.seq_ticks.clear();
+        self.seq = self.seq.max(self.hard.term.0 << 32);
         self.seq_fresh = false;
         self.lease_forfeited = false;
         // The members of the configuration in effect and of the last committed one.

@@ -350,7 +350,8 @@ impl RaftCore {
             seq_ticks: SeqTicks::default(),
             ticks: 0,
             lease_forfeited: false,
-            just_started: true,
+            // A node that never persisted a term never answered a leader either.
+            just_started: init.hard_state.term.0 > 0,
             reads: ReadQueue::default(),
             follower_reads: FollowerReads::default(),
             read_counts: ReadCounts::default(),

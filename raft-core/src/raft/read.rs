@@ -5,7 +5,7 @@
 use super::{Action, NotLeader, RaftCore};
 use crate::message::{AppendEntries, MessageBody, ReadIndexRequest, ReadIndexResponse};
 use crate::quorum;
-use crate::read::{Batch, ReadId, ReadPath, ReadPolicy, Reader};
+use crate::read::{Batch, ReadId, ReadPath, ReadPolicy, Reader, MAX_SENDS};
 use crate::types::{LogIndex, NodeId, Role};
 
 impl RaftCore {
@@ -222,9 +222,11 @@ impl RaftCore {
         };
         let fr = &mut self.follower_reads;
         if let Some(batch) = fr.in_flight.take_if(|b| b.leader != leader) {
+            // A new leader: a fresh start for these reads.
             let mut reads = batch.reads;
             reads.append(&mut fr.waiting);
             fr.waiting = reads;
+            fr.resends = 0;
         }
         if fr.in_flight.is_some() || fr.waiting.is_empty() {
             return;
@@ -233,11 +235,13 @@ impl RaftCore {
         fr.unsent_ticks = 0;
         let lease = reads.iter().all(|(_, p)| *p == ReadPolicy::Lease);
         let ctx = fr.next_ctx();
+        let sends = std::mem::take(&mut fr.resends) + 1;
         fr.in_flight = Some(Batch {
             ctx,
             leader,
             reads,
             age: 0,
+            sends,
         });
         self.send(
             leader,
@@ -270,13 +274,25 @@ impl RaftCore {
             return;
         };
         batch.age += 1;
-        if batch.age >= timeout {
-            let mut reads = std::mem::take(&mut batch.reads);
-            fr.in_flight = None;
+        if batch.age < timeout {
+            return;
+        }
+        let Some(batch) = fr.in_flight.take() else {
+            return;
+        };
+        if batch.sends >= MAX_SENDS {
+            // We hear the leader but it does not answer us: give up rather than wait on.
+            let leader_hint = Some(batch.leader);
+            for (id, _) in batch.reads {
+                self.actions.push(Action::ReadFailed { id, leader_hint });
+            }
+        } else {
+            let mut reads = batch.reads;
             reads.append(&mut fr.waiting);
             fr.waiting = reads;
-            self.send_follower_reads();
+            fr.resends = batch.sends;
         }
+        self.send_follower_reads();
     }
 
     /// The leader's answer to this follower's request.
