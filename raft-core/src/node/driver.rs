@@ -36,9 +36,16 @@ pub(crate) struct Driver {
     applied: mpsc::UnboundedReceiver<Result<LogIndex, RaftError>>,
     tasks: Vec<JoinHandle<()>>,
     /// Proposals waiting to be applied, by index, with the term they were proposed in.
-    proposals: BTreeMap<LogIndex, (Term, Responder)>,
+    /// Each with the tick after which its caller gets `RaftError::Timeout`.
+    proposals: BTreeMap<LogIndex, (Term, Responder, u64)>,
     /// Reads waiting for leadership confirmation.
-    reads: HashMap<ReadId, (Bytes, Responder)>,
+    /// Each with the tick after which its caller gets `RaftError::Timeout`.
+    reads: HashMap<ReadId, (Bytes, Responder, u64)>,
+    /// Ticks since start, and how many make `Config::request_timeout`.
+    ticks: u64,
+    timeout_ticks: u64,
+    /// When the next tick is due (see `catch_up`).
+    tick_due: tokio::time::Instant,
     next_read: ReadId,
     /// Set when the core stopped on a fatal error.
     fatal: Option<FatalError>,
@@ -83,7 +90,9 @@ impl Driver {
         state_machine: Box<dyn StateMachine>,
         transport: Arc<dyn Transport>,
         applied_index: LogIndex,
+        request_timeout: std::time::Duration,
     ) -> Driver {
+        let timeout_ticks = request_timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64;
         let (writes, writes_rx) = mpsc::unbounded_channel();
         let (written_tx, written) = mpsc::unbounded_channel();
         let (apply, apply_rx) = mpsc::unbounded_channel();
@@ -118,6 +127,9 @@ impl Driver {
             tasks,
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
+            ticks: 0,
+            timeout_ticks,
+            tick_due: tokio::time::Instant::now(),
             next_read: 0,
             fatal: None,
             snapshots,
@@ -147,19 +159,25 @@ impl Driver {
         stopped: &tokio::sync::watch::Sender<Option<Option<FatalError>>>,
     ) -> Option<FatalError> {
         let mut ticker = tokio::time::interval(self.tick);
-        // Ticks missed while the driver was busy or paused fire at once, before anything
-        // else (`biased` below): the core's clock must not fall behind wall time, or a
-        // leader back from a stall would think its lease still runs.
+        // Ticks missed while the driver was busy or paused fire at once, and are caught up
+        // before any request or message is handled (`catch_up`): the core's clock must not
+        // fall behind wall time, or a leader back from a stall would think its lease runs.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         ticker.tick().await; // the first tick completes at once
         let id = self.core.id();
         let shutdown_reply = loop {
             let outcome = tokio::select! {
-                biased;
-                _ = ticker.tick() => { self.core.tick(); self.forget_abandoned_reads(); Ok(None) }
-                Some(msg) = inbox.recv() => { self.on_messages(msg, &mut inbox); Ok(None) }
+                at = ticker.tick() => { self.on_tick(at); Ok(None) }
+                Some(msg) = inbox.recv() => {
+                    self.catch_up(&mut ticker).await;
+                    self.on_messages(msg, &mut inbox);
+                    Ok(None)
+                }
                 req = requests.recv() => match req {
-                    Some(req) => self.on_requests(req, &mut requests),
+                    Some(req) => {
+                        self.catch_up(&mut ticker).await;
+                        self.on_requests(req, &mut requests)
+                    }
                     None => break None, // every handle was dropped
                 },
                 done = self.written.recv() => {
@@ -291,8 +309,9 @@ impl Driver {
             Ok(last) => {
                 let first = last.index.0 + 1 - n;
                 for (i, reply) in replies.into_iter().enumerate() {
+                    let deadline = self.ticks + self.timeout_ticks;
                     self.proposals
-                        .insert(LogIndex(first + i as u64), (last.term, reply));
+                        .insert(LogIndex(first + i as u64), (last.term, reply, deadline));
                 }
             }
             Err(refused) => {
@@ -321,11 +340,53 @@ impl Driver {
         }
     }
 
-    /// Drops reads whose caller gave up (timed out): the core may take long to answer them
-    /// (a follower whose leader does not answer), and they must not pile up meanwhile.
-    fn forget_abandoned_reads(&mut self) {
+    /// A tick: the core's, then the requests whose time is up fail with
+    /// `RaftError::Timeout` (one deadline sweep per tick, not a timer per request).
+    fn on_tick(&mut self, at: tokio::time::Instant) {
+        self.tick_due = at + self.tick;
+        self.ticks += 1;
+        self.core.tick();
+        let now = self.ticks;
+        let timeout = RaftError::Timeout;
+        let after = self.tick * self.timeout_ticks as u32;
+        // Proposals are ordered by index, hence by age (within a term and across them).
+        while let Some(entry) = self.proposals.first_entry() {
+            if entry.get().2 > now {
+                break;
+            }
+            let (_, reply, _) = entry.remove();
+            let _ = reply.send(Err(timeout(after)));
+        }
+        // Reads also go once their caller is gone: the core may take long to answer them
+        // (a follower whose leader does not answer), and they must not pile up meanwhile.
         if !self.reads.is_empty() {
-            self.reads.retain(|_, (_, reply)| !reply.is_closed());
+            let done: Vec<ReadId> = self
+                .reads
+                .iter()
+                .filter(|(_, (_, reply, deadline))| *deadline <= now || reply.is_closed())
+                .map(|(&id, _)| id)
+                .collect();
+            for id in done {
+                if let Some((_, reply, _)) = self.reads.remove(&id) {
+                    let _ = reply.send(Err(timeout(after)));
+                }
+            }
+        }
+    }
+
+    /// Feeds the core every tick that is due now (after a stall, all the missed ones)
+    /// without waiting for the next.
+    async fn catch_up(&mut self, ticker: &mut tokio::time::Interval) {
+        while tokio::time::Instant::now() >= self.tick_due {
+            let due = tokio::select! {
+                biased;
+                at = ticker.tick() => Some(at),
+                _ = std::future::ready(()) => None,
+            };
+            match due {
+                Some(at) => self.on_tick(at),
+                None => return,
+            }
         }
     }
 
@@ -334,7 +395,8 @@ impl Driver {
         let id = self.next_read;
         match self.core.read(id, policy) {
             Ok(()) => {
-                self.reads.insert(id, (query, reply));
+                let deadline = self.ticks + self.timeout_ticks;
+                self.reads.insert(id, (query, reply, deadline));
             }
             Err(NotLeader { leader_hint }) => {
                 let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
@@ -375,7 +437,7 @@ impl Driver {
                 Action::Send(msg) => self.transport.send(msg).await,
                 Action::Apply(entries) => self.apply(entries),
                 Action::ReadReady { id, index } => {
-                    if let Some((query, reply)) = self.reads.remove(&id) {
+                    if let Some((query, reply, _)) = self.reads.remove(&id) {
                         let _ = self.apply.send(ApplyJob::Read {
                             index,
                             query,
@@ -384,7 +446,7 @@ impl Driver {
                     }
                 }
                 Action::ReadFailed { id, leader_hint } => {
-                    if let Some((_, reply)) = self.reads.remove(&id) {
+                    if let Some((_, reply, _)) = self.reads.remove(&id) {
                         let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
                     }
                 }
@@ -542,8 +604,8 @@ impl Driver {
             .into_iter()
             .map(|e| {
                 let reply = match self.proposals.remove(&e.index()) {
-                    Some((term, reply)) if term == e.term() => Some(reply),
-                    Some((term, reply)) => {
+                    Some((term, reply, _)) if term == e.term() => Some(reply),
+                    Some((term, reply, _)) => {
                         // Another leader's entry took this index: ours was never committed.
                         let lost = LogId {
                             term,
@@ -563,10 +625,10 @@ impl Driver {
     /// Fails every waiting client (with the fatal error, if one stopped the node), stops
     /// the helper tasks and waits for them. Returns the fatal error.
     async fn stop(mut self, reply: Option<tokio::sync::oneshot::Sender<()>>) -> Option<FatalError> {
-        for (_, (_, r)) in std::mem::take(&mut self.proposals) {
+        for (_, (_, r, _)) in std::mem::take(&mut self.proposals) {
             let _ = r.send(Err(self.stopped_error()));
         }
-        for (_, (_, r)) in std::mem::take(&mut self.reads) {
+        for (_, (_, r, _)) in std::mem::take(&mut self.reads) {
             let _ = r.send(Err(self.stopped_error()));
         }
         for (_, r) in std::mem::take(&mut self.change_waiters) {

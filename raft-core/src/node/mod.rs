@@ -77,8 +77,6 @@ pub struct RaftNode {
     stopped: watch::Receiver<Option<Option<FatalError>>>,
     /// The tick interval, for waits that poll the core's status.
     tick: std::time::Duration,
-    /// How long a proposal or read may wait (`Config::request_timeout`).
-    timeout: std::time::Duration,
     /// The default read policy (`Config::read_policy`).
     read_policy: ReadPolicy,
 }
@@ -135,6 +133,7 @@ impl RaftNode {
             state_machine,
             transport,
             applied,
+            config.request_timeout,
         );
         let (stopped_tx, stopped) = watch::channel(None);
         let handle = tokio::spawn(async move {
@@ -148,7 +147,6 @@ impl RaftNode {
             driver: Arc::new(Mutex::new(Some(handle))),
             stopped,
             tick: config.tick_interval,
-            timeout: config.request_timeout,
             read_policy: config.read_policy,
         })
     }
@@ -191,13 +189,9 @@ impl RaftNode {
         {
             return replies.iter().map(|_| Err(self.stopped_error())).collect();
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut out = Vec::with_capacity(replies.len());
         for rx in replies {
-            out.push(
-                self.answer(tokio::time::timeout_at(deadline, rx).await)
-                    .await,
-            );
+            out.push(self.answer(rx.await).await);
         }
         out
     }
@@ -362,23 +356,19 @@ impl RaftNode {
         if self.requests.send(make(tx)).await.is_err() {
             return Err(self.stopped_error());
         }
-        self.answer(tokio::time::timeout(self.timeout, rx).await)
-            .await
+        self.answer(rx.await).await
     }
 
-    /// Turns a client's wait into its result: the answer, a timeout, or, when the node
-    /// dropped the request because it stopped, why it stopped.
+    /// Turns a client's wait into its result: the answer (a timeout included: the driver
+    /// fails requests older than `Config::request_timeout` at its ticks, with no timer per
+    /// request), or, when the node dropped the request because it stopped, why it stopped.
     async fn answer<T>(
         &self,
-        waited: Result<
-            Result<Result<T, RaftError>, oneshot::error::RecvError>,
-            tokio::time::error::Elapsed,
-        >,
+        waited: Result<Result<T, RaftError>, oneshot::error::RecvError>,
     ) -> Result<T, RaftError> {
         match waited {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.stop_cause().await),
-            Err(_) => Err(RaftError::Timeout(self.timeout)),
+            Ok(result) => result,
+            Err(_) => Err(self.stop_cause().await),
         }
     }
 
