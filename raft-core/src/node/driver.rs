@@ -84,14 +84,14 @@ type EntriesRead = (NodeId, LogIndex, Result<Vec<Entry>, StorageError>);
 impl Driver {
     pub(crate) fn new(
         core: RaftCore,
-        tick: std::time::Duration,
+        config: &crate::config::Config,
         log: Arc<dyn LogStore>,
         snapshots: Arc<dyn SnapshotStore>,
         state_machine: Box<dyn StateMachine>,
         transport: Arc<dyn Transport>,
         applied_index: LogIndex,
-        request_timeout: std::time::Duration,
     ) -> Driver {
+        let (tick, request_timeout) = (config.tick_interval, config.request_timeout);
         let timeout_ticks = request_timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64;
         let (writes, writes_rx) = mpsc::unbounded_channel();
         let (written_tx, written) = mpsc::unbounded_channel();

@@ -127,13 +127,12 @@ impl RaftNode {
         let (requests, requests_rx) = mpsc::channel(REQUEST_CAPACITY);
         let driver = driver::Driver::new(
             core,
-            config.tick_interval,
+            &config,
             log,
             snapshots,
             state_machine,
             transport,
             applied,
-            config.request_timeout,
         );
         let (stopped_tx, stopped) = watch::channel(None);
         let handle = tokio::spawn(async move {
