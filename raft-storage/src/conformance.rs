@@ -20,6 +20,12 @@
 //!             snapshots: Arc::new(MemSnapshotStore::new(2)),
 //!         })
 //!     }
+//!
+//!     /// These stores forget everything on a restart. A durable backend says `true` and
+//!     /// implements `reopen`; the suite fails its durability cases if it does not.
+//!     fn durable(&self) -> bool {
+//!         false
+//!     }
 //! }
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -54,9 +60,16 @@ pub trait StoreHarness: Send {
     /// New, empty stores. Each case calls this once.
     async fn create(&mut self) -> Result<Stores, StorageError>;
 
+    /// Whether the stores keep what they acknowledged across a restart. Declared, not
+    /// guessed: for a durable store the cases that reopen it are run, and a harness that
+    /// says `true` but leaves out [`reopen`](Self::reopen) fails them (its durability
+    /// would otherwise go unchecked while the report still passed). Only a volatile
+    /// store's durability cases are skipped.
+    fn durable(&self) -> bool;
+
     /// Reopens the stores last created, as a restarted process would. The case drops every
-    /// handle to the old stores first. `Ok(None)` (the default) marks a store that is not
-    /// durable; the durability cases are then skipped.
+    /// handle to the old stores first. `Ok(None)` (the default) means the harness cannot:
+    /// the durability cases are skipped for a volatile store and fail for a durable one.
     async fn reopen(&mut self) -> Result<Option<Stores>, StorageError> {
         Ok(None)
     }
@@ -201,6 +214,7 @@ cases!(
     read_returns_one_entry_even_over_budget,
     read_past_the_end_stops_early,
     read_of_an_empty_range_is_empty,
+    entries_respects_range_end,
     term_lookup_finds_each_entry,
     term_past_the_end_is_none,
     truncate_in_the_middle,
@@ -221,6 +235,9 @@ cases!(
     reopen_keeps_hard_state,
     reopen_keeps_entries,
     reopen_keeps_truncation_and_purge,
+    truncate_then_reopen_without_purge,
+    append_after_truncate_then_reopen,
+    hard_state_and_entries_written_together_survive_reopen,
     no_snapshot_at_first,
     snapshot_written_in_chunks_reads_back_whole,
     newer_snapshot_becomes_the_latest,
@@ -293,10 +310,15 @@ async fn read_all(log: &dyn LogStore) -> Result<Vec<Entry>, String> {
     )
 }
 
-/// Drops `stores` and reopens; `None` when the backend is not durable.
+/// Drops `stores` and reopens; `None` when the backend is volatile (the case skips). A
+/// durable backend whose harness cannot reopen fails the case.
 async fn reopen(h: &mut dyn StoreHarness, stores: Stores) -> Result<Option<Stores>, String> {
     drop(stores);
-    ok("reopening the stores", h.reopen().await)
+    let reopened = ok("reopening the stores", h.reopen().await)?;
+    if reopened.is_none() && h.durable() {
+        return Err("the harness declares a durable store but StoreHarness::reopen returned None: implement it, or this case cannot check that the store keeps what it acknowledged".into());
+    }
+    Ok(reopened)
 }
 
 fn meta(term: u64, index: u64) -> SnapshotMeta {
@@ -524,6 +546,24 @@ async fn read_past_the_end_stops_early(h: &mut dyn StoreHarness) -> CaseResult {
         s.log.entries(LogIndex(7)..LogIndex(9), usize::MAX).await,
     )?;
     expect_eq("entries past the end", none.len(), 0)?;
+    Ok(Outcome::Passed)
+}
+
+/// `entries(a..b)` stops before `b`, whatever the budget: a reader that asked for two
+/// entries of five gets two.
+async fn entries_respects_range_end(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 5)).await)?;
+    let got = ok(
+        "entries",
+        s.log.entries(LogIndex(1)..LogIndex(3), usize::MAX).await,
+    )?;
+    expect_eq("entries(1..3)", ids(&got), ids(&entries(1, 1, 2)))?;
+    let got = ok(
+        "entries",
+        s.log.entries(LogIndex(3)..LogIndex(4), usize::MAX).await,
+    )?;
+    expect_eq("entries(3..4)", ids(&got), ids(&entries(1, 3, 3)))?;
     Ok(Outcome::Passed)
 }
 
@@ -896,6 +936,88 @@ async fn reopen_keeps_truncation_and_purge(h: &mut dyn StoreHarness) -> CaseResu
         "entries after reopen",
         ids(&read_all(&*s.log).await?),
         ids(&entries(1, 4, 7)),
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// A truncation alone must reach the disk: a purge (which may rewrite the whole file)
+/// must not be what makes it stick.
+async fn truncate_then_reopen_without_purge(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 10)).await)?;
+    ok("truncate", s.log.truncate(LogIndex(8)).await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Skipped("not durable"));
+    };
+    let st = ok("log_state", s.log.log_state().await)?;
+    expect_eq("last after reopen", st.last, LogId::new(1, 7))?;
+    expect_eq(
+        "entries after reopen",
+        ids(&read_all(&*s.log).await?),
+        ids(&entries(1, 1, 7)),
+    )?;
+    expect_eq(
+        "term at 8 after reopen",
+        ok("term", s.log.term(LogIndex(8)).await)?,
+        None,
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// A new leader's entries replace a truncated suffix, and the replacement is what a
+/// restart finds (not the old entries, not a mix).
+async fn append_after_truncate_then_reopen(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 6)).await)?;
+    ok("truncate", s.log.truncate(LogIndex(4)).await)?;
+    ok("append", s.log.append(&entries(2, 4, 5)).await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Skipped("not durable"));
+    };
+    let mut want = entries(1, 1, 3);
+    want.extend(entries(2, 4, 5));
+    expect_eq(
+        "entries after reopen",
+        ids(&read_all(&*s.log).await?),
+        ids(&want),
+    )?;
+    expect_eq(
+        "last after reopen",
+        ok("log_state", s.log.log_state().await)?.last,
+        LogId::new(2, 5),
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// Hard state and entries written in turn all survive: neither write may be made
+/// durable by the other one's sync.
+async fn hard_state_and_entries_written_together_survive_reopen(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    let first = HardState {
+        term: Term(2),
+        voted_for: Some(NodeId(1)),
+    };
+    let last = HardState {
+        term: Term(3),
+        voted_for: None,
+    };
+    ok("save_hard_state", s.log.save_hard_state(&first).await)?;
+    ok("append", s.log.append(&entries(2, 1, 3)).await)?;
+    ok("save_hard_state", s.log.save_hard_state(&last).await)?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Skipped("not durable"));
+    };
+    expect_eq(
+        "hard state after reopen",
+        ok("hard_state", s.log.hard_state().await)?,
+        last,
+    )?;
+    expect_eq(
+        "entries after reopen",
+        ids(&read_all(&*s.log).await?),
+        ids(&entries(2, 1, 3)),
     )?;
     Ok(Outcome::Passed)
 }
