@@ -30,9 +30,23 @@ impl LogState {
 
 /// The replicated log and the hard state (current term and vote).
 ///
-/// Every method that changes state is durable when it returns `Ok`: after a crash, the
-/// change is there. An `Err` means the change may or may not have happened; the node then
-/// stops, since continuing could break Raft's safety.
+/// The whole contract, which `raft_storage::conformance` checks case by case (and
+/// `raft_storage::contract` implements the argument checks every backend shares):
+/// - **Durable on return**: every method that changes state is durable when it returns
+///   `Ok` (fsync or equivalent): after a crash or power loss, the change is there. An
+///   `Err` means the change may or may not have happened; the node then stops, since
+///   continuing could break Raft's safety. Each change stands alone: a truncation must
+///   reach the disk by itself, not only once a later purge or append rewrites the file.
+/// - **Index 0** is the empty prefix every log shares: `term(0)` is `Some(Term(0))` on a
+///   store that never purged (it is the last purged entry, with term 0).
+/// - **Calls** come from one node at a time, mutations one after another, in the order
+///   Raft needs them; reads ([`entries`](LogStore::entries), [`term`](LogStore::term),
+///   [`log_state`](LogStore::log_state)) may run concurrently with a mutation and must see
+///   the log before or after it, never a mix.
+/// - **Blocking**: the methods are async and run on the node's tokio runtime. The node
+///   calls them once per batch (a group commit), so a short blocking fsync is tolerable,
+///   but a backend that blocks for longer (a synchronous database, a large file write)
+///   should do its work in `tokio::task::spawn_blocking`, as `RedbLogStore` does.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// The saved hard state, or the default (term 0, no vote) for a new store.
@@ -56,11 +70,16 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Removes every entry up to and including `upto` (log compaction after a snapshot)
     /// and remembers `upto` as `last_purged`. Purging past the last entry empties the log
-    /// and moves its start. Purging at or below `last_purged` is a no-op.
+    /// and moves its start. Purging at or below `last_purged` is a no-op. `upto` is
+    /// recorded as given: the store need not compare its term with the stored entry's (the
+    /// node only purges committed entries covered by a snapshot, and checks the log against
+    /// the snapshot itself when it starts).
     async fn purge(&self, upto: LogId) -> Result<(), StorageError>;
 
-    /// Entries in `range`, in order, stopping early once their encoded size passes
-    /// `max_bytes` (at least one entry is returned when the range is non-empty and stored).
+    /// Entries in `range`, in order, never past `range.end`, stopping early at the byte
+    /// budget: sizes are [`Entry::size_hint`](crate::Entry::size_hint), summed from the
+    /// first entry; an entry that would bring the sum above `max_bytes` is left out, except
+    /// the first, which is always returned (when the range is non-empty and stored).
     /// Reading a purged index is [`StorageError::Invalid`]; the result ends early at the
     /// end of the log.
     async fn entries(
@@ -87,6 +106,11 @@ pub trait SnapshotWriter: Send {
 }
 
 /// Point-in-time images of the state machine, each covered by a checksum.
+///
+/// Retention: the latest finished snapshot is never removed until a newer one is finished
+/// (a follower may be streaming it, and a restart needs it); a store may keep a few older
+/// ones (as a fallback when the latest turns out damaged) and removes the rest. A
+/// snapshot with a lower index finished after a higher one does not become the latest.
 #[async_trait]
 pub trait SnapshotStore: Send + Sync + 'static {
     /// Starts writing a snapshot described by `meta`.
