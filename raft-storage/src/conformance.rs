@@ -217,6 +217,7 @@ cases!(
     entries_respects_range_end,
     term_lookup_finds_each_entry,
     term_past_the_end_is_none,
+    term_of_index_zero_is_term_zero,
     truncate_in_the_middle,
     truncate_at_the_first_index_empties_the_log,
     truncate_past_the_end_changes_nothing,
@@ -603,6 +604,23 @@ async fn term_past_the_end_is_none(h: &mut dyn StoreHarness) -> CaseResult {
         "term at 3",
         ok("term", s.log.term(LogIndex(3)).await)?,
         None,
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// Index 0 is the empty prefix every log shares, with term 0.
+async fn term_of_index_zero_is_term_zero(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    expect_eq(
+        "term(0) of an empty store",
+        ok("term", s.log.term(LogIndex(0)).await)?,
+        Some(Term(0)),
+    )?;
+    ok("append", s.log.append(&entries(1, 1, 2)).await)?;
+    expect_eq(
+        "term(0) after appends",
+        ok("term", s.log.term(LogIndex(0)).await)?,
+        Some(Term(0)),
     )?;
     Ok(Outcome::Passed)
 }
