@@ -4,7 +4,9 @@
 //! every implementation (ours and yours) must pass:
 //! - [`mem`]: [`MemLogStore`] and [`MemSnapshotStore`], in memory, for tests and for
 //!   deployments that do not need durability;
-//! - [`redb_log`]: [`RedbLogStore`], a durable log on redb with a CRC on every entry;
+//! - `redb_log`: `RedbLogStore`, a durable log on redb with a CRC on every entry (the
+//!   `redb` feature, on by default; without it the crate builds no database, for backend
+//!   authors who only want the suite);
 //! - [`snapshot_files`]: [`FileSnapshotStore`], durable snapshots as checksummed files
 //!   finished by an atomic rename;
 //! - [`conformance`]: the contracts as executable cases; run them against your own
@@ -14,21 +16,26 @@
 pub mod conformance;
 pub mod contract;
 pub mod mem;
+#[cfg(feature = "redb")]
 pub mod redb_log;
 pub mod snapshot_files;
 
+#[cfg(feature = "redb")]
 use std::path::Path;
 
 pub use mem::{MemLogStore, MemSnapshotStore};
 pub use raft_core::StorageError;
+#[cfg(feature = "redb")]
 pub use redb_log::RedbLogStore;
 pub use snapshot_files::FileSnapshotStore;
 
 /// File name of the redb log inside a node's data directory.
+#[cfg(feature = "redb")]
 pub const LOG_FILE: &str = "raft-log.redb";
 /// Directory of snapshots inside a node's data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
 
+#[cfg(feature = "redb")]
 /// Opens (creating if needed) a node's durable stores in `data_dir`: the redb log in
 /// [`LOG_FILE`] and snapshots in [`SNAPSHOT_DIR`], keeping the latest `keep_snapshots`.
 pub async fn open_data_dir(
