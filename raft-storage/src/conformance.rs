@@ -34,6 +34,8 @@
 //! # });
 //! ```
 
+mod steps;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -186,7 +188,19 @@ macro_rules! cases {
 pub async fn run(backend: &str, harness: &mut dyn StoreHarness) -> Report {
     let mut outcomes = Vec::new();
     for (name, case) in all_cases() {
-        outcomes.push((name, case(harness).await));
+        let steps = steps::Steps::default();
+        let mut recording = steps::Recording {
+            inner: &mut *harness,
+            steps: steps.clone(),
+        };
+        let outcome = match case(&mut recording).await {
+            // The operations that led there, to replay against the store by hand.
+            Outcome::Failed(why) => {
+                Outcome::Failed(format!("{why}\n    after: {}", steps.describe()))
+            }
+            other => other,
+        };
+        outcomes.push((name, outcome));
     }
     let report = Report {
         backend: backend.to_string(),

@@ -139,13 +139,17 @@ impl StoreHarness for Harness {
     }
 }
 
-async fn failures(bug: Option<Bug>, reopen: bool) -> Vec<&'static str> {
+async fn report(bug: Option<Bug>, reopen: bool) -> conformance::Report {
     let mut h = Harness {
         bug,
         reopen,
         disk: None,
     };
-    let report = conformance::run("planted bug", &mut h).await;
+    conformance::run("planted bug", &mut h).await
+}
+
+async fn failures(bug: Option<Bug>, reopen: bool) -> Vec<&'static str> {
+    let report = report(bug, reopen).await;
     report
         .failures()
         .into_iter()
@@ -170,6 +174,20 @@ async fn a_truncation_that_never_reaches_the_disk_is_caught() {
     assert!(
         failed.contains(&"truncate_then_reopen_without_purge"),
         "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_lists_the_operations_that_led_to_it() {
+    let report = report(Some(Bug::TruncatesOnlyInMemory), true).await;
+    let (_, why) = report
+        .failures()
+        .into_iter()
+        .find(|(name, _)| *name == "truncate_then_reopen_without_purge")
+        .expect("caught");
+    assert!(
+        why.contains("after: create; append(T1#1..=T1#10); truncate(#8); reopen"),
+        "{why}"
     );
 }
 
