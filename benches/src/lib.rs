@@ -17,7 +17,7 @@
 #![deny(missing_docs)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +54,8 @@ impl Stores {
 pub type StorageFactory =
     fn(PathBuf) -> Pin<Box<dyn Future<Output = Result<Stores, StorageError>> + Send>>;
 
-/// The storage choices, by name. Add yours here.
+/// The built-in storage choices, by name. Add your own without editing this crate with
+/// [`cli::main_with`].
 pub const STORAGES: &[(&str, StorageFactory)] = &[
     ("mem", |_| {
         Box::pin(async { Ok(Stores::new(MemLogStore::new(), MemSnapshotStore::default())) })
@@ -338,13 +339,27 @@ pub async fn run_load(
     result
 }
 
-/// The directory benchmarks write to (the target directory, so it is on the same disk as
-/// the build and outside any temp filesystem held in memory).
+/// The directory benchmarks write to: `RAFT_BENCH_DIR` if set, else `bench-data` in the
+/// nearest `target` directory (of the current directory or its parent, so on the same disk
+/// as the build and outside any temp filesystem held in memory), else the system's
+/// temporary directory. Never inside this crate's sources, which may be a read-only
+/// dependency of the caller's crate.
 pub fn bench_dir() -> PathBuf {
-    std::env::var_os("RAFT_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"))
+    if let Some(dir) = std::env::var_os("RAFT_BENCH_DIR") {
+        return PathBuf::from(dir);
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let target = [cwd.join("target"), cwd.join("../target")]
+        .into_iter()
+        .find(|t| t.is_dir());
+    match target {
+        Some(t) => t.join("bench-data"),
+        None => std::env::temp_dir().join("raft-bench-data"),
+    }
 }
+
+/// The `raft-bench` command line, callable from other crates with their own stores.
+pub mod cli;
 
 /// The sans-IO core alone: three cores wired to each other in memory, with writes made
 /// durable at once. Measures the algorithm's own cost per committed entry.

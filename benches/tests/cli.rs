@@ -45,3 +45,43 @@ fn raft_bench_refuses_an_unknown_storage_with_the_known_ones() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: mem, redb"));
 }
+
+#[test]
+fn an_outside_binary_benchmarks_its_own_store_beside_the_built_in_ones() {
+    // `examples/my_bench.rs` is what a backend author writes in their own crate.
+    let exe = std::env::current_exe().expect("test binary");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bench = dir.join("examples").join("my_bench");
+    if !bench.exists() {
+        // `cargo test` builds examples unless the run is filtered to one test target.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", "raft-benches", "--example", "my_bench"])
+            .status()
+            .expect("run cargo");
+        assert!(built.success(), "cargo build --example my_bench failed");
+    }
+    let out = std::process::Command::new(&bench)
+        .args(["--storage", "mystore,mem", "--transport", "mem"])
+        .args(["--clients", "4", "--duration", "300ms", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bench.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let names: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["storage"].as_str().expect("storage"))
+        .collect();
+    assert_eq!(names, ["mystore", "mem"]);
+    let refused = std::process::Command::new(&bench)
+        .args(["--storage", "nosuch", "--duration", "100ms"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("known: mem, redb, mystore"));
+}
