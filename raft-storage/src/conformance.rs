@@ -34,6 +34,7 @@
 //! # });
 //! ```
 
+pub mod crash;
 mod steps;
 
 use std::future::Future;

@@ -1,134 +1,54 @@
 //! Crash safety and corruption detection of the redb stores.
 //!
-//! The crash test runs this test binary again as a child process that appends entries and
-//! prints each acknowledged index; the parent kills it with SIGKILL at random moments and
-//! checks, after every reopen, that every acknowledged entry is there, intact, and that the
-//! log is contiguous. `RAFT_CRASH_ROUNDS` sets the number of kills (default 12) and
+//! The crash test is the suite's crash harness (`raft_storage::conformance::crash`, usable
+//! by any backend): this test binary runs again as a child process that appends entries and
+//! saves hard states, printing each acknowledgement; the parent kills it with SIGKILL at
+//! random moments and checks, after every reopen, that everything acknowledged is there. `RAFT_CRASH_ROUNDS` sets the number of kills (default 12) and
 //! `RAFT_CRASH_SEED` the seed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use raft_core::{
     Entry, EntryPayload, LogId, LogIndex, LogStore, SnapshotMeta, SnapshotStore, StorageError,
 };
+use raft_storage::conformance::crash::{self, Opener};
 use raft_storage::{redb_log, FileSnapshotStore, RedbLogStore};
 use redb::ReadableTable;
 
-const CHILD_ENV: &str = "RAFT_CRASH_CHILD_DB";
+/// The redb log in the crash harness's directory.
+const OPEN: Opener = |dir: PathBuf| {
+    Box::pin(async move {
+        let log = RedbLogStore::open(dir.join("crash.redb")).await?;
+        Ok(Arc::new(log) as Arc<dyn LogStore>)
+    })
+};
 
 fn payload(index: u64) -> Bytes {
     Bytes::from(format!("entry {index} ").repeat(1 + (index % 7) as usize))
 }
 
-/// Child mode: append forever, printing each acknowledged index.
+/// Child mode of the crash test (returns at once otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child_appends_and_acknowledges() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
-        return; // only runs as the child of the crash test
-    };
-    let log = RedbLogStore::open(&path)
-        .await
-        .expect("child opens the log");
-    let mut next = log.log_state().await.expect("state").last.index.0 + 1;
-    loop {
-        let batch: Vec<Entry> = (next..next + 1 + next % 5)
-            .map(|i| Entry {
-                log_id: LogId::new(1, i),
-                payload: EntryPayload::Command(payload(i)),
-            })
-            .collect();
-        log.append(&batch).await.expect("append");
-        next += batch.len() as u64;
-        println!("ACK {}", next - 1);
-    }
+    crash::child(OPEN).await;
 }
 
 #[test]
 fn acknowledged_entries_survive_sigkill() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
         return;
     }
-    let rounds: u64 = std::env::var("RAFT_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let seed: u64 = std::env::var("RAFT_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
-    println!("crash test seed {seed} ({rounds} rounds; RAFT_CRASH_SEED to replay)");
-    let mut rng = seed;
-    let mut next_rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("crash.redb");
-    let exe = std::env::current_exe().expect("test binary");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut acked = 0u64;
-    for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_appends_and_acknowledges",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &db)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("child stdout");
-        let kill_after = 1 + next_rand() % 40;
-        let mut seen = 0;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("child output");
-            if let Some(n) = line.strip_prefix("ACK ") {
-                acked = acked.max(n.trim().parse().expect("index"));
-                seen += 1;
-                if seen >= kill_after {
-                    break;
-                }
-            }
-        }
-        child.kill().expect("SIGKILL the child");
-        child.wait().expect("reap the child");
-        // Reopen and check: every acknowledged entry is present, intact and contiguous.
-        rt.block_on(async {
-            let log = RedbLogStore::open(&db).await.expect("reopen after SIGKILL");
-            let st = log.log_state().await.expect("state");
-            assert!(
-                st.last.index.0 >= acked,
-                "round {round}: acknowledged up to {acked} but the log ends at {}",
-                st.last.index.0
-            );
-            let all = log
-                .entries(LogIndex(1)..st.last.index.next(), usize::MAX)
-                .await
-                .expect("read all");
-            for (i, e) in all.iter().enumerate() {
-                let index = i as u64 + 1;
-                assert_eq!(
-                    e.index(),
-                    LogIndex(index),
-                    "round {round}: the log is not contiguous"
-                );
-                assert_eq!(
-                    e.payload,
-                    EntryPayload::Command(payload(index)),
-                    "round {round}: entry {index} damaged"
-                );
-            }
-        });
+    let plan = crash::Plan::from_env();
+    println!(
+        "crash test seed {} ({} rounds; RAFT_CRASH_SEED to replay)",
+        plan.seed, plan.rounds
+    );
+    match crash::run("crash_child_appends_and_acknowledges", OPEN, plan) {
+        Ok(report) => println!("{report}"),
+        Err(why) => panic!("{why}"),
     }
-    println!("crash test: {rounds} SIGKILLs, {acked} acknowledged entries, none lost");
-    assert!(acked > 0, "the child acknowledged nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,4 +149,89 @@ async fn opening_a_file_that_is_not_a_database_names_the_file() {
     std::fs::write(&path, b"this is not a redb file at all, just some text").unwrap();
     let err = RedbLogStore::open(&path).await.unwrap_err();
     assert!(err.to_string().contains("garbage.redb"), "{err}");
+}
+
+/// A planted bug for the crash harness: appends are acknowledged from a buffer and written
+/// only every tenth entry (a "write-behind" cache), so a kill loses acknowledged entries.
+struct WriteBehind {
+    inner: RedbLogStore,
+    buffer: tokio::sync::Mutex<Vec<Entry>>,
+}
+
+#[async_trait::async_trait]
+impl LogStore for WriteBehind {
+    async fn hard_state(&self) -> Result<raft_core::HardState, StorageError> {
+        self.inner.hard_state().await
+    }
+    async fn save_hard_state(&self, hs: &raft_core::HardState) -> Result<(), StorageError> {
+        self.inner.save_hard_state(hs).await
+    }
+    async fn log_state(&self) -> Result<raft_core::LogState, StorageError> {
+        let mut st = self.inner.log_state().await?;
+        if let Some(last) = self.buffer.lock().await.last() {
+            st.last = last.log_id;
+        }
+        Ok(st)
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        let mut buffer = self.buffer.lock().await;
+        buffer.extend_from_slice(entries);
+        if buffer.len() >= 10 {
+            self.inner.append(&buffer).await?;
+            buffer.clear();
+        }
+        Ok(())
+    }
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        self.inner.purge(upto).await
+    }
+    async fn entries(
+        &self,
+        range: std::ops::Range<LogIndex>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(range, max_bytes).await
+    }
+    async fn term(&self, index: LogIndex) -> Result<Option<raft_core::Term>, StorageError> {
+        self.inner.term(index).await
+    }
+}
+
+const OPEN_WRITE_BEHIND: Opener = |dir: PathBuf| {
+    Box::pin(async move {
+        let inner = RedbLogStore::open(dir.join("write-behind.redb")).await?;
+        let buffer = tokio::sync::Mutex::new(Vec::new());
+        Ok(Arc::new(WriteBehind { inner, buffer }) as Arc<dyn LogStore>)
+    })
+};
+
+/// Child mode of the planted-bug crash test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_with_a_write_behind_cache() {
+    crash::child(OPEN_WRITE_BEHIND).await;
+}
+
+#[test]
+fn the_crash_harness_catches_a_store_that_acknowledges_before_writing() {
+    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
+        return;
+    }
+    let plan = crash::Plan {
+        rounds: 6,
+        seed: 11,
+    };
+    let lost = crash::run(
+        "crash_child_with_a_write_behind_cache",
+        OPEN_WRITE_BEHIND,
+        plan,
+    )
+    .expect_err("acknowledged entries were lost, and the harness must say so");
+    assert!(
+        lost.contains("were acknowledged but the log ends at"),
+        "{lost}"
+    );
+    assert!(lost.contains("RAFT_CRASH_SEED=11"), "{lost}");
 }

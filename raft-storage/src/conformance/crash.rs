@@ -1,0 +1,239 @@
+//! A crash harness for any `LogStore`: the store runs in a child process (the caller's own
+//! test binary, run again) that appends entries and saves hard states, printing each one
+//! its store acknowledged; the parent kills it with SIGKILL at seeded random moments,
+//! reopens the store and checks that everything acknowledged is there, intact, the log
+//! contiguous, and the hard state at least the last one acknowledged.
+//!
+//! Two tests in the author's crate, one for each side:
+//!
+//! ```no_run
+//! use std::path::PathBuf;
+//! use std::sync::Arc;
+//! use raft_core::LogStore;
+//! use raft_storage::conformance::crash::{self, Opener};
+//!
+//! // Opens the store under test in `dir` (the same directory after every kill).
+//! const OPEN: Opener = |dir: PathBuf| {
+//!     Box::pin(async move {
+//!         let log = raft_storage::RedbLogStore::open(dir.join("log.redb")).await?;
+//!         Ok(Arc::new(log) as Arc<dyn LogStore>)
+//!     })
+//! };
+//!
+//! #[tokio::test]
+//! async fn crash_child() {
+//!     crash::child(OPEN).await; // returns at once unless run as the child
+//! }
+//!
+//! #[test]
+//! fn acknowledged_writes_survive_sigkill() {
+//!     let report = crash::run("crash_child", OPEN, crash::Plan::from_env()).unwrap();
+//!     println!("{report}");
+//! }
+//! ```
+//!
+//! What it cannot check: a SIGKILL leaves the operating system's page cache intact, so a
+//! store that never calls `fsync`/`fdatasync` passes it. Losing power (or a kernel crash)
+//! is what drops unsynced writes; to check for that, run the store under a filesystem that
+//! simulates it (LazyFS, or `dm-flakey` with `drop_writes`), or audit that each
+//! acknowledged write is followed by a sync (`strace -f -e trace=fsync,fdatasync` on the
+//! child).
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, StorageError, Term};
+
+/// Opens the store under test in a directory; called in the child before each run and in
+/// the parent after each kill.
+pub type Opener =
+    fn(PathBuf) -> Pin<Box<dyn Future<Output = Result<Arc<dyn LogStore>, StorageError>> + Send>>;
+
+const CHILD_ENV: &str = "RAFT_CRASH_CHILD_DIR";
+
+/// How many kills, from which seed.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// SIGKILLs to deliver.
+    pub rounds: u64,
+    /// Seed of the kill moments (printed in the report to replay a failure).
+    pub seed: u64,
+}
+
+impl Plan {
+    /// `RAFT_CRASH_ROUNDS` (default 12) and `RAFT_CRASH_SEED` (default 7).
+    pub fn from_env() -> Plan {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Plan {
+            rounds: var("RAFT_CRASH_ROUNDS", 12),
+            seed: var("RAFT_CRASH_SEED", 7),
+        }
+    }
+}
+
+/// What a crash run did.
+#[derive(Debug)]
+pub struct Report {
+    /// The plan it ran.
+    pub plan: Plan,
+    /// Entries the child's store acknowledged, in all.
+    pub acknowledged: u64,
+    /// The highest term saved with `save_hard_state` that the store acknowledged.
+    pub hard_state_term: u64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "crash test: {} SIGKILLs (seed {}), {} acknowledged entries and hard state up to term {}, none lost",
+            self.plan.rounds, self.plan.seed, self.acknowledged, self.hard_state_term
+        )
+    }
+}
+
+/// The payload of entry `index`: varied sizes, checkable after reopening.
+fn payload(index: u64) -> Bytes {
+    Bytes::from(format!("entry {index} ").repeat(1 + (index % 7) as usize))
+}
+
+/// Child side: when this process is the crash harness's child, opens the store and
+/// appends (and saves hard states) forever, printing each acknowledgement; otherwise
+/// returns at once. Call it from the test named in [`run`].
+pub async fn child(open: Opener) {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let log = open(PathBuf::from(dir))
+        .await
+        .expect("the child opens the store");
+    let mut next = log.log_state().await.expect("log_state").last.index.0 + 1;
+    let mut term = log.hard_state().await.expect("hard_state").term.0;
+    loop {
+        let batch: Vec<Entry> = (next..next + 1 + next % 5)
+            .map(|i| Entry {
+                log_id: LogId::new(1, i),
+                payload: EntryPayload::Command(payload(i)),
+            })
+            .collect();
+        log.append(&batch).await.expect("append");
+        next += batch.len() as u64;
+        println!("ACK {}", next - 1);
+        if next % 3 == 0 {
+            term += 1;
+            let hs = HardState {
+                term: Term(term),
+                voted_for: None,
+            };
+            log.save_hard_state(&hs).await.expect("save_hard_state");
+            println!("TERM {term}");
+        }
+    }
+}
+
+/// Parent side: runs `child_test` (a test of the calling binary that calls [`child`]) as
+/// a child process `plan.rounds` times, SIGKILLs it at random moments, and checks the
+/// store after each kill. `Err` says what was lost, with the seed to replay it.
+pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String> {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return Err("crash::run called inside the child".into());
+    }
+    let mut rng = plan.seed.max(1);
+    let mut next_rand = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let dir = std::env::temp_dir().join(format!("raft-crash-{}-{}", std::process::id(), plan.seed));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let (mut acked, mut term) = (0u64, 0u64);
+    let replay = format!("(replay: RAFT_CRASH_SEED={})", plan.seed);
+    for round in 0..plan.rounds {
+        let mut child = Command::new(&exe)
+            .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawning the child: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no child stdout")?;
+        let kill_after = 1 + next_rand() % 40;
+        let mut seen = 0;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            if let Some(n) = line.strip_prefix("ACK ") {
+                acked = acked.max(n.trim().parse().map_err(|_| "bad ACK line")?);
+                seen += 1;
+                if seen >= kill_after {
+                    break;
+                }
+            } else if let Some(t) = line.strip_prefix("TERM ") {
+                term = term.max(t.trim().parse().map_err(|_| "bad TERM line")?);
+            }
+        }
+        child.kill().map_err(|e| format!("SIGKILL: {e}"))?;
+        let _ = child.wait();
+        rt.block_on(check(open, &dir, acked, term))
+            .map_err(|why| format!("round {round}: {why} {replay}"))?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if acked == 0 {
+        return Err(format!(
+            "the child acknowledged nothing: does the test {child_test:?} call crash::child?"
+        ));
+    }
+    Ok(Report {
+        plan,
+        acknowledged: acked,
+        hard_state_term: term,
+    })
+}
+
+/// Every acknowledged entry is present, intact and contiguous; the hard state is at least
+/// the last one acknowledged.
+async fn check(open: Opener, dir: &std::path::Path, acked: u64, term: u64) -> Result<(), String> {
+    let log = open(dir.to_path_buf())
+        .await
+        .map_err(|e| format!("reopening after SIGKILL failed: {e}"))?;
+    let hs = log.hard_state().await.map_err(|e| e.to_string())?;
+    if hs.term.0 < term {
+        return Err(format!(
+            "the hard state of term {term} was acknowledged but the store holds term {}",
+            hs.term.0
+        ));
+    }
+    let st = log.log_state().await.map_err(|e| e.to_string())?;
+    if st.last.index.0 < acked {
+        return Err(format!(
+            "entries up to {acked} were acknowledged but the log ends at {}",
+            st.last.index.0
+        ));
+    }
+    let all = log
+        .entries(LogIndex(1)..st.last.index.next(), usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (i, e) in all.iter().enumerate() {
+        let index = i as u64 + 1;
+        if e.index() != LogIndex(index) {
+            return Err(format!("the log is not contiguous at {index}"));
+        }
+        if e.payload != EntryPayload::Command(payload(index)) {
+            return Err(format!("entry {index} is damaged"));
+        }
+    }
+    Ok(())
+}
