@@ -117,21 +117,12 @@ impl LogStore for MemLogStore {
             return Ok(Vec::new());
         }
         contract::check_read(&log.state(), range.start)?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let mut index = range.start;
-        while index < range.end {
-            let Some(e) = log.position(index).and_then(|p| log.entries.get(p)) else {
-                break;
-            };
-            bytes = bytes.saturating_add(e.size_hint());
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push(e.clone());
-            index = index.next();
-        }
-        Ok(out)
+        let mut budget = contract::Budget::new(max_bytes);
+        Ok((range.start.0..range.end.0)
+            .map_while(|i| log.position(LogIndex(i)).and_then(|p| log.entries.get(p)))
+            .take_while(|e| budget.admits(e))
+            .cloned()
+            .collect())
     }
 
     async fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {

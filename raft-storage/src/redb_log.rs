@@ -345,7 +345,7 @@ impl Inner {
         let txn = self.read_txn()?;
         let table = self.read_table(&txn, ENTRIES)?;
         let mut out = Vec::new();
-        let mut bytes = 0usize;
+        let mut budget = contract::Budget::new(max_bytes);
         let rows = table
             .range(range.start.0..range.end.0)
             .map_err(|e| self.err("cannot read", e))?;
@@ -358,11 +358,11 @@ impl Inner {
                     detail: format!("log has a gap: expected entry {expected}, found {index}"),
                 });
             }
-            bytes = bytes.saturating_add(v.value().len());
-            if !out.is_empty() && bytes > max_bytes {
+            let entry = decode(index, v.value(), &self.entry_location(index))?;
+            if !budget.admits(&entry) {
                 break;
             }
-            out.push(decode(index, v.value(), &self.entry_location(index))?);
+            out.push(entry);
         }
         Ok(out)
     }
