@@ -75,3 +75,20 @@ fn the_example_backend_keeps_what_it_acknowledged_across_sigkill() {
         Err(why) => panic!("{why}"),
     }
 }
+
+#[test]
+fn every_acknowledged_journal_write_is_synced() {
+    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
+        return;
+    }
+    let strace = std::process::Command::new("strace").arg("-V").output();
+    if !strace.is_ok_and(|o| o.status.success()) {
+        println!("sync audit skipped: strace is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    match crash::audit_syncs("journal_crash_child", dir.path(), 50) {
+        Ok(audit) => println!("{audit}"),
+        Err(why) => panic!("{why}"),
+    }
+}

@@ -32,12 +32,14 @@
 //! }
 //! ```
 //!
-//! What it cannot check: a SIGKILL leaves the operating system's page cache intact, so a
-//! store that never calls `fsync`/`fdatasync` passes it. Losing power (or a kernel crash)
-//! is what drops unsynced writes; to check for that, run the store under a filesystem that
-//! simulates it (LazyFS, or `dm-flakey` with `drop_writes`), or audit that each
-//! acknowledged write is followed by a sync (`strace -f -e trace=fsync,fdatasync` on the
-//! child).
+//! What the kills cannot check: a SIGKILL leaves the operating system's page cache intact,
+//! so a store that never calls `fsync`/`fdatasync` passes them. Losing power (or a kernel
+//! crash) is what drops unsynced writes. [`audit_syncs`] catches the usual form of that
+//! bug: it runs the child under `strace` and fails when fewer syncs reached the kernel than
+//! the store acknowledged durable calls (one sync per call at least). It cannot tell a sync
+//! of the right file from one of another, and a store that writes through `O_DSYNC` files
+//! instead of syncing shows as failing; for those, run the store under a filesystem that
+//! simulates power loss (LazyFS, or `dm-flakey` with `drop_writes`).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -55,6 +57,8 @@ pub type Opener =
     fn(PathBuf) -> Pin<Box<dyn Future<Output = Result<Arc<dyn LogStore>, StorageError>> + Send>>;
 
 const CHILD_ENV: &str = "RAFT_CRASH_CHILD_DIR";
+/// Set by [`audit_syncs`]: the child returns after this many durable calls.
+const LIMIT_ENV: &str = "RAFT_CRASH_CHILD_CALLS";
 
 /// How many kills, from which seed.
 #[derive(Clone, Copy, Debug)]
@@ -119,7 +123,9 @@ pub async fn child(open: Opener) {
         .expect("the child opens the store");
     let mut next = log.log_state().await.expect("log_state").last.index.0 + 1;
     let mut term = log.hard_state().await.expect("hard_state").term.0;
-    loop {
+    let limit: Option<u64> = std::env::var(LIMIT_ENV).ok().and_then(|v| v.parse().ok());
+    let mut calls = 0u64;
+    while limit.is_none_or(|l| calls < l) {
         let batch: Vec<Entry> = (next..next + 1 + next % 5)
             .map(|i| Entry {
                 log_id: LogId::new(1, i),
@@ -129,7 +135,9 @@ pub async fn child(open: Opener) {
         log.append(&batch).await.expect("append");
         next += batch.len() as u64;
         println!("ACK {}", next - 1);
+        calls += 1;
         if next % 3 == 0 {
+            calls += 1;
             term += 1;
             let hs = HardState {
                 term: Term(term),
@@ -200,6 +208,74 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
         acknowledged: acked,
         hard_state_term: term,
     })
+}
+
+/// What [`audit_syncs`] saw.
+#[derive(Debug)]
+pub struct SyncAudit {
+    /// Durable calls the child's store acknowledged (appends and hard-state saves).
+    pub acknowledged: u64,
+    /// `fsync`, `fdatasync`, `sync_file_range`, `syncfs` and `msync` calls that succeeded.
+    pub syncs: u64,
+}
+
+impl std::fmt::Display for SyncAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sync audit: {} syncs for {} acknowledged durable calls",
+            self.syncs, self.acknowledged
+        )
+    }
+}
+
+/// Runs `child_test` (see [`child`]) once under `strace`, its store in `dir`, for `calls`
+/// durable calls, and checks that at least as many syncs succeeded. `Err` names the
+/// shortfall, or says that `strace` could not run (Debian: `apt-get install strace`).
+pub fn audit_syncs(
+    child_test: &str,
+    dir: &std::path::Path,
+    calls: u64,
+) -> Result<SyncAudit, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let trace = dir.join("syncs.strace");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .args(["-e", "trace=fsync,fdatasync,sync_file_range,syncfs,msync"])
+        .arg(&exe)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir)
+        .env(LIMIT_ENV, calls.to_string())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run strace ({e}); install it to audit syncs"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let acknowledged = stdout
+        .lines()
+        .filter(|l| l.starts_with("ACK ") || l.starts_with("TERM "))
+        .count() as u64;
+    let log = std::fs::read_to_string(&trace).map_err(|e| format!("{}: {e}", trace.display()))?;
+    // A call split by another thread's shows as "<unfinished ...>" then "resumed ... = 0".
+    let syncs = log
+        .lines()
+        .filter(|l| !l.contains("unfinished") && l.trim_end().ends_with("= 0"))
+        .count() as u64;
+    let audit = SyncAudit {
+        acknowledged,
+        syncs,
+    };
+    if acknowledged == 0 {
+        return Err(format!(
+            "the child acknowledged nothing: does the test {child_test:?} call crash::child?"
+        ));
+    }
+    if syncs < acknowledged {
+        return Err(format!(
+            "{audit}: some call returned as durable without a sync reaching the disk"
+        ));
+    }
+    Ok(audit)
 }
 
 /// Every acknowledged entry is present, intact and contiguous; the hard state is at least
