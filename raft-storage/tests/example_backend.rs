@@ -67,7 +67,7 @@ async fn journal_crash_child() {
 
 #[test]
 fn the_example_backend_keeps_what_it_acknowledged_across_sigkill() {
-    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
+    if crash::is_child() {
         return;
     }
     match crash::run("journal_crash_child", OPEN, crash::Plan::from_env()) {
@@ -78,11 +78,10 @@ fn the_example_backend_keeps_what_it_acknowledged_across_sigkill() {
 
 #[test]
 fn every_acknowledged_journal_write_is_synced() {
-    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
+    if crash::is_child() {
         return;
     }
-    let strace = std::process::Command::new("strace").arg("-V").output();
-    if !strace.is_ok_and(|o| o.status.success()) {
+    if !crash::strace_available() {
         println!("sync audit skipped: strace is not installed");
         return;
     }

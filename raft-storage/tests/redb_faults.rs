@@ -37,7 +37,7 @@ async fn crash_child_appends_and_acknowledges() {
 
 #[test]
 fn acknowledged_entries_survive_sigkill() {
-    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
+    if crash::is_child() {
         return;
     }
     let plan = crash::Plan::from_env();
@@ -216,7 +216,7 @@ async fn crash_child_with_a_write_behind_cache() {
 
 #[test]
 fn the_crash_harness_catches_a_store_that_acknowledges_before_writing() {
-    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
+    if crash::is_child() {
         return;
     }
     let plan = crash::Plan {
@@ -236,21 +236,9 @@ fn the_crash_harness_catches_a_store_that_acknowledges_before_writing() {
     assert!(lost.contains("RAFT_CRASH_SEED=11"), "{lost}");
 }
 
-/// Whether `strace` can run here (the sync audit needs it; `.ci/run` installs it).
-fn strace_available() -> bool {
-    std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn every_acknowledged_redb_write_is_synced() {
-    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
-        return;
-    }
-    if !strace_available() {
-        println!("sync audit skipped: strace is not installed");
+    if crash::is_child() || !audit_possible() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -262,15 +250,20 @@ fn every_acknowledged_redb_write_is_synced() {
 
 #[test]
 fn the_sync_audit_catches_acknowledgements_without_a_sync() {
-    if std::env::var_os("RAFT_CRASH_CHILD_DIR").is_some() {
-        return;
-    }
-    if !strace_available() {
-        println!("sync audit skipped: strace is not installed");
+    if crash::is_child() || !audit_possible() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let why = crash::audit_syncs("crash_child_with_a_write_behind_cache", dir.path(), 50)
         .expect_err("the write-behind store acknowledges most appends without syncing");
     assert!(why.contains("without a sync"), "{why}");
+}
+
+/// Whether the sync audit can run; says so when it cannot.
+fn audit_possible() -> bool {
+    let ok = crash::strace_available();
+    if !ok {
+        println!("sync audit skipped: strace is not installed");
+    }
+    ok
 }

@@ -210,6 +210,21 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
     })
 }
 
+/// Whether this process is the crash harness's child (a parent-side test returns at once
+/// when it is).
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Whether [`audit_syncs`] can run here: `strace` is installed (a test may skip, saying
+/// so, where it is not).
+pub fn strace_available() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// What [`audit_syncs`] saw.
 #[derive(Debug)]
 pub struct SyncAudit {
