@@ -11,6 +11,28 @@
 //!   finished by an atomic rename;
 //! - [`conformance`]: the contracts as executable cases; run them against your own
 //!   backend with one call.
+//!
+//! ## Writing a backend
+//!
+//! 1. Implement [`raft_core::LogStore`] (and [`raft_core::SnapshotStore`], or use
+//!    [`FileSnapshotStore`]). The whole contract is in those traits' rustdoc: durable on
+//!    return, one change at a time, the byte budget of `entries`, index 0, purge and
+//!    retention, what may block. [`contract`] holds the argument checks every store shares
+//!    (append contiguity, truncating into the purged prefix, reads of purged indexes, the
+//!    byte [`contract::Budget`]): call them rather than restating the rules.
+//! 2. Run [`conformance::run`] with a [`conformance::StoreHarness`] that makes fresh
+//!    stores, declares whether they are durable, and (for a durable store) reopens them.
+//!    A failed case names the rule and lists the operations that led to it.
+//! 3. Run the crash harness, [`conformance::crash`]: your store in a child process, killed
+//!    with SIGKILL at seeded moments, every acknowledged write checked after reopening;
+//!    and its sync audit ([`conformance::crash::audit_syncs`]), which catches a durable
+//!    call that returned without an `fsync`.
+//! 4. Compare it with `mem` and `redb` in `raft-bench`, from your own crate:
+//!    `raft_benches::cli::main_with(&[("mystore", factory)])`.
+//!
+//! `examples/journal_log.rs` does all of this in about 200 lines (its tests are
+//! `tests/example_backend.rs`). Depend on this crate with `default-features = false` to
+//! get the suite without compiling redb.
 #![deny(missing_docs)]
 
 pub mod conformance;
