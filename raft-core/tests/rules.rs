@@ -7,8 +7,8 @@ mod sim;
 use bytes::Bytes;
 use raft_core::message::{AppendEntries, AppendOutcome, RequestVote, VoteResponse};
 use raft_core::{
-    Action, Config, EntryPayload, LogId, LogIndex, Message, MessageBody, NodeId, PersistOp,
-    ProposeError, ReadPolicy, ReplicationState, Role, Term,
+    Action, Config, EntryPayload, LogId, LogIndex, Membership, Message, MessageBody, NodeId,
+    PersistOp, ProposeError, ReadPolicy, ReplicationState, Role, Term,
 };
 use sim::{disk, Faults, Sim};
 
@@ -1886,6 +1886,174 @@ fn follower_read_is_refused_by_a_deposed_leader() {
         Some(None) => {}
         None => panic!("the read never ended"),
     }
+}
+
+#[test]
+fn a_read_index_request_to_a_non_leader_is_refused_at_once() {
+    // The asker learns at once that it asked the wrong node, rather than after its resend
+    // timeout.
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    let term = sim.core(2).term().0;
+    let ask = MessageBody::ReadIndex(raft_core::message::ReadIndexRequest {
+        ctx: 7,
+        lease: false,
+    });
+    let replies = exchange(&mut sim, msg(3, 2, term, ask));
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [MessageBody::ReadIndexResponse(
+                raft_core::message::ReadIndexResponse {
+                    ctx: 7,
+                    index: None
+                }
+            )]
+        ),
+        "{replies:?}"
+    );
+}
+
+/// The ctx of the one ReadIndex request in flight from `from`.
+fn read_request_ctx(sim: &Sim, from: u64) -> u64 {
+    let ctxs: Vec<u64> = sim
+        .in_flight()
+        .iter()
+        .filter(|m| m.from == NodeId(from))
+        .filter_map(|m| match &m.body {
+            MessageBody::ReadIndex(r) => Some(r.ctx),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ctxs.len(), 1, "one request in flight");
+    ctxs[0]
+}
+
+#[test]
+fn follower_read_sends_one_request_at_a_time() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.take_in_flight();
+    let first = sim.read(NodeId(2));
+    let second = sim.read(NodeId(2));
+    let _ = read_request_ctx(&sim, 2); // one request, though two reads wait
+    sim.deliver_all();
+    for r in [first, second] {
+        assert!(
+            sim.read_results.get(&r).is_some_and(Option::is_some),
+            "read {r}"
+        );
+    }
+}
+
+#[test]
+fn a_read_index_answer_from_another_node_is_ignored() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.take_in_flight();
+    let read = sim.read(NodeId(2));
+    let ctx = read_request_ctx(&sim, 2);
+    sim.take_in_flight();
+    let term = sim.core(2).term().0;
+    // Node 3 is not who node 2 asked: its "answer" must not serve the read.
+    let forged = MessageBody::ReadIndexResponse(raft_core::message::ReadIndexResponse {
+        ctx,
+        index: Some(LogIndex(0)),
+    });
+    sim.deliver(msg(3, 2, term, forged));
+    assert_eq!(sim.read_results.get(&read), None);
+    // Nor does the leader's answer to another batch.
+    let other = MessageBody::ReadIndexResponse(raft_core::message::ReadIndexResponse {
+        ctx: ctx.wrapping_add(1),
+        index: Some(LogIndex(0)),
+    });
+    sim.deliver(msg(1, 2, term, other));
+    assert_eq!(sim.read_results.get(&read), None);
+}
+
+#[test]
+fn follower_read_fails_when_the_follower_campaigns() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.faults.loss = 1.0;
+    let read = sim.read(NodeId(2));
+    sim.tick_node(2, cfg().election_timeout_max);
+    assert_ne!(sim.core(2).role(), Role::Follower);
+    assert_eq!(sim.read_results.get(&read), Some(&None));
+}
+
+#[test]
+fn follower_read_unanswered_three_times_fails() {
+    // A one-way link: the follower hears the leader, but its requests never arrive.
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.blocked.insert((NodeId(2), NodeId(1)));
+    let read = sim.read(NodeId(2));
+    let min = cfg().election_timeout_min;
+    let before = sim.count("ReadIndex");
+    sim.run_ticks(3 * min - 1);
+    assert_eq!(
+        sim.read_results.get(&read),
+        None,
+        "failed before its third send timed out"
+    );
+    assert_eq!(
+        sim.count("ReadIndex") - before,
+        2,
+        "resent after each election timeout"
+    );
+    sim.run_ticks(1);
+    assert_eq!(sim.read_results.get(&read), Some(&None));
+}
+
+#[test]
+fn follower_read_with_no_leader_fails_after_two_election_timeouts() {
+    // A learner never campaigns, so only this bound ends a read that finds no leader.
+    let m = Membership {
+        learners: [NodeId(2)].into_iter().collect(),
+        ..Membership::new([NodeId(1)])
+    };
+    let mut sim = Sim::with_membership(1, m, plain_cfg(), Faults::none());
+    sim.isolate(NodeId(2));
+    let read = sim.read(NodeId(2));
+    let max = cfg().election_timeout_max;
+    sim.tick_node(2, 2 * max - 1);
+    assert_eq!(sim.read_results.get(&read), None);
+    sim.tick_node(2, 1);
+    assert_eq!(sim.read_results.get(&read), Some(&None));
+}
+
+#[test]
+fn follower_lease_read_is_answered_from_the_leaders_lease_and_a_read_index_read_is_not() {
+    let mut sim = leased();
+    sim.take_in_flight();
+    sim.read(NodeId(2));
+    let ctx = read_request_ctx(&sim, 2);
+    sim.take_in_flight();
+    let term = sim.core(1).term().0;
+    let ask = |lease| MessageBody::ReadIndex(raft_core::message::ReadIndexRequest { ctx, lease });
+    // Asking for a lease read: answered at once, no round.
+    let replies = exchange(&mut sim, msg(2, 1, term, ask(true)));
+    assert!(
+        matches!(replies.as_slice(), [MessageBody::ReadIndexResponse(r)] if r.index.is_some()),
+        "{replies:?}"
+    );
+    // Asking for ReadIndex: a round first (heartbeats out, no answer yet).
+    let replies = exchange(&mut sim, msg(2, 1, term, ask(false)));
+    assert!(
+        !replies
+            .iter()
+            .any(|r| matches!(r, MessageBody::ReadIndexResponse(_))),
+        "answered without a round: {replies:?}"
+    );
+    assert!(replies
+        .iter()
+        .any(|r| matches!(r, MessageBody::AppendEntries(_))));
 }
 
 #[test]
