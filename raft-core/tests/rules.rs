@@ -2029,6 +2029,42 @@ fn follower_read_with_no_leader_fails_after_two_election_timeouts() {
 }
 
 #[test]
+fn a_follower_read_refused_names_no_leader_it_knows_is_not_one() {
+    let mut sim = three();
+    sim.elect(1);
+    sim.run_ticks(2);
+    sim.take_in_flight();
+    let read = sim.read(NodeId(2));
+    let ctx = read_request_ctx(&sim, 2);
+    sim.take_in_flight();
+    let term = sim.core(2).term().0;
+    let refusal =
+        MessageBody::ReadIndexResponse(raft_core::message::ReadIndexResponse { ctx, index: None });
+    sim.deliver(msg(1, 2, term, refusal));
+    assert_eq!(sim.read_results.get(&read), Some(&None));
+    assert_eq!(
+        sim.read_hints.get(&read),
+        Some(&None),
+        "node 1 just said it does not lead"
+    );
+}
+
+#[test]
+fn a_follower_asks_for_the_lease_only_for_lease_reads() {
+    for (policy, lease) in [(ReadPolicy::Lease, true), (ReadPolicy::ReadIndex, false)] {
+        let mut sim = leased();
+        sim.read_policy = policy;
+        sim.take_in_flight();
+        sim.read(NodeId(2));
+        let asked = sim.in_flight().iter().find_map(|m| match &m.body {
+            MessageBody::ReadIndex(r) => Some(r.lease),
+            _ => None,
+        });
+        assert_eq!(asked, Some(lease), "{policy:?}");
+    }
+}
+
+#[test]
 fn follower_lease_read_is_answered_from_the_leaders_lease_and_a_read_index_read_is_not() {
     let mut sim = leased();
     sim.take_in_flight();

@@ -313,7 +313,7 @@ impl RaftCore {
             }
             None => {
                 // The node we took for the leader is not: the caller retries elsewhere.
-                let leader_hint = self.leader.filter(|&l| l != from && l != self.id);
+                let leader_hint = self.leader.filter(|&l| l != from);
                 for (id, _) in batch.reads {
                     self.actions.push(Action::ReadFailed { id, leader_hint });
                 }
