@@ -151,10 +151,12 @@ async fn invalid_config_is_refused_at_startup() {
     assert!(err.to_string().contains("election_timeout_max"), "{err}");
 }
 
-/// A LogStore that counts appends and makes each one take a while, like an fsync.
+/// A LogStore that counts appends and makes each one take a while, like an fsync; its
+/// appends fail once `fail` is set.
 struct SlowCountingLog {
     inner: raft_storage::MemLogStore,
     appends: Arc<AtomicU64>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -171,6 +173,9 @@ impl LogStore for SlowCountingLog {
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
         self.appends.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(5)).await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend("disk on fire".into()));
+        }
         self.inner.append(entries).await
     }
     async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
@@ -198,6 +203,7 @@ async fn concurrent_proposals_share_log_writes() {
     let log = Arc::new(SlowCountingLog {
         inner: raft_storage::MemLogStore::new(),
         appends: appends.clone(),
+        fail: Default::default(),
     });
     let net = raft_transport::MemNetwork::new(8);
     let snapshots = Arc::new(raft_storage::MemSnapshotStore::default());
@@ -248,10 +254,20 @@ async fn single_node(
     snapshots: Arc<dyn raft_core::SnapshotStore>,
     net: &raft_transport::MemNetwork,
 ) -> raft_core::RaftNode {
+    single_node_with(log, snapshots, net, Box::new(common::Recorder::new())).await
+}
+
+/// A one-voter cluster on these stores and this state machine, started and elected.
+async fn single_node_with(
+    log: Arc<dyn LogStore>,
+    snapshots: Arc<dyn raft_core::SnapshotStore>,
+    net: &raft_transport::MemNetwork,
+    state_machine: Box<dyn raft_core::StateMachine>,
+) -> raft_core::RaftNode {
     let seams = raft_core::Seams {
         log,
         snapshots,
-        state_machine: Box::new(common::Recorder::new()),
+        state_machine,
         transport: net.transport(NodeId(1)),
     };
     let node = raft_core::RaftNode::start(
@@ -389,52 +405,12 @@ impl raft_core::StateMachine for ShortChanged {
     }
 }
 
-/// A log store whose appends fail once `fail` is set.
-struct FailingLog {
-    inner: raft_storage::MemLogStore,
-    fail: Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[async_trait]
-impl LogStore for FailingLog {
-    async fn hard_state(&self) -> Result<HardState, StorageError> {
-        self.inner.hard_state().await
-    }
-    async fn save_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
-        self.inner.save_hard_state(hs).await
-    }
-    async fn log_state(&self) -> Result<LogState, StorageError> {
-        self.inner.log_state().await
-    }
-    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StorageError::Backend("disk on fire".into()));
-        }
-        self.inner.append(entries).await
-    }
-    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
-        self.inner.truncate(from).await
-    }
-    async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
-        self.inner.purge(upto).await
-    }
-    async fn entries(
-        &self,
-        range: std::ops::Range<LogIndex>,
-        max_bytes: usize,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.inner.entries(range, max_bytes).await
-    }
-    async fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
-        self.inner.term(index).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failed_write_reaches_waiting_clients_with_its_cause() {
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let log = Arc::new(FailingLog {
+    let log = Arc::new(SlowCountingLog {
         inner: raft_storage::MemLogStore::new(),
+        appends: Default::default(),
         fail: fail.clone(),
     });
     let net = raft_transport::MemNetwork::new(1);
@@ -455,26 +431,12 @@ async fn a_failed_write_reaches_waiting_clients_with_its_cause() {
 #[tokio::test(start_paused = true)]
 async fn a_state_machine_that_answers_too_few_responses_is_an_error() {
     let net = raft_transport::MemNetwork::new(1);
-    let seams = raft_core::Seams {
-        log: Arc::new(raft_storage::MemLogStore::new()),
-        snapshots: Arc::new(raft_storage::MemSnapshotStore::new(2)),
-        state_machine: Box::new(ShortChanged),
-        transport: net.transport(NodeId(1)),
-    };
-    let node = raft_core::RaftNode::start(
-        NodeId(1),
-        common::test_config(),
-        raft_core::Membership::new([NodeId(1)]),
-        seams,
-        Some(9),
+    let node = single_node_with(
+        Arc::new(raft_storage::MemLogStore::new()),
+        Arc::new(raft_storage::MemSnapshotStore::new(2)),
+        &net,
+        Box::new(ShortChanged),
     )
-    .await
-    .unwrap();
-    within(10, async {
-        while node.status().await.unwrap().role != Role::Leader {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
     .await;
     let err = within(10, node.propose(cmd("x"))).await.unwrap_err();
     assert!(
