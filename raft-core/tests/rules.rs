@@ -2122,6 +2122,13 @@ fn leased() -> Sim {
     sim
 }
 
+/// Starts a read at node 1 and checks it is not served from a lease at once.
+fn assert_no_lease_read(sim: &mut Sim, why: &str) {
+    let read = sim.read(NodeId(1));
+    assert_eq!(sim.read_results.get(&read), None, "{why}");
+    assert_eq!(sim.core(1).read_counts().lease, 0, "{why}");
+}
+
 #[test]
 fn lease_read_is_served_within_the_lease() {
     let mut sim = leased();
@@ -2142,9 +2149,7 @@ fn lease_read_is_refused_after_the_lease_expires() {
     // a quorum answered was sent.
     sim.isolate(NodeId(1));
     sim.run_ticks(lease_cfg().lease_ticks());
-    let read = sim.read(NodeId(1));
-    assert_eq!(sim.read_results.get(&read), None, "served without a lease");
-    assert_eq!(sim.core(1).read_counts().lease, 0);
+    assert_no_lease_read(&mut sim, "served without a lease");
 }
 
 #[test]
@@ -2155,13 +2160,7 @@ fn lease_read_is_refused_after_a_term_change() {
     let last = sim.core(1).last_log_id();
     sim.deliver(msg(3, 1, term + 1, append(last, &[], 0)));
     assert_ne!(sim.core(1).role(), Role::Leader);
-    let read = sim.read(NodeId(1));
-    assert_eq!(
-        sim.read_results.get(&read),
-        None,
-        "served from the old term's lease"
-    );
-    assert_eq!(sim.core(1).read_counts().lease, 0);
+    assert_no_lease_read(&mut sim, "served from the old term's lease");
 }
 
 #[test]
@@ -2176,13 +2175,7 @@ fn lease_read_is_refused_after_a_transfer() {
         .iter()
         .any(|m| matches!(m.body, MessageBody::TimeoutNow)));
     assert_eq!(sim.core(1).role(), Role::Leader);
-    let read = sim.read(NodeId(1));
-    assert_eq!(
-        sim.read_results.get(&read),
-        None,
-        "served from a forfeited lease"
-    );
-    assert_eq!(sim.core(1).read_counts().lease, 0);
+    assert_no_lease_read(&mut sim, "served from a forfeited lease");
 }
 
 #[test]
