@@ -263,7 +263,7 @@ fn the_sync_audit_catches_acknowledgements_without_a_sync() {
 fn audit_possible() -> bool {
     let ok = crash::strace_available();
     if !ok {
-        println!("sync audit skipped: strace is not installed");
+        println!("sync audit skipped: strace is not installed or may not trace here");
     }
     ok
 }

@@ -216,13 +216,15 @@ pub fn is_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
 }
 
-/// Whether [`audit_syncs`] can run here: `strace` is installed (a test may skip, saying
-/// so, where it is not).
+/// Whether [`audit_syncs`] can run here: `strace` is installed and may trace (a container
+/// can forbid ptrace); a test may skip, saying so, where it cannot.
 pub fn strace_available() -> bool {
     Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
+        .args(["-f", "-qq", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// What [`audit_syncs`] saw.
