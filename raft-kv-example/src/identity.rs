@@ -18,7 +18,19 @@ fn io(path: &Path, doing: &str) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Io { context, source }
 }
 
+/// The version of the state machine's log and snapshot encoding. Bumped when a command's
+/// encoding changes, so a node never misreads a log written by an older build.
+const KV_FORMAT: u32 = 2;
+
 fn identity(cluster_id: u64, id: NodeId) -> String {
+    format!(
+        "cluster_id={cluster_id}\nnode_id={}\nkv_format={KV_FORMAT}\n",
+        id.0
+    )
+}
+
+/// What the first format wrote: no format line.
+fn identity_v1(cluster_id: u64, id: NodeId) -> String {
     format!("cluster_id={cluster_id}\nnode_id={}\n", id.0)
 }
 
@@ -39,6 +51,10 @@ pub fn check(dir: &Path, cluster_id: u64, id: NodeId) -> Result<(), RunError> {
     let want = identity(cluster_id, id);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == want => Ok(()),
+        Ok(found) if found == identity_v1(cluster_id, id) => Err(RunError::Usage(format!(
+            "{} was written by an older raft-kv whose log format (1) this version (format {KV_FORMAT}) cannot read: start this node on an empty --data-dir",
+            dir.display()
+        ))),
         Ok(found) => Err(RunError::Usage(format!(
             "{} holds the data of another cluster or node ({}), not of cluster {cluster_id} node {}: use that node's id and --cluster-id, or another --data-dir",
             dir.display(),
@@ -71,6 +87,10 @@ mod tests {
         let other = check(dir.path(), 8, NodeId(2)).unwrap_err().to_string();
         assert!(other.contains("another cluster or node"), "{other}");
         assert!(check(dir.path(), 7, NodeId(3)).is_err());
+        let old = tempfile::tempdir().expect("tempdir");
+        std::fs::write(old.path().join(IDENTITY_FILE), identity_v1(7, NodeId(2))).unwrap();
+        let refused = check(old.path(), 7, NodeId(2)).unwrap_err().to_string();
+        assert!(refused.contains("older raft-kv"), "{refused}");
         mark_removed(dir.path(), "removed at term 3").expect("mark");
         let removed = check(dir.path(), 7, NodeId(2)).unwrap_err().to_string();
         assert!(

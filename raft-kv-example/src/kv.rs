@@ -1,11 +1,15 @@
-//! The replicated key-value state machine: commands, queries, and exactly-once sessions.
+//! The replicated key-value state machine: writes stamped with the leader's time, queries,
+//! and exactly-once sessions. The commands themselves live in [`crate::commands`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, LogIndex, SnapshotMeta, StateMachine, StateMachineError};
 use serde::{Deserialize, Serialize};
+
+use crate::commands::{ReadOp, Reply, WriteOp};
+use crate::db::{Db, Millis};
 
 /// A client session: the client's id and the sequence number of this command. Retrying a
 /// command with the same pair returns the first answer instead of applying it again.
@@ -22,58 +26,25 @@ pub struct Session {
 pub struct Write {
     /// Set by clients that want exactly-once application.
     pub session: Option<Session>,
+    /// The proposing leader's clock (ms since the Unix epoch). Replicas apply the write at
+    /// this time, never at their own, so expiry is the same everywhere.
+    pub at_ms: Millis,
     /// What to do.
     pub op: WriteOp,
 }
 
-/// The write operations.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteOp {
-    /// SET key value
-    Set(Bytes, Bytes),
-    /// MSET key value [key value ...]
-    MSet(Vec<(Bytes, Bytes)>),
-    /// DEL key [key ...]
-    Del(Vec<Bytes>),
-    /// APPEND key value
-    Append(Bytes, Bytes),
-    /// INCRBY key delta (INCR is INCRBY 1)
-    IncrBy(Bytes, i64),
-}
-
-/// The answer to a write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteResult {
-    /// +OK
-    Ok,
-    /// An integer reply.
-    Int(i64),
-    /// An error reply (the write changed nothing).
-    Err(String),
-}
-
-/// The read-only queries, answered after a linearizable read barrier.
+/// A read, answered after a linearizable read barrier.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
-    /// GET key
-    Get(Bytes),
-    /// MGET key [key ...]
-    MGet(Vec<Bytes>),
-    /// EXISTS key [key ...]
-    Exists(Vec<Bytes>),
-    /// DBSIZE
-    DbSize,
-}
-
-/// The answer to a query.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum QueryResult {
-    /// One value or nil.
-    Value(Option<Bytes>),
-    /// Several values or nils.
-    Values(Vec<Option<Bytes>>),
-    /// A count.
-    Int(i64),
+    /// A data read at the serving node's clock (never before the last applied write's).
+    Data {
+        /// The serving node's clock, ms since the Unix epoch.
+        at_ms: Millis,
+        /// What to read.
+        op: ReadOp,
+    },
+    /// WATCH: the applied index the read saw; EXEC aborts if a watched key changed after.
+    AppliedIndex,
 }
 
 /// Most client sessions remembered; beyond it the least recently used is forgotten (a
@@ -83,14 +54,14 @@ pub const MAX_SESSIONS: usize = 100_000;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct SessionEntry {
     seq: u64,
-    result: Option<WriteResult>,
+    result: Option<Reply>,
     last_index: u64,
 }
 
 /// Everything the state machine holds; a snapshot is this, encoded with postcard.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct KvState {
-    data: BTreeMap<Bytes, Bytes>,
+    db: Db,
     sessions: HashMap<u64, SessionEntry>,
     applied: LogIndex,
 }
@@ -116,7 +87,7 @@ impl KvStateMachine {
     }
 
     /// Applies one write, at most once per session sequence number.
-    fn apply_write(&mut self, index: LogIndex, w: Write) -> WriteResult {
+    fn apply_write(&mut self, index: LogIndex, w: Write) -> Reply {
         if let Some(s) = w.session {
             if let Some(known) = self.state.sessions.get(&s.client) {
                 if s.seq <= known.seq {
@@ -125,13 +96,12 @@ impl KvStateMachine {
                         .result
                         .clone()
                         .filter(|_| s.seq == known.seq)
-                        .unwrap_or_else(|| {
-                            WriteResult::Err("ERR stale session sequence number".into())
-                        });
+                        .unwrap_or_else(|| Reply::Err("ERR stale session sequence number".into()));
                 }
             }
         }
-        let result = self.apply_op(w.op);
+        let stamp = self.state.db.begin(index.0, w.at_ms);
+        let result = w.op.apply(&mut self.state.db, stamp);
         if let Some(s) = w.session {
             self.state.sessions.insert(
                 s.client,
@@ -162,66 +132,10 @@ impl KvStateMachine {
         }
     }
 
-    fn apply_op(&mut self, op: WriteOp) -> WriteResult {
-        let data = &mut self.state.data;
-        match op {
-            WriteOp::Set(k, v) => {
-                data.insert(k, v);
-                WriteResult::Ok
-            }
-            WriteOp::MSet(pairs) => {
-                for (k, v) in pairs {
-                    data.insert(k, v);
-                }
-                WriteResult::Ok
-            }
-            WriteOp::Del(keys) => {
-                WriteResult::Int(keys.iter().filter(|k| data.remove(*k).is_some()).count() as i64)
-            }
-            WriteOp::Append(k, v) => {
-                let mut cur = data.get(&k).map(|b| b.to_vec()).unwrap_or_default();
-                cur.extend_from_slice(&v);
-                let len = cur.len() as i64;
-                data.insert(k, Bytes::from(cur));
-                WriteResult::Int(len)
-            }
-            WriteOp::IncrBy(k, delta) => {
-                let current = match data.get(&k) {
-                    None => 0,
-                    Some(v) => match std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                    {
-                        Some(n) => n,
-                        None => {
-                            return WriteResult::Err(
-                                "ERR value is not an integer or out of range".into(),
-                            )
-                        }
-                    },
-                };
-                match current.checked_add(delta) {
-                    Some(n) => {
-                        data.insert(k, Bytes::from(n.to_string()));
-                        WriteResult::Int(n)
-                    }
-                    None => WriteResult::Err("ERR increment or decrement would overflow".into()),
-                }
-            }
-        }
-    }
-
-    fn answer(&self, q: Query) -> QueryResult {
-        let data = &self.state.data;
+    fn answer(&self, q: Query) -> Reply {
         match q {
-            Query::Get(k) => QueryResult::Value(data.get(&k).cloned()),
-            Query::MGet(keys) => {
-                QueryResult::Values(keys.iter().map(|k| data.get(k).cloned()).collect())
-            }
-            Query::Exists(keys) => {
-                QueryResult::Int(keys.iter().filter(|k| data.contains_key(*k)).count() as i64)
-            }
-            Query::DbSize => QueryResult::Int(data.len() as i64),
+            Query::Data { at_ms, op } => op.answer(&self.state.db, self.state.db.read_time(at_ms)),
+            Query::AppliedIndex => Reply::Int(self.state.applied.0 as i64),
         }
     }
 }
@@ -241,7 +155,7 @@ impl StateMachine for KvStateMachine {
                         Ok(w) => self.apply_write(e.index(), w),
                         // Deterministic on every replica: a command that does not decode
                         // is answered with an error and changes nothing.
-                        Err(err) => WriteResult::Err(format!("ERR undecodable command: {err}")),
+                        Err(err) => Reply::Err(format!("ERR undecodable command: {err}")),
                     };
                     encode(&result)?
                 }
@@ -264,7 +178,7 @@ impl StateMachine for KvStateMachine {
     }
 
     async fn restore(&mut self, meta: &SnapshotMeta, data: Bytes) -> Result<(), StateMachineError> {
-        let state: KvState = postcard::from_bytes(&data)
+        let mut state: KvState = postcard::from_bytes(&data)
             .map_err(|e| StateMachineError(format!("bad snapshot: {e}")))?;
         if state.applied != meta.last_log_id.index {
             return Err(StateMachineError(format!(
@@ -272,6 +186,7 @@ impl StateMachine for KvStateMachine {
                 state.applied.0, meta.last_log_id.index.0
             )));
         }
+        state.db.rebuild_indexes();
         self.state = state;
         Ok(())
     }
@@ -290,101 +205,160 @@ pub fn encode_query(q: &Query) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::{self, Cmd, Transaction};
     use raft_core::LogId;
 
-    fn entry(index: u64, w: &Write) -> Entry {
-        Entry {
-            log_id: LogId::new(1, index),
-            payload: EntryPayload::Command(encode_write(w)),
-        }
-    }
-
-    fn w(op: WriteOp, session: Option<(u64, u64)>) -> Write {
+    /// The write `line` (words split on spaces) stamped `at_ms`, with an optional session.
+    fn w(line: &str, at_ms: Millis, session: Option<(u64, u64)>) -> Write {
+        let Cmd::Write(op) = cmd(line) else {
+            panic!("{line} is not a write")
+        };
         Write {
             session: session.map(|(client, seq)| Session { client, seq }),
+            at_ms,
             op,
         }
     }
 
-    async fn apply(sm: &mut KvStateMachine, index: u64, write: Write) -> WriteResult {
-        let out = sm.apply(&[entry(index, &write)]).await.unwrap();
+    fn cmd(line: &str) -> Cmd {
+        let words: Vec<Bytes> = line
+            .split(' ')
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        commands::parse(&commands::word(&words[0]), &words[1..])
+            .unwrap()
+            .unwrap()
+    }
+
+    fn get(sm: &KvStateMachine, key: &str, at_ms: Millis) -> Reply {
+        let Cmd::Read(op) = cmd(&format!("GET {key}")) else {
+            unreachable!()
+        };
+        sm.answer(Query::Data { at_ms, op })
+    }
+
+    async fn apply(sm: &mut KvStateMachine, index: u64, write: Write) -> Reply {
+        let e = Entry {
+            log_id: LogId::new(1, index),
+            payload: EntryPayload::Command(encode_write(&write)),
+        };
+        let out = sm.apply(&[e]).await.unwrap();
         postcard::from_bytes(&out[0]).unwrap()
     }
 
-    #[tokio::test]
-    async fn snapshot_round_trip_restores_data_sessions_and_index() {
-        let mut sm = KvStateMachine::new();
-        apply(&mut sm, 1, w(WriteOp::Set("a".into(), "1".into()), None)).await;
-        apply(&mut sm, 2, w(WriteOp::IncrBy("n".into(), 5), Some((7, 1)))).await;
-        let snap = sm.snapshot().await.unwrap();
-        let meta = SnapshotMeta {
-            last_log_id: LogId::new(1, 2),
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: LogId::new(1, index),
             membership: Default::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_round_trip_restores_data_expiries_hashes_sessions_and_index() {
+        let mut sm = KvStateMachine::new();
+        apply(&mut sm, 1, w("SET a 1 PX 1000", 0, None)).await;
+        apply(&mut sm, 2, w("INCRBY n 5", 0, Some((7, 1)))).await;
+        apply(&mut sm, 3, w("HSET h f v", 0, None)).await;
+        let snap = sm.snapshot().await.unwrap();
         let mut restored = KvStateMachine::new();
-        restored.restore(&meta, snap).await.unwrap();
-        assert_eq!(restored.applied_index().await.unwrap(), LogIndex(2));
+        restored.restore(&meta(3), snap).await.unwrap();
+        assert_eq!(restored.applied_index().await.unwrap(), LogIndex(3));
+        assert_eq!(get(&restored, "a", 999), Reply::Bulk("1".into()));
         assert_eq!(
-            restored.answer(Query::Get("a".into())),
-            QueryResult::Value(Some("1".into()))
+            get(&restored, "a", 1_000),
+            Reply::Nil,
+            "the expiry came along"
         );
         // The session survived: a retry is not applied twice.
         assert_eq!(
-            apply(
-                &mut restored,
-                3,
-                w(WriteOp::IncrBy("n".into(), 5), Some((7, 1)))
-            )
-            .await,
-            WriteResult::Int(5)
+            apply(&mut restored, 4, w("INCRBY n 5", 0, Some((7, 1)))).await,
+            Reply::Int(5)
         );
+        assert_eq!(get(&restored, "n", 0), Reply::Bulk("5".into()));
         assert_eq!(
-            restored.answer(Query::Get("n".into())),
-            QueryResult::Value(Some("5".into()))
+            apply(&mut restored, 5, w("HINCRBY h c 2", 0, None)).await,
+            Reply::Int(2)
         );
+        // The expiry index was rebuilt: the next write removes the expired key.
+        apply(&mut restored, 6, w("SET b 1", 2_000, None)).await;
+        assert!(!restored.state.db.keys(b"*", 0).contains(&Bytes::from("a")));
     }
 
     #[tokio::test]
     async fn a_retried_session_command_applies_once() {
         let mut sm = KvStateMachine::new();
         for index in 1..=3 {
-            let r = apply(
-                &mut sm,
-                index,
-                w(WriteOp::IncrBy("c".into(), 1), Some((1, 1))),
-            )
-            .await;
-            assert_eq!(r, WriteResult::Int(1));
+            let r = apply(&mut sm, index, w("INCR c", 0, Some((1, 1)))).await;
+            assert_eq!(r, Reply::Int(1));
         }
         assert_eq!(
-            apply(&mut sm, 4, w(WriteOp::IncrBy("c".into(), 1), Some((1, 2)))).await,
-            WriteResult::Int(2)
+            apply(&mut sm, 4, w("INCR c", 0, Some((1, 2)))).await,
+            Reply::Int(2)
         );
     }
 
     #[tokio::test]
-    async fn incr_of_a_non_integer_is_an_error_that_changes_nothing() {
+    async fn replicas_expire_by_the_stamp_in_the_log_not_their_clock() {
+        // Two replicas apply the same entries at different wall-clock moments: same state.
+        let log = [
+            w("SET k v PX 100", 1_000, None),
+            w("SET j v", 1_050, None),
+            w("SET x v", 1_200, None),
+        ];
+        let mut a = KvStateMachine::new();
+        let mut b = KvStateMachine::new();
+        for (i, e) in log.iter().enumerate() {
+            apply(&mut a, i as u64 + 1, e.clone()).await;
+        }
+        for (i, e) in log.iter().enumerate() {
+            apply(&mut b, i as u64 + 1, e.clone()).await;
+        }
+        assert_eq!(a.snapshot().await.unwrap(), b.snapshot().await.unwrap());
+        // A leader whose clock is behind does not bring the key back.
+        apply(&mut a, 4, w("SET y v", 500, None)).await;
+        assert_eq!(get(&a, "k", 0), Reply::Nil);
+    }
+
+    #[tokio::test]
+    async fn exec_applies_all_at_once_and_watch_aborts_on_a_change() {
         let mut sm = KvStateMachine::new();
-        apply(&mut sm, 1, w(WriteOp::Set("s".into(), "abc".into()), None)).await;
-        assert!(matches!(
-            apply(&mut sm, 2, w(WriteOp::IncrBy("s".into(), 1), None)).await,
-            WriteResult::Err(_)
-        ));
+        apply(&mut sm, 1, w("SET k 1", 0, None)).await;
+        let watched = |since| Transaction {
+            watch: Some((since, vec![Bytes::from("k")])),
+            cmds: vec![cmd("INCR k"), cmd("GET k"), cmd("SET other x")],
+        };
+        let exec = |t| Write {
+            session: None,
+            at_ms: 0,
+            op: WriteOp::Exec(t),
+        };
         assert_eq!(
-            sm.answer(Query::Get("s".into())),
-            QueryResult::Value(Some("abc".into()))
+            apply(&mut sm, 2, exec(watched(1))).await,
+            Reply::Array(vec![Reply::Int(2), Reply::Bulk("2".into()), Reply::Ok])
         );
+        // k changed at index 2, after a WATCH that read at index 1.
+        assert_eq!(apply(&mut sm, 3, exec(watched(1))).await, Reply::Aborted);
+        assert_eq!(
+            get(&sm, "k", 0),
+            Reply::Bulk("2".into()),
+            "an aborted EXEC changes nothing"
+        );
+        // An error inside a transaction does not stop the others (as in Redis).
+        let t = Transaction {
+            watch: None,
+            cmds: vec![cmd("HSET k f v"), cmd("INCR k")],
+        };
+        let Reply::Array(r) = apply(&mut sm, 4, exec(t)).await else {
+            panic!()
+        };
+        assert!(matches!(r[0], Reply::Err(_)) && r[1] == Reply::Int(3));
     }
 
     #[tokio::test]
     async fn a_snapshot_with_mismatched_metadata_is_refused() {
         let mut sm = KvStateMachine::new();
-        apply(&mut sm, 1, w(WriteOp::Set("a".into(), "1".into()), None)).await;
+        apply(&mut sm, 1, w("SET a 1", 0, None)).await;
         let snap = sm.snapshot().await.unwrap();
-        let meta = SnapshotMeta {
-            last_log_id: LogId::new(1, 9),
-            membership: Default::default(),
-        };
-        assert!(KvStateMachine::new().restore(&meta, snap).await.is_err());
+        assert!(KvStateMachine::new().restore(&meta(9), snap).await.is_err());
     }
 }

@@ -15,6 +15,8 @@
 
 pub mod admin;
 pub mod client;
+pub mod commands;
+pub mod db;
 pub mod identity;
 pub mod kv;
 pub mod resp;

@@ -1,5 +1,6 @@
-//! RESP2, the Redis serialization protocol: an incremental parser with limits (so hostile
-//! input cannot exhaust memory) and an encoder.
+//! RESP, the Redis serialization protocol (RESP2, and the RESP3 types the server answers
+//! with after `HELLO 3`): an incremental parser with limits (so hostile input cannot exhaust
+//! memory) and an encoder.
 
 use bytes::{Bytes, BytesMut};
 
@@ -16,6 +17,18 @@ pub enum Value {
     Bulk(Option<Bytes>),
     /// `*2\r\n...` or the null array `*-1`.
     Array(Option<Vec<Value>>),
+    /// RESP3's map `%2\r\n...`; a flat array of keys and values in RESP2.
+    Map(Vec<(Value, Value)>),
+}
+
+/// The protocol version a connection speaks, chosen by `HELLO`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// RESP2, what every connection starts with.
+    #[default]
+    Resp2,
+    /// RESP3: nulls are `_`, maps are `%`.
+    Resp3,
 }
 
 impl Value {
@@ -34,9 +47,31 @@ impl Value {
         Value::Bulk(Some(b.into()))
     }
 
-    /// Appends the wire form of `self` to `out`.
+    /// Appends the RESP2 wire form of `self` to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
+        self.encode_as(Protocol::Resp2, out)
+    }
+
+    /// Appends the wire form of `self` in protocol `proto` to `out`.
+    pub fn encode_as(&self, proto: Protocol, out: &mut BytesMut) {
         match self {
+            Value::Bulk(None) | Value::Array(None) if proto == Protocol::Resp3 => {
+                out.extend_from_slice(b"_\r\n")
+            }
+            Value::Map(pairs) if proto == Protocol::Resp3 => {
+                line(out, b'%', pairs.len().to_string().as_bytes());
+                for (k, v) in pairs {
+                    k.encode_as(proto, out);
+                    v.encode_as(proto, out);
+                }
+            }
+            Value::Map(pairs) => {
+                line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                for (k, v) in pairs {
+                    k.encode_as(proto, out);
+                    v.encode_as(proto, out);
+                }
+            }
             Value::Simple(s) => line(out, b'+', s.as_bytes()),
             Value::Error(s) => line(out, b'-', s.as_bytes()),
             Value::Integer(i) => line(out, b':', i.to_string().as_bytes()),
@@ -50,7 +85,7 @@ impl Value {
             Value::Array(Some(items)) => {
                 line(out, b'*', items.len().to_string().as_bytes());
                 for v in items {
-                    v.encode(out);
+                    v.encode_as(proto, out);
                 }
             }
         }
@@ -284,6 +319,31 @@ fn parse_value_at(
             }
             Ok(Some((Value::Array(Some(items)), pos)))
         }
+        b'_' => match buf.get(at + 1..at + 3) {
+            None => Ok(None),
+            Some(b"\r\n") => Ok(Some((Value::Bulk(None), at + 3))),
+            Some(_) => Err(ProtocolError::Malformed("null not terminated by CRLF")),
+        },
+        b'%' => {
+            let Some((count, mut pos)) = parse_len(buf, at, limits)? else {
+                return Ok(None);
+            };
+            if count < 0 || count as usize > limits.max_array / 2 {
+                return Err(ProtocolError::BadLength { what: "map" });
+            }
+            let mut pairs = Vec::with_capacity((count as usize).min(512));
+            for _ in 0..count {
+                let Some((k, next)) = parse_value_at(buf, pos, limits, depth + 1)? else {
+                    return Ok(None);
+                };
+                let Some((v, next)) = parse_value_at(buf, next, limits, depth + 1)? else {
+                    return Ok(None);
+                };
+                pairs.push((k, v));
+                pos = next;
+            }
+            Ok(Some((Value::Map(pairs), pos)))
+        }
         _ => Err(ProtocolError::Malformed("unknown reply type")),
     }
 }
@@ -395,5 +455,23 @@ mod tests {
         let (back, used) = parse_value(&out, &Limits::default()).unwrap().unwrap();
         assert_eq!(back, v);
         assert_eq!(used, out.len());
+    }
+
+    #[test]
+    fn resp3_nulls_and_maps_round_trip_and_flatten_in_resp2() {
+        let map = Value::Map(vec![(Value::bulk("f"), Value::Bulk(None))]);
+        let mut out = BytesMut::new();
+        map.encode_as(Protocol::Resp3, &mut out);
+        assert_eq!(&out[..], b"%1\r\n$1\r\nf\r\n_\r\n");
+        let (back, used) = parse_value(&out, &Limits::default()).unwrap().unwrap();
+        assert_eq!((back, used), (map.clone(), out.len()));
+        for cut in 1..out.len() {
+            assert_eq!(parse_value(&out[..cut], &Limits::default()).unwrap(), None);
+        }
+        let mut flat = BytesMut::new();
+        map.encode(&mut flat);
+        assert_eq!(&flat[..], b"*2\r\n$1\r\nf\r\n$-1\r\n");
+        assert!(parse_value(b"%99999999999\r\n", &Limits::default()).is_err());
+        assert!(parse_value(b"_x\r\n", &Limits::default()).is_err());
     }
 }

@@ -13,18 +13,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::admin::{AdminCommand, ClientAddrs};
-use crate::kv::{
-    encode_query, encode_write, Query, QueryResult, Session, Write, WriteOp, WriteResult,
-};
-use crate::resp::{self, Limits, Value};
+use crate::commands::{self, Cmd, Kind, Reply, Transaction, WriteOp};
+use crate::db::Millis;
+use crate::kv::{encode_query, encode_write, Query, Session, Write};
+use crate::resp::{self, Limits, Protocol, Value};
 
 /// A parsed client request.
 #[derive(Debug)]
 enum Request {
-    /// Goes through the log.
-    Write(Write),
-    /// A linearizable read.
-    Read(Query),
+    /// A data command (a read or a write), with the session of an exactly-once write.
+    Data(Cmd, Option<Session>),
     /// Answered locally (PING, ECHO, errors, ...).
     Local(Value),
     /// INFO [section]
@@ -33,141 +31,179 @@ enum Request {
     Quit,
     /// A membership change (`RAFT.*`), run on the leader.
     Admin(AdminCommand),
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the connection's transaction state.
+    Transaction(TxnVerb),
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]
+    Hello(Vec<Bytes>),
+    /// CLIENT subcommand ...
+    Client(Vec<Bytes>),
+}
+
+/// The transaction commands.
+#[derive(Debug)]
+enum TxnVerb {
+    Multi,
+    Exec,
+    Discard,
+    Watch(Vec<Bytes>),
+    Unwatch,
 }
 
 fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
-fn arity_err(name: &str) -> Request {
-    Request::Local(Value::err(format!(
-        "ERR wrong number of arguments for '{}' command",
-        name.to_ascii_lowercase()
-    )))
+fn local_err(e: impl Into<String>) -> Request {
+    Request::Local(Value::err(e))
 }
 
-fn int_arg(b: &Bytes) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
+/// The internal command a follower forwards EXEC as: the whole transaction, encoded, so the
+/// leader proposes exactly what the client queued (and stamps it with its own clock).
+const FORWARDED_EXEC: &str = "RAFTKV.EXEC";
 
-/// Turns a command's arguments into a request.
-fn classify(args: &[Bytes]) -> Request {
+/// Turns a command's arguments into a request; `forwarded` requests come from another node.
+fn classify(args: &[Bytes], forwarded: bool) -> Request {
     let Some(first) = args.first() else {
-        return Request::Local(Value::err("ERR empty command"));
+        return local_err("ERR empty command");
     };
     let name = upper(first);
     let rest = &args[1..];
-    let write = |op| Request::Write(Write { session: None, op });
     if let Some(admin) = AdminCommand::parse(&name, rest) {
-        return admin.map_or_else(|e| Request::Local(Value::err(e)), Request::Admin);
+        return admin.map_or_else(local_err, Request::Admin);
+    }
+    if let Some(parsed) = commands::parse(&name, rest) {
+        return parsed.map_or_else(local_err, |c| Request::Data(c, None));
+    }
+    if name == FORWARDED_EXEC && forwarded {
+        return match rest {
+            [raw] => match postcard::from_bytes::<Transaction>(raw) {
+                Ok(t) => Request::Data(Cmd::Write(WriteOp::Exec(t)), None),
+                Err(e) => local_err(format!("ERR undecodable transaction: {e}")),
+            },
+            _ => local_err(commands::arity_error(&name)),
+        };
+    }
+    let Some(spec) = commands::lookup(&name) else {
+        let shown: Vec<String> = rest
+            .iter()
+            .take(3)
+            .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+            .collect();
+        return local_err(format!(
+            "ERR unknown command '{}', with args beginning with: {}",
+            String::from_utf8_lossy(first),
+            shown.join(" ")
+        ));
+    };
+    if !commands::arity_ok(spec, args.len()) {
+        return local_err(commands::arity_error(&name));
     }
     match name.as_str() {
         "PING" => match rest {
             [] => Request::Local(Value::Simple("PONG".into())),
             [msg] => Request::Local(Value::bulk(msg.clone())),
-            _ => arity_err(&name),
+            _ => local_err(commands::arity_error(&name)),
         },
-        "ECHO" => match rest {
-            [msg] => Request::Local(Value::bulk(msg.clone())),
-            _ => arity_err(&name),
-        },
+        "ECHO" => Request::Local(Value::bulk(rest[0].clone())),
         "QUIT" => Request::Quit,
         "INFO" => Request::Info,
-        // Sent by redis-cli and redis-benchmark on connect; nothing to report.
-        "COMMAND" | "CONFIG" => Request::Local(Value::Array(Some(Vec::new()))),
-        "SELECT" => match rest {
-            [db] if db.as_ref() == b"0" => Request::Local(Value::ok()),
-            [_] => Request::Local(Value::err("ERR DB index is out of range")),
-            _ => arity_err(&name),
+        "COMMAND" => Request::Local(command_info(rest)),
+        // Sent by redis-benchmark on connect; there is no configuration to show.
+        "CONFIG" => Request::Local(Value::Array(Some(Vec::new()))),
+        "SELECT" => match rest[0].as_ref() {
+            b"0" => Request::Local(Value::ok()),
+            _ => local_err("ERR DB index is out of range"),
         },
-        "CLIENT" => Request::Local(Value::ok()),
-        "GET" => match rest {
-            [k] => Request::Read(Query::Get(k.clone())),
-            _ => arity_err(&name),
-        },
-        "MGET" if !rest.is_empty() => Request::Read(Query::MGet(rest.to_vec())),
-        "EXISTS" if !rest.is_empty() => Request::Read(Query::Exists(rest.to_vec())),
-        "DBSIZE" if rest.is_empty() => Request::Read(Query::DbSize),
-        "SET" => match rest {
-            [k, v] => write(WriteOp::Set(k.clone(), v.clone())),
-            [_, _, ..] => Request::Local(Value::err(
-                "ERR syntax error (SET options are not supported)",
-            )),
-            _ => arity_err(&name),
-        },
-        "MSET" if !rest.is_empty() && rest.len() % 2 == 0 => write(WriteOp::MSet(
-            rest.chunks(2)
-                .map(|p| (p[0].clone(), p[1].clone()))
+        "HELLO" => Request::Hello(rest.to_vec()),
+        "CLIENT" => Request::Client(rest.to_vec()),
+        "MULTI" => Request::Transaction(TxnVerb::Multi),
+        "EXEC" => Request::Transaction(TxnVerb::Exec),
+        "DISCARD" => Request::Transaction(TxnVerb::Discard),
+        "WATCH" => Request::Transaction(TxnVerb::Watch(rest.to_vec())),
+        "UNWATCH" => Request::Transaction(TxnVerb::Unwatch),
+        // SESSION <client-id> <seq> <write command...>: exactly-once writes.
+        "SESSION" => {
+            let (Ok(client), Ok(seq)) = (commands::int(&rest[0]), commands::int(&rest[1])) else {
+                return local_err("ERR SESSION needs a numeric client id and sequence number");
+            };
+            match classify(&rest[2..], forwarded) {
+                Request::Data(Cmd::Write(op), None) => Request::Data(
+                    Cmd::Write(op),
+                    Some(Session {
+                        client: client as u64,
+                        seq: seq as u64,
+                    }),
+                ),
+                Request::Local(err @ Value::Error(_)) => Request::Local(err),
+                _ => local_err("ERR SESSION wraps write commands only"),
+            }
+        }
+        _ => local_err(format!("ERR '{name}' is not supported here")),
+    }
+}
+
+/// COMMAND [COUNT | INFO name... | DOCS ...]: the command table, as Redis describes it.
+fn command_info(args: &[Bytes]) -> Value {
+    let describe = |s: &commands::Spec| {
+        let flag = match s.kind {
+            Kind::Read => "readonly",
+            Kind::Write => "write",
+            Kind::Connection | Kind::Admin => "fast",
+        };
+        let keyed = matches!(s.kind, Kind::Read | Kind::Write) && s.arity.abs() > 1;
+        Value::Array(Some(vec![
+            Value::bulk(s.name.to_ascii_lowercase()),
+            Value::Integer(s.arity.into()),
+            Value::Array(Some(vec![Value::Simple(flag.into())])),
+            Value::Integer(keyed as i64),
+            Value::Integer(keyed as i64),
+            Value::Integer(keyed as i64),
+        ]))
+    };
+    match args.first().map(|a| upper(a)).as_deref() {
+        None => Value::Array(Some(commands::TABLE.iter().map(describe).collect())),
+        Some("COUNT") => Value::Integer(commands::TABLE.len() as i64),
+        Some("INFO") => Value::Array(Some(
+            args[1..]
+                .iter()
+                .map(|n| commands::lookup(&upper(n)).map_or(Value::Bulk(None), describe))
                 .collect(),
         )),
-        "DEL" if !rest.is_empty() => write(WriteOp::Del(rest.to_vec())),
-        "APPEND" => match rest {
-            [k, v] => write(WriteOp::Append(k.clone(), v.clone())),
-            _ => arity_err(&name),
-        },
-        "INCR" => match rest {
-            [k] => write(WriteOp::IncrBy(k.clone(), 1)),
-            _ => arity_err(&name),
-        },
-        "INCRBY" => match rest {
-            [k, d] => match int_arg(d) {
-                Some(d) => write(WriteOp::IncrBy(k.clone(), d)),
-                None => Request::Local(Value::err("ERR value is not an integer or out of range")),
-            },
-            _ => arity_err(&name),
-        },
-        // SESSION <client-id> <seq> <write command...>: exactly-once writes.
-        "SESSION" => match rest {
-            [client, seq, inner @ ..] if !inner.is_empty() => {
-                let (Some(client), Some(seq)) = (int_arg(client), int_arg(seq)) else {
-                    return Request::Local(Value::err(
-                        "ERR SESSION needs a numeric client id and sequence number",
-                    ));
-                };
-                match classify(inner) {
-                    Request::Write(mut w) => {
-                        w.session = Some(Session {
-                            client: client as u64,
-                            seq: seq as u64,
-                        });
-                        Request::Write(w)
-                    }
-                    Request::Local(err @ Value::Error(_)) => Request::Local(err),
-                    _ => Request::Local(Value::err("ERR SESSION wraps write commands only")),
-                }
-            }
-            _ => arity_err(&name),
-        },
-        "MGET" | "EXISTS" | "DBSIZE" | "MSET" | "DEL" => arity_err(&name),
-        _ => {
-            let shown: Vec<String> = rest
-                .iter()
-                .take(3)
-                .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-                .collect();
-            Request::Local(Value::err(format!(
-                "ERR unknown command '{}', with args beginning with: {}",
-                String::from_utf8_lossy(first),
-                shown.join(" ")
-            )))
-        }
+        // DOCS and the rest: nothing to add (redis-cli asks for DOCS on connect).
+        Some(_) => Value::Array(Some(Vec::new())),
     }
 }
 
-fn write_reply(r: WriteResult) -> Value {
+/// The wire value of a state machine reply.
+fn reply_value(r: Reply) -> Value {
     match r {
-        WriteResult::Ok => Value::ok(),
-        WriteResult::Int(n) => Value::Integer(n),
-        WriteResult::Err(e) => Value::Error(e),
+        Reply::Ok => Value::ok(),
+        Reply::Status(s) => Value::Simple(s),
+        Reply::Int(n) => Value::Integer(n),
+        Reply::Bulk(b) => Value::Bulk(Some(b)),
+        Reply::Nil => Value::Bulk(None),
+        Reply::Array(items) => Value::Array(Some(items.into_iter().map(reply_value).collect())),
+        Reply::Map(pairs) => Value::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (reply_value(k), reply_value(v)))
+                .collect(),
+        ),
+        Reply::Aborted => Value::Array(None),
+        Reply::Err(e) => Value::Error(e),
     }
 }
 
-fn query_reply(r: QueryResult) -> Value {
-    match r {
-        QueryResult::Value(v) => Value::Bulk(v),
-        QueryResult::Values(vs) => Value::Array(Some(vs.into_iter().map(Value::Bulk).collect())),
-        QueryResult::Int(n) => Value::Integer(n),
-    }
+fn decode_reply(raw: &[u8]) -> Result<Value, postcard::Error> {
+    postcard::from_bytes::<Reply>(raw).map(reply_value)
+}
+
+/// Milliseconds since the Unix epoch by this node's clock: the stamp of the writes it
+/// proposes as leader, and the time its reads are answered at.
+fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// What a Raft error tells the client.
@@ -212,11 +248,8 @@ impl Forwarder {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
             if conn.is_none() {
-                match TcpStream::connect(self.addr).await {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        *conn = Some((s, BytesMut::new()));
-                    }
+                match open_link(self.addr).await {
+                    Ok(link) => *conn = Some(link),
                     Err(_) => break,
                 }
             }
@@ -235,6 +268,24 @@ impl Forwarder {
             .iter()
             .map(|_| Value::err("TRYAGAIN cannot reach the leader right now; retry shortly"))
             .collect()
+    }
+}
+
+/// Opens a link to another node's client port, speaking RESP3 so that replies keep their
+/// types (maps, nulls) on the way back to a RESP3 client.
+async fn open_link(addr: SocketAddr) -> std::io::Result<(TcpStream, BytesMut)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    resp::encode_request(
+        &[Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")],
+        &mut out,
+    );
+    stream.write_all(&out).await?;
+    match resp::read_value(&mut stream, &mut buf).await? {
+        Value::Error(e) => Err(std::io::Error::other(e)),
+        _ => Ok((stream, buf)),
     }
 }
 
@@ -304,6 +355,126 @@ async fn finish(
         }
     }
     replies
+}
+
+/// Commands queued by MULTI.
+#[derive(Debug, Default)]
+struct Queue {
+    cmds: Vec<Cmd>,
+    /// A queued command was refused: EXEC discards the transaction.
+    failed: bool,
+}
+
+/// What one client connection has set up: its protocol, name, and transaction state.
+#[derive(Debug, Default)]
+struct ConnState {
+    proto: Protocol,
+    name: Option<Bytes>,
+    multi: Option<Queue>,
+    /// The applied index WATCH read at, and the keys watched since.
+    watch: Option<(u64, Vec<Bytes>)>,
+}
+
+impl ConnState {
+    fn watch_at(&mut self, index: u64, keys: Vec<Bytes>) {
+        let (since, watched) = self.watch.get_or_insert((index, Vec::new()));
+        // Several WATCH calls: the earliest read point covers them all.
+        *since = (*since).min(index);
+        watched.extend(keys);
+    }
+
+    /// EXEC: the transaction as one write, and the arguments it is forwarded as.
+    fn exec(&mut self) -> Result<(Vec<Bytes>, Write), Value> {
+        let queue = self.multi.take().unwrap_or_default();
+        let watch = self.watch.take();
+        if queue.failed {
+            return Err(Value::err(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+        }
+        let txn = Transaction {
+            watch,
+            cmds: queue.cmds,
+        };
+        let raw = postcard::to_allocvec(&txn).unwrap_or_default();
+        let args = vec![Bytes::from_static(FORWARDED_EXEC.as_bytes()), raw.into()];
+        let write = Write {
+            session: None,
+            at_ms: 0,
+            op: WriteOp::Exec(txn),
+        };
+        Ok((args, write))
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: switches the protocol and answers
+    /// with the server's description.
+    fn hello(&mut self, args: &[Bytes]) -> Value {
+        let mut proto = self.proto;
+        if let Some(v) = args.first() {
+            proto = match commands::int(v) {
+                Ok(2) => Protocol::Resp2,
+                Ok(3) => Protocol::Resp3,
+                Ok(_) => return Value::err("NOPROTO unsupported protocol version"),
+                Err(_) => {
+                    return Value::err("ERR Protocol version is not an integer or out of range")
+                }
+            };
+        }
+        let mut i = 1;
+        let mut name = None;
+        while i < args.len() {
+            match (upper(&args[i]).as_str(), args.len() - i) {
+                // No passwords yet: any credentials are accepted, as Redis does for a
+                // default user without a password.
+                ("AUTH", 3..) => i += 3,
+                ("SETNAME", 2..) => {
+                    name = Some(args[i + 1].clone());
+                    i += 2
+                }
+                (opt, _) => return Value::err(format!("ERR Syntax error in HELLO option '{opt}'")),
+            }
+        }
+        self.proto = proto;
+        if name.is_some() {
+            self.name = name;
+        }
+        let s = |v: &str| Value::bulk(v.to_string());
+        Value::Map(vec![
+            (s("server"), s("redis")),
+            (s("version"), s("7.0.0")),
+            (
+                s("proto"),
+                Value::Integer(if proto == Protocol::Resp3 { 3 } else { 2 }),
+            ),
+            (s("id"), Value::Integer(1)),
+            (s("mode"), s("standalone")),
+            (s("role"), s("master")),
+            (s("modules"), Value::Array(Some(Vec::new()))),
+        ])
+    }
+
+    /// CLIENT SETNAME, GETNAME, SETINFO, ID, INFO.
+    fn client(&mut self, args: &[Bytes]) -> Value {
+        match (upper(&args[0]).as_str(), &args[1..]) {
+            ("SETNAME", [name]) => {
+                self.name = Some(name.clone());
+                Value::ok()
+            }
+            ("GETNAME", []) => Value::Bulk(self.name.clone()),
+            // Clients announce their library name and version; nothing to keep.
+            ("SETINFO", [_, _]) => Value::ok(),
+            ("ID", []) => Value::Integer(1),
+            ("INFO", []) => Value::bulk(format!(
+                "id=1 name={} resp={}\n",
+                String::from_utf8_lossy(self.name.as_deref().unwrap_or_default()),
+                if self.proto == Protocol::Resp3 { 3 } else { 2 }
+            )),
+            (sub, _) => Value::err(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'",
+                sub.to_ascii_lowercase()
+            )),
+        }
+    }
 }
 
 /// The Redis-protocol server of one node.
@@ -390,6 +561,7 @@ impl KvServer {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
         let fwd = Forwarders::new(self.peer_clients.clone());
+        let mut conn = ConnState::default();
         loop {
             if stream.read_buf(&mut buf).await? == 0 {
                 return Ok(());
@@ -412,13 +584,13 @@ impl KvServer {
                     }
                 }
             }
-            let (replies, quit) = self.run_pipeline(batch, &fwd).await;
+            let (replies, quit) = self.run_pipeline(batch, &fwd, &mut conn).await;
             out.clear();
-            for r in &replies {
-                r.encode(&mut out);
+            for (proto, r) in &replies {
+                r.encode_as(*proto, &mut out);
             }
             if let Some(e) = &fatal {
-                Value::err(format!("ERR {e}")).encode(&mut out);
+                Value::err(format!("ERR {e}")).encode_as(conn.proto, &mut out);
             }
             stream.write_all(&out).await?;
             if quit || fatal.is_some() {
@@ -428,9 +600,15 @@ impl KvServer {
     }
 
     /// Executes a pipeline. Consecutive writes go to the log as one batch; a read waits for
-    /// the writes before it, so a pipeline sees its own writes.
-    async fn run_pipeline(&self, batch: Vec<Vec<Bytes>>, fwd: &Forwarders) -> (Vec<Value>, bool) {
-        let mut replies = Vec::with_capacity(batch.len());
+    /// the writes before it, so a pipeline sees its own writes. Each reply carries the
+    /// protocol it is sent in (HELLO may switch it mid-pipeline).
+    async fn run_pipeline(
+        &self,
+        batch: Vec<Vec<Bytes>>,
+        fwd: &Forwarders,
+        conn: &mut ConnState,
+    ) -> (Vec<(Protocol, Value)>, bool) {
+        let mut replies: Vec<(Protocol, Value)> = Vec::with_capacity(batch.len());
         let mut writes: Vec<(Vec<Bytes>, Write)> = Vec::new();
         let mut reads: Vec<(Vec<Bytes>, Query)> = Vec::new();
         let mut quit = false;
@@ -445,29 +623,62 @@ impl KvServer {
                 Some(a) if a.eq_ignore_ascii_case(FORWARDED) => args[1..].to_vec(),
                 _ => args,
             };
+            let request = classify(&args, forwarded);
+            // Between MULTI and EXEC, data commands are queued, not run.
+            let request = match (conn.multi.as_mut(), request) {
+                (Some(queue), Request::Data(cmd, None)) => {
+                    queue.cmds.push(cmd);
+                    Request::Local(Value::Simple("QUEUED".into()))
+                }
+                (Some(queue), Request::Local(Value::Error(e))) => {
+                    queue.failed = true;
+                    Request::Local(Value::Error(e))
+                }
+                (Some(queue), r @ (Request::Data(..) | Request::Admin(_) | Request::Info)) => {
+                    queue.failed = true;
+                    drop(r);
+                    Request::Local(Value::err("ERR this command is not allowed inside MULTI"))
+                }
+                (_, r) => r,
+            };
             // Runs of writes go to the log as one batch; runs of reads are confirmed
             // together. A run ends where another kind of request begins, so order is kept.
-            match classify(&args) {
-                Request::Write(w) => {
+            let proto = conn.proto;
+            let tag = |v: Vec<Value>| v.into_iter().map(move |v| (proto, v));
+            match request {
+                Request::Data(Cmd::Write(op), session) => {
                     let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
-                    replies.extend(done.await);
-                    writes.push((args, w));
+                    replies.extend(tag(done.await));
+                    let write = Write {
+                        session,
+                        at_ms: 0,
+                        op,
+                    };
+                    writes.push((args, write));
                 }
-                Request::Read(q) => {
+                Request::Data(Cmd::Read(op), _) => {
                     let done = self.flush_writes(std::mem::take(&mut writes), forwarded, fwd);
-                    replies.extend(done.await);
-                    reads.push((args, q));
+                    replies.extend(tag(done.await));
+                    reads.push((args, Query::Data { at_ms: 0, op }));
+                }
+                Request::Transaction(TxnVerb::Exec) if conn.multi.is_some() => {
+                    let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
+                    replies.extend(tag(done.await));
+                    match conn.exec() {
+                        Ok((args, write)) => writes.push((args, write)),
+                        Err(e) => replies.push((proto, e)),
+                    }
                 }
                 other => {
                     let done = self.flush_writes(std::mem::take(&mut writes), forwarded, fwd);
-                    replies.extend(done.await);
+                    replies.extend(tag(done.await));
                     let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
-                    replies.extend(done.await);
-                    match other {
-                        Request::Local(v) => replies.push(v),
-                        Request::Info => replies.push(self.info().await),
+                    replies.extend(tag(done.await));
+                    let reply = match other {
+                        Request::Local(v) => v,
+                        Request::Info => self.info().await,
                         Request::Quit => {
-                            replies.push(Value::ok());
+                            replies.push((proto, Value::ok()));
                             quit = true;
                             break;
                         }
@@ -476,16 +687,64 @@ impl KvServer {
                             let decode = |_: &[u8]| Ok(Value::ok());
                             let args = std::iter::once(args.clone());
                             let result = vec![done.map(|()| Bytes::new())];
-                            replies.extend(finish(result, args, decode, forwarded, fwd).await);
+                            let mut r = finish(result, args, decode, forwarded, fwd).await;
+                            r.pop().unwrap_or_else(|| Value::err("ERR no reply"))
                         }
-                        Request::Write(_) | Request::Read(_) => unreachable!("handled above"),
-                    }
+                        Request::Transaction(verb) => self.transaction(conn, verb).await,
+                        Request::Hello(args) => conn.hello(&args),
+                        Request::Client(args) => conn.client(&args),
+                        Request::Data(..) => unreachable!("handled above"),
+                    };
+                    // HELLO answers in the protocol it switches to.
+                    replies.push((conn.proto, reply));
                 }
             }
         }
-        replies.extend(self.flush_writes(writes, forwarded, fwd).await);
-        replies.extend(self.flush_reads(reads, forwarded, fwd).await);
+        let proto = conn.proto;
+        let done = self.flush_writes(writes, forwarded, fwd).await;
+        replies.extend(done.into_iter().map(|v| (proto, v)));
+        let done = self.flush_reads(reads, forwarded, fwd).await;
+        replies.extend(done.into_iter().map(|v| (proto, v)));
         (replies, quit)
+    }
+
+    /// MULTI, DISCARD, WATCH, UNWATCH, and EXEC outside a transaction.
+    async fn transaction(&self, conn: &mut ConnState, verb: TxnVerb) -> Value {
+        match verb {
+            TxnVerb::Multi if conn.multi.is_some() => {
+                Value::err("ERR MULTI calls can not be nested")
+            }
+            TxnVerb::Multi => {
+                conn.multi = Some(Queue::default());
+                Value::ok()
+            }
+            TxnVerb::Exec => Value::err("ERR EXEC without MULTI"),
+            TxnVerb::Discard if conn.multi.is_none() => Value::err("ERR DISCARD without MULTI"),
+            TxnVerb::Discard | TxnVerb::Unwatch => {
+                if matches!(verb, TxnVerb::Discard) {
+                    conn.multi = None;
+                }
+                conn.watch = None;
+                Value::ok()
+            }
+            TxnVerb::Watch(_) if conn.multi.is_some() => {
+                Value::err("ERR WATCH inside MULTI is not allowed")
+            }
+            TxnVerb::Watch(keys) => {
+                // A linearizable read: every write acknowledged before WATCH is at or
+                // below the index it returns, so EXEC aborts on any later change.
+                match self.node.read(encode_query(&Query::AppliedIndex)).await {
+                    Ok(raw) => match postcard::from_bytes::<Reply>(&raw) {
+                        Ok(Reply::Int(index)) => {
+                            conn.watch_at(index as u64, keys);
+                            Value::ok()
+                        }
+                        other => Value::err(format!("ERR unexpected WATCH answer {other:?}")),
+                    },
+                    Err(e) => error_reply(&e),
+                }
+            }
+        }
     }
 
     async fn flush_writes(
@@ -497,11 +756,16 @@ impl KvServer {
         if writes.is_empty() {
             return Vec::new();
         }
-        let encoded = writes.iter().map(|(_, w)| encode_write(w)).collect();
+        // The proposer's clock stamps the write; only a leader's proposal is accepted, so
+        // the stamp in the log is always a leader's.
+        let at_ms = now_ms();
+        let encoded = writes
+            .iter()
+            .map(|(_, w)| encode_write(&Write { at_ms, ..w.clone() }))
+            .collect();
         let results = self.node.propose_batch(encoded).await;
         let args = writes.into_iter().map(|(a, _)| a);
-        let decode = |raw: &[u8]| postcard::from_bytes::<WriteResult>(raw).map(write_reply);
-        finish(results, args, decode, forwarded, fwd).await
+        finish(results, args, decode_reply, forwarded, fwd).await
     }
 
     async fn flush_reads(
@@ -513,12 +777,20 @@ impl KvServer {
         if reads.is_empty() {
             return Vec::new();
         }
+        let at = now_ms();
         // Reads do not depend on each other: start them all, then collect in order.
         let tasks: Vec<_> = reads
             .iter()
             .map(|(_, q)| {
                 let node = self.node.clone();
-                let q = encode_query(q);
+                let q = match q {
+                    Query::Data { op, .. } => Query::Data {
+                        at_ms: at,
+                        op: op.clone(),
+                    },
+                    other => other.clone(),
+                };
+                let q = encode_query(&q);
                 tokio::spawn(async move { node.read(q).await })
             })
             .collect();
@@ -527,8 +799,7 @@ impl KvServer {
             results.push(t.await.unwrap_or(Err(RaftError::ShuttingDown)));
         }
         let args = reads.into_iter().map(|(a, _)| a);
-        let decode = |raw: &[u8]| postcard::from_bytes::<QueryResult>(raw).map(query_reply);
-        finish(results, args, decode, forwarded, fwd).await
+        finish(results, args, decode_reply, forwarded, fwd).await
     }
 
     async fn info(&self) -> Value {
@@ -608,32 +879,64 @@ mod tests {
             .collect()
     }
 
+    fn err(r: Request) -> String {
+        match r {
+            Request::Local(Value::Error(e)) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn commands_classify_with_arity_checks() {
         assert!(matches!(
-            classify(&args("get k")),
-            Request::Read(Query::Get(_))
+            classify(&args("get k"), false),
+            Request::Data(Cmd::Read(_), None)
         ));
-        assert!(
-            matches!(classify(&args("GET")), Request::Local(Value::Error(e)) if e.contains("wrong number"))
-        );
-        assert!(matches!(
-            classify(&args("mset a 1 b")),
-            Request::Local(Value::Error(_))
-        ));
-        assert!(
-            matches!(classify(&args("incrby k x")), Request::Local(Value::Error(e)) if e.contains("not an integer"))
-        );
-        assert!(
-            matches!(classify(&args("nosuch a")), Request::Local(Value::Error(e)) if e.contains("unknown command"))
-        );
-        match classify(&args("SESSION 5 9 INCR c")) {
-            Request::Write(w) => assert_eq!(w.session, Some(Session { client: 5, seq: 9 })),
+        assert!(err(classify(&args("GET"), false)).contains("wrong number"));
+        assert!(err(classify(&args("mset a 1 b"), false)).contains("wrong number"));
+        assert!(err(classify(&args("incrby k x"), false)).contains("not an integer"));
+        assert!(err(classify(&args("nosuch a"), false)).contains("unknown command"));
+        assert!(err(classify(&args("ECHO"), false)).contains("wrong number"));
+        match classify(&args("SESSION 5 9 INCR c"), false) {
+            Request::Data(Cmd::Write(_), s) => assert_eq!(s, Some(Session { client: 5, seq: 9 })),
             other => panic!("{other:?}"),
         }
+        assert!(err(classify(&args("SESSION 5 9 GET c"), false)).contains("write commands only"));
+    }
+
+    #[test]
+    fn a_forwarded_transaction_is_accepted_only_from_another_node() {
+        let mut conn = ConnState {
+            multi: Some(Queue::default()),
+            ..ConnState::default()
+        };
+        let (fwd_args, _) = conn.exec().unwrap();
         assert!(matches!(
-            classify(&args("SESSION 5 9 GET c")),
-            Request::Local(Value::Error(_))
+            classify(&fwd_args, true),
+            Request::Data(Cmd::Write(WriteOp::Exec(_)), None)
         ));
+        assert!(err(classify(&fwd_args, false)).contains("unknown command"));
+    }
+
+    #[test]
+    fn hello_switches_the_protocol_or_refuses_it() {
+        let mut conn = ConnState::default();
+        let Value::Map(m) = conn.hello(&args("3 SETNAME app")) else {
+            panic!("HELLO answers with a map")
+        };
+        assert!(m.contains(&(Value::bulk("proto"), Value::Integer(3))));
+        assert_eq!(conn.proto, Protocol::Resp3);
+        assert_eq!(conn.name.as_deref(), Some(&b"app"[..]));
+        assert!(matches!(conn.hello(&args("4")), Value::Error(e) if e.starts_with("NOPROTO")));
+        assert_eq!(
+            conn.proto,
+            Protocol::Resp3,
+            "a refused HELLO changes nothing"
+        );
+        conn.hello(&args("2"));
+        assert_eq!(conn.proto, Protocol::Resp2);
+        assert!(matches!(conn.hello(&args("3 BOGUS")), Value::Error(_)));
+        assert_eq!(conn.client(&args("SETINFO LIB-NAME redis-py")), Value::ok());
+        assert!(matches!(conn.client(&args("TRACKING on")), Value::Error(_)));
     }
 }
