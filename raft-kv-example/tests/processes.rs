@@ -842,3 +842,167 @@ fn a_local_cluster_grows_by_one_node_on_a_typed_command() {
     cluster.kill().unwrap();
     cluster.wait().unwrap();
 }
+
+/// A connection to node `i` speaking RESP3 (`HELLO 3`), as redis-py 8 does by default.
+fn resp3_conn(c: &ProcCluster, i: usize) -> redis::Connection {
+    let url = format!("redis://{}/?protocol=resp3", c.nodes[i].client);
+    redis::Client::open(url)
+        .and_then(|x| x.get_connection())
+        .expect("a RESP3 connection")
+}
+
+#[test]
+fn everyday_commands_work_from_the_redis_crate_in_resp2_and_resp3() {
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let mut l = c.conn(leader);
+    // Through a follower in RESP3: the forwarded replies keep their RESP3 types.
+    let mut f3 = resp3_conn(&c, follower);
+    let _: () = retry(&c, |x| x.set("warm", 1));
+    // --- SET options
+    let opts = redis::SetOptions::default()
+        .conditional_set(redis::ExistenceCheck::NX)
+        .with_expiration(redis::SetExpiry::EX(100));
+    let set: Option<String> = f3.set_options("k", "v1", opts).unwrap();
+    assert_eq!(set.as_deref(), Some("OK"));
+    let again: Option<String> = f3.set_options("k", "v2", opts).unwrap();
+    assert_eq!(again, None, "NX on an existing key sets nothing");
+    let ttl: i64 = f3.ttl("k").unwrap();
+    assert!((99..=100).contains(&ttl), "ttl {ttl}");
+    let old: Option<String> = redis::cmd("SET")
+        .arg("k")
+        .arg("v3")
+        .arg("GET")
+        .arg("KEEPTTL")
+        .query(&mut f3)
+        .unwrap();
+    assert_eq!(old.as_deref(), Some("v1"));
+    assert!(f3.ttl::<_, i64>("k").unwrap() > 0, "KEEPTTL kept it");
+    assert!(f3.persist::<_, bool>("k").unwrap());
+    assert_eq!(f3.ttl::<_, i64>("k").unwrap(), -1);
+    assert_eq!(f3.pttl::<_, i64>("nope").unwrap(), -2);
+    // --- everyday string and key commands
+    assert_eq!(f3.decr::<_, _, i64>("n", 3).unwrap(), -3);
+    assert_eq!(f3.strlen::<_, i64>("n").unwrap(), 2);
+    assert!(f3.set_nx::<_, _, bool>("sn", "x").unwrap());
+    assert!(!f3.set_nx::<_, _, bool>("sn", "y").unwrap());
+    assert_eq!(f3.getset::<_, _, String>("sn", "z").unwrap(), "x");
+    assert_eq!(f3.get_del::<_, String>("sn").unwrap(), "z");
+    let t: String = redis::cmd("TYPE").arg("n").query(&mut f3).unwrap();
+    assert_eq!(t, "string");
+    // --- hashes; HGETALL is a RESP3 map here and a flat array in RESP2
+    let added: i64 = redis::cmd("HSET")
+        .arg("h")
+        .arg(&[("a", "1"), ("b", "2")])
+        .query(&mut f3)
+        .unwrap();
+    assert_eq!(added, 2);
+    let _: () = f3.hset_multiple("h2", &[("x", "1")]).unwrap(); // HMSET
+    assert_eq!(f3.hincr::<_, _, _, i64>("h", "a", 5).unwrap(), 6);
+    let all3: BTreeMap<String, String> = f3.hgetall("h").unwrap();
+    let all2: BTreeMap<String, String> = l.hgetall("h").unwrap();
+    assert_eq!(all3, all2);
+    assert_eq!(all3.get("a").map(String::as_str), Some("6"));
+    assert_eq!(f3.hlen::<_, i64>("h").unwrap(), 2);
+    assert!(f3.hexists::<_, _, bool>("h", "b").unwrap());
+    assert_eq!(f3.hdel::<_, _, i64>("h", "b").unwrap(), 1);
+    let wrong: RedisResult<String> = f3.get("h");
+    assert!(wrong.unwrap_err().to_string().contains("WRONGTYPE"));
+    // --- MULTI/EXEC as one entry, WATCH aborting on a change by another client
+    let (n, v): (i64, String) = redis::pipe()
+        .atomic()
+        .incr("tx", 1)
+        .get("tx")
+        .query(&mut f3)
+        .unwrap();
+    assert_eq!((n, v.as_str()), (1, "1"));
+    let _: () = redis::cmd("WATCH").arg("tx").query(&mut f3).unwrap();
+    let _: () = l.set("tx", 100).unwrap(); // another client changes the watched key
+    let aborted: Option<(i64,)> = redis::pipe().atomic().incr("tx", 1).query(&mut f3).unwrap();
+    assert_eq!(aborted, None, "EXEC aborts after a watched key changed");
+    assert_eq!(l.get::<_, i64>("tx").unwrap(), 100);
+    let _: () = redis::cmd("WATCH").arg("tx").query(&mut f3).unwrap();
+    let done: Option<(i64,)> = redis::pipe().atomic().incr("tx", 1).query(&mut f3).unwrap();
+    assert_eq!(done, Some((101,)));
+    // --- FLUSHDB, DBSIZE
+    let _: () = redis::cmd("FLUSHDB").query(&mut f3).unwrap();
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut l).unwrap(), 0);
+}
+
+#[test]
+fn scan_walks_ten_thousand_keys_once_each_while_others_write() {
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let mut l = c.conn(leader);
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.set(format!("key:{i}"), i).ignore();
+    }
+    let _: () = pipe.query(&mut l).unwrap();
+    let mut f = c.conn((leader + 1) % 3);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor = 0u64;
+    let mut calls = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("key:*")
+            .arg("COUNT")
+            .arg(500)
+            .query(&mut f)
+            .unwrap();
+        for k in keys {
+            assert!(seen.insert(k), "SCAN returned a key twice");
+        }
+        // Keys come and go between calls; the cursor stays valid.
+        let _: () = l.set(format!("other:{calls}"), 1).unwrap();
+        let _: () = l.del(format!("other:{}", calls / 2)).unwrap();
+        calls += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 10_000, "every key once");
+    assert!(
+        calls > 10,
+        "the walk took {calls} calls, so cursors were used"
+    );
+    let keys: Vec<String> = l.keys("key:99*").unwrap();
+    assert_eq!(keys.len(), 111, "key:99, key:990..999 and key:9900..9999");
+}
+
+#[test]
+fn a_lock_with_nx_px_is_exclusive_and_expires() {
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    let mut a = c.conn(leader);
+    let mut b = c.conn((leader + 1) % 3);
+    let lock = |conn: &mut redis::Connection, who: &str| -> bool {
+        redis::cmd("SET")
+            .arg("lock")
+            .arg(who)
+            .arg("NX")
+            .arg("PX")
+            .arg(300)
+            .query::<Option<String>>(conn)
+            .unwrap()
+            .is_some()
+    };
+    let taken = Instant::now();
+    assert!(lock(&mut a, "a"));
+    assert!(!lock(&mut b, "b"), "held by a");
+    // b polls until the lock expires by the leader's clock: never before 300 ms.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lock(&mut b, "b") {
+        assert!(Instant::now() < deadline, "the lock never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        taken.elapsed() >= Duration::from_millis(300),
+        "expired early"
+    );
+    assert_eq!(a.get::<_, String>("lock").unwrap(), "b");
+}

@@ -1,5 +1,5 @@
-//! Hash commands: HGET, HMGET, HGETALL, HKEYS, HVALS, HLEN, HEXISTS, HSET, HSETNX, HDEL,
-//! HINCRBY. A hash left without fields is removed, as in Redis.
+//! Hash commands: HGET, HMGET, HGETALL, HKEYS, HVALS, HLEN, HEXISTS, HSET, HMSET, HSETNX,
+//! HDEL, HINCRBY. A hash left without fields is removed, as in Redis.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +33,9 @@ pub enum Read {
 pub enum Write {
     /// HSET key field value [field value ...]: how many fields are new.
     Set(Bytes, Vec<(Bytes, Bytes)>),
+    /// HMSET key field value [field value ...]: HSET answering OK (deprecated in Redis,
+    /// still sent by client libraries).
+    MSet(Bytes, Vec<(Bytes, Bytes)>),
     /// HSETNX key field value: 1 if set.
     SetNx(Bytes, Bytes, Bytes),
     /// HDEL key field [field ...]: how many were removed.
@@ -54,19 +57,18 @@ pub fn parse(name: &str, a: &[Bytes]) -> Result<Cmd, String> {
         "HVALS" => read(Read::Vals(key)),
         "HLEN" => read(Read::Len(key)),
         "HEXISTS" => read(Read::Exists(key, a[1].clone())),
-        "HSET" if a.len() % 2 == 1 => write(Write::Set(
-            key,
-            a[1..]
-                .chunks(2)
-                .map(|p| (p[0].clone(), p[1].clone()))
-                .collect(),
-        )),
-        "HSET" => Err(super::arity_error(name)),
+        "HSET" | "HMSET" if a.len() % 2 == 0 => Err(super::arity_error(name)),
+        "HSET" => write(Write::Set(key, pairs(&a[1..]))),
+        "HMSET" => write(Write::MSet(key, pairs(&a[1..]))),
         "HSETNX" => write(Write::SetNx(key, a[1].clone(), a[2].clone())),
         "HDEL" => write(Write::Del(key, a[1..].to_vec())),
         "HINCRBY" => write(Write::IncrBy(key, a[1].clone(), int(&a[2])?)),
         _ => Err(format!("ERR unknown hash command '{name}'")),
     }
+}
+
+fn pairs(a: &[Bytes]) -> Vec<(Bytes, Bytes)> {
+    a.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect()
 }
 
 /// The hash at `key`: `Ok(None)` if absent, an error if it holds another type.
@@ -149,6 +151,10 @@ impl Write {
                         .count() as i64,
                 )
             }
+            Write::MSet(k, pairs) => {
+                Write::Set(k, pairs).run(db, at)?;
+                Reply::Ok
+            }
             Write::SetNx(k, f, v) => {
                 if hash(db, &k, at.now)?.is_some_and(|h| h.contains_key(&f)) {
                     return Ok(Reply::Int(0));
@@ -227,6 +233,9 @@ mod tests {
         );
         assert_eq!(t.run("HGETALL h", 0), Reply::Map(vec![]));
         assert!(matches!(t.run("HSET h a", 0), Reply::Err(e) if e.contains("wrong number")));
+        assert_eq!(t.run("HMSET h a 1 b 2", 0), Reply::Ok);
+        assert_eq!(t.run("HLEN h", 0), Reply::Int(2));
+        t.run("DEL h", 0);
         t.run("SET s v", 0);
         assert_eq!(t.run("HSET s f v", 0), Reply::Err(WRONGTYPE.into()));
         assert_eq!(t.run("HGETALL s", 0), Reply::Err(WRONGTYPE.into()));

@@ -229,6 +229,7 @@ pub const TABLE: &[Spec] = &[
     data("HLEN", 2, R, hashes::parse),
     data("HEXISTS", 3, R, hashes::parse),
     data("HSET", -4, W, hashes::parse),
+    data("HMSET", -4, W, hashes::parse),
     data("HSETNX", 4, W, hashes::parse),
     data("HDEL", -3, W, hashes::parse),
     data("HINCRBY", 4, W, hashes::parse),
@@ -398,7 +399,7 @@ mod tests {
             let args = match s.name {
                 "SCAN" => vec![Bytes::from_static(b"0")],
                 "MSET" => vec![Bytes::from_static(b"k"), Bytes::from_static(b"v")],
-                "HSET" => vec![Bytes::from("h"), Bytes::from("f"), Bytes::from("v")],
+                "HSET" | "HMSET" => vec![Bytes::from("h"), Bytes::from("f"), Bytes::from("v")],
                 _ => args,
             };
             let cmd = parse(s.name, &args)
