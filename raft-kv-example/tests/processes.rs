@@ -1006,3 +1006,60 @@ fn a_lock_with_nx_px_is_exclusive_and_expires() {
     );
     assert_eq!(a.get::<_, String>("lock").unwrap(), "b");
 }
+
+/// The Python with redis-py that `.ci/run` prepares (`target/pyvenv`), or `RAFT_KV_PYTHON`.
+fn python_with_redis_py() -> Result<PathBuf, String> {
+    let python = std::env::var_os("RAFT_KV_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python"),
+        PathBuf::from,
+    );
+    let probe = Command::new(&python)
+        .args(["-c", "import redis; print(redis.__version__)"])
+        .output()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "{} cannot import redis: {}",
+            python.display(),
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    Ok(python)
+}
+
+#[test]
+fn redis_py_works_with_its_defaults() {
+    let python = match python_with_redis_py() {
+        Ok(p) => p,
+        Err(why) => {
+            println!(
+                "redis-py is not available ({why}); skipping the redis-py check \
+                 (python3 -m venv target/pyvenv && target/pyvenv/bin/pip install redis)"
+            );
+            return;
+        }
+    };
+    let c = ProcCluster::start(3);
+    let leader = c.leader();
+    // Writes start at a follower, so forwarding is part of what redis-py sees.
+    let order = [(leader + 1) % 3, leader, (leader + 2) % 3];
+    let ports: Vec<String> = order
+        .iter()
+        .map(|&i| c.nodes[i].client.port().to_string())
+        .collect();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/redis_py_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(&ports)
+        .output()
+        .expect("run the redis-py check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        println!("redis-py: {line}");
+    }
+    assert!(
+        out.status.success(),
+        "the redis-py check failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
