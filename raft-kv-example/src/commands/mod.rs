@@ -378,6 +378,50 @@ mod tests {
         }
     }
 
+    /// The README's command list: every `NAME` that opens a backticked syntax in the first
+    /// column, with the row's kind.
+    fn readme_commands() -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let start = readme
+            .find("<!-- commands -->")
+            .expect("the commands table");
+        let end = readme.find("<!-- /commands -->").expect("its end");
+        let mut out = Vec::new();
+        for row in readme[start..end].lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let kind = cells[1].trim().to_string();
+            for syntax in cells[0].split('`').skip(1).step_by(2) {
+                let name = syntax.split([' ', ',']).next().unwrap_or_default();
+                if name != "..." && !name.is_empty() {
+                    out.push((name.to_string(), kind.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_the_command_table() {
+        let kind = |k: Kind| match k {
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Connection => "connection",
+            Kind::Admin => "admin",
+        };
+        let mut documented = readme_commands();
+        documented.sort();
+        let mut table: Vec<(String, String)> = TABLE
+            .iter()
+            .map(|s| (s.name.to_string(), kind(s.kind).to_string()))
+            .collect();
+        table.sort();
+        assert_eq!(
+            documented, table,
+            "README.md's command list and TABLE differ"
+        );
+    }
+
     #[test]
     fn arity_follows_the_redis_convention() {
         let get = lookup("GET").unwrap();
