@@ -9,8 +9,8 @@
 //! - [`commands`]: the command table; each data type's module parses and applies its
 //!   commands (strings, keys and expiry, hashes, MULTI/EXEC);
 //! - [`db`]: the keyspace: typed values, expiry by stamped time, WATCH versions, SCAN order;
-//! - [`server`]: the RESP front end (connections, pipelines, transactions, HELLO); writes go through the log, reads are linearizable
-//!   (ReadIndex), followers forward to the leader;
+//! - [`server`]: the RESP front end (connections, pipelines, transactions, HELLO); writes
+//!   go through the log, reads are linearizable (ReadIndex), followers forward to the leader;
 //! - [`client`]: a Rust client that follows leader changes and retries exactly once;
 //! - [`admin`]: the `RAFT.*` membership commands and members' addresses;
 //! - [`identity`]: which cluster and node a data directory belongs to;
