@@ -25,7 +25,7 @@ enum Request {
     Data(Cmd, Option<Session>),
     /// Answered locally (PING, ECHO, errors, ...).
     Local(Value),
-    /// INFO [section]
+    /// `INFO [section]`
     Info,
     /// QUIT: answer OK and close.
     Quit,
@@ -33,7 +33,7 @@ enum Request {
     Admin(AdminCommand),
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the connection's transaction state.
     Transaction(TxnVerb),
-    /// HELLO [protover [AUTH user pass] [SETNAME name]]
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`
     Hello(Vec<Bytes>),
     /// CLIENT subcommand ...
     Client(Vec<Bytes>),
@@ -142,7 +142,7 @@ fn classify(args: &[Bytes], forwarded: bool) -> Request {
     }
 }
 
-/// COMMAND [COUNT | INFO name... | DOCS ...]: the command table, as Redis describes it.
+/// `COMMAND [COUNT | INFO name... | DOCS ...]`: the command table, as Redis describes it.
 fn command_info(args: &[Bytes]) -> Value {
     let describe = |s: &commands::Spec| {
         let flag = match s.kind {
@@ -406,7 +406,7 @@ impl ConnState {
         Ok((args, write))
     }
 
-    /// HELLO [protover [AUTH user pass] [SETNAME name]]: switches the protocol and answers
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the protocol and answers
     /// with the server's description.
     fn hello(&mut self, args: &[Bytes]) -> Value {
         let mut proto = self.proto;

@@ -14,7 +14,7 @@ use crate::db::{Data, Db, Millis, Stamp, Ttl};
 pub enum Read {
     /// HGET key field
     Get(Bytes, Bytes),
-    /// HMGET key field [field ...]
+    /// `HMGET key field [field ...]`
     MGet(Bytes, Vec<Bytes>),
     /// HGETALL key: a map in RESP3, field-value pairs in RESP2.
     GetAll(Bytes),
@@ -31,14 +31,14 @@ pub enum Read {
 /// A hash write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
-    /// HSET key field value [field value ...]: how many fields are new.
+    /// `HSET key field value [field value ...]`: how many fields are new.
     Set(Bytes, Vec<(Bytes, Bytes)>),
-    /// HMSET key field value [field value ...]: HSET answering OK (deprecated in Redis,
+    /// `HMSET key field value [field value ...]`: HSET answering OK (deprecated in Redis,
     /// still sent by client libraries).
     MSet(Bytes, Vec<(Bytes, Bytes)>),
     /// HSETNX key field value: 1 if set.
     SetNx(Bytes, Bytes, Bytes),
-    /// HDEL key field [field ...]: how many were removed.
+    /// `HDEL key field [field ...]`: how many were removed.
     Del(Bytes, Vec<Bytes>),
     /// HINCRBY key field delta
     IncrBy(Bytes, Bytes, i64),

@@ -13,7 +13,7 @@ pub const MAX_SCAN_COUNT: usize = 100_000;
 /// A keyspace read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Read {
-    /// EXISTS key [key ...]: how many of them exist (repeats count again).
+    /// `EXISTS key [key ...]`: how many of them exist (repeats count again).
     Exists(Vec<Bytes>),
     /// TYPE key
     Type(Bytes),
@@ -21,7 +21,7 @@ pub enum Read {
     Ttl(Bytes, bool),
     /// KEYS pattern
     Keys(Bytes),
-    /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`
     Scan {
         /// Where to continue (0 to start).
         cursor: u64,
@@ -52,7 +52,7 @@ pub enum ExpireIf {
 /// A keyspace write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
-    /// DEL key [key ...]: how many were removed.
+    /// `DEL key [key ...]`: how many were removed.
     Del(Vec<Bytes>),
     /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT: 1 if set, 0 if not.
     Expire(Bytes, Deadline, Option<ExpireIf>),

@@ -12,7 +12,7 @@ use crate::db::{Data, Db, Millis, Stamp, Ttl};
 pub enum Read {
     /// GET key
     Get(Bytes),
-    /// MGET key [key ...]: nil for missing keys and keys of another type.
+    /// `MGET key [key ...]`: nil for missing keys and keys of another type.
     MGet(Vec<Bytes>),
     /// STRLEN key
     StrLen(Bytes),
@@ -38,7 +38,7 @@ pub enum SetTtl {
     Deadline(Deadline),
 }
 
-/// SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Set {
     /// The key.
@@ -64,7 +64,7 @@ pub enum Write {
     GetSet(Bytes, Bytes),
     /// GETDEL key
     GetDel(Bytes),
-    /// MSET key value [key value ...]
+    /// `MSET key value [key value ...]`
     MSet(Vec<(Bytes, Bytes)>),
     /// APPEND key value: the new length.
     Append(Bytes, Bytes),
