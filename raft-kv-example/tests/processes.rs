@@ -28,12 +28,23 @@ struct ProcCluster {
     founders: usize,
 }
 
+/// A port for a node to listen on, chosen below the kernel's ephemeral range (32768 and up
+/// on Linux) so that no client connection of a concurrent test can take it between this
+/// check and the node binding it; random, so concurrent tests rarely try the same one.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let start = 20_000 + (std::process::id() % 10_000) as u16;
+        let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (port - 20_000) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl ProcCluster {
@@ -157,6 +168,27 @@ impl ProcCluster {
             .join(",")
     }
 
+    /// Every node's state and the end of its log, for a failure message.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in &self.nodes {
+            let text = std::fs::read_to_string(p.dir.with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!(
+                "--- node {} (client {}, raft {}, running: {}):\n",
+                p.id,
+                p.client,
+                p.raft,
+                p.child.is_some()
+            ));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     fn sigkill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             c.kill().unwrap(); // SIGKILL
@@ -206,7 +238,9 @@ impl ProcCluster {
                     return i;
                 }
             }
-            assert!(Instant::now() < deadline, "no leader elected");
+            if Instant::now() >= deadline {
+                panic!("no leader elected\n{}", self.logs());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
