@@ -6,7 +6,6 @@
 //! holds the same keys after the same entries.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -84,13 +83,18 @@ pub struct Db {
     by_hash: BTreeSet<(u64, Bytes)>,
 }
 
-/// The position of a key in SCAN order.
+/// The position of a key in SCAN order: 64-bit FNV-1a, fixed forever, so a cursor from
+/// one node (or build) is valid on every other.
 pub fn scan_hash(key: &[u8]) -> u64 {
-    // SipHash with fixed keys: the same on every node of one build.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
+
+/// Most expired keys one write removes; the rest go with later writes. Until then they
+/// are invisible (every read and write checks expiry), so this only bounds the work of one
+/// entry.
+pub const MAX_EXPIRED_PER_WRITE: usize = 1_000;
 
 impl Db {
     /// Rebuilds the derived indexes after the keyspace was decoded from a snapshot.
@@ -110,18 +114,28 @@ impl Db {
         at.max(self.clock)
     }
 
-    /// Starts a write at `index` stamped `at`: advances the clock and removes every key
-    /// whose expiry has passed, so a write never sees an expired key.
+    /// Starts a write at `index` stamped `at`: advances the clock and removes keys whose
+    /// expiry has passed (up to [`MAX_EXPIRED_PER_WRITE`], oldest first).
     pub fn begin(&mut self, index: u64, at: Millis) -> Stamp {
         self.clock = self.clock.max(at);
         let now = self.clock;
-        while let Some((when, key)) = self.expiries.first().cloned() {
-            if when > now {
-                break;
+        for _ in 0..MAX_EXPIRED_PER_WRITE {
+            match self.expiries.first() {
+                Some((when, key)) if *when <= now => {
+                    let key = key.clone();
+                    self.drop_key(&key, index);
+                }
+                _ => break,
             }
-            self.remove(&key, index);
         }
         Stamp { index, now }
+    }
+
+    /// Removes `key` if its expiry has passed, so that a write treats it as absent.
+    fn expire_if_due(&mut self, key: &[u8], stamp: Stamp) {
+        if self.items.contains_key(key) && self.get(key, stamp.now).is_none() {
+            self.drop_key(key, stamp.index);
+        }
     }
 
     /// The live item at `key` (an expired key reads as absent).
@@ -131,9 +145,9 @@ impl Db {
             .filter(|i| i.expires_at.is_none_or(|at| at > now))
     }
 
-    /// The value at `key` for changing in place; the key counts as modified. Only after
-    /// [`Db::begin`], so no expired key is left.
+    /// The live value at `key` for changing in place; the key counts as modified.
     pub fn data_mut(&mut self, key: &[u8], stamp: Stamp) -> Option<&mut Data> {
+        self.expire_if_due(key, stamp);
         let item = self.items.get_mut(key)?;
         item.modified = stamp.index;
         Some(&mut item.data)
@@ -141,6 +155,7 @@ impl Db {
 
     /// Stores `data` at `key`, with `ttl` deciding the expiry.
     pub fn put(&mut self, key: Bytes, data: Data, ttl: Ttl, stamp: Stamp) {
+        self.expire_if_due(&key, stamp);
         let old_expiry = self.items.get(&key).and_then(|i| i.expires_at);
         let expires_at = match ttl {
             Ttl::Clear => None,
@@ -149,7 +164,7 @@ impl Db {
         };
         if expires_at.is_some_and(|at| at <= stamp.now) {
             // An expiry in the past deletes the key, as in Redis.
-            self.remove(&key, stamp.index);
+            self.drop_key(&key, stamp.index);
             return;
         }
         self.reindex_expiry(&key, old_expiry, expires_at);
@@ -170,11 +185,12 @@ impl Db {
     /// Sets or clears the expiry of an existing key; an expiry not after now deletes it.
     /// Returns whether the key exists.
     pub fn set_expiry(&mut self, key: &[u8], at: Option<Millis>, stamp: Stamp) -> bool {
+        self.expire_if_due(key, stamp);
         let Some(item) = self.items.get_mut(key) else {
             return false;
         };
         if at.is_some_and(|at| at <= stamp.now) {
-            self.remove(key, stamp.index);
+            self.drop_key(key, stamp.index);
             return true;
         }
         let old = std::mem::replace(&mut item.expires_at, at);
@@ -196,8 +212,13 @@ impl Db {
         }
     }
 
-    /// Removes `key`; returns its item if it was there (expired or not).
-    pub fn remove(&mut self, key: &[u8], index: u64) -> Option<Item> {
+    /// Removes `key`; returns its item if it was live.
+    pub fn remove(&mut self, key: &[u8], stamp: Stamp) -> Option<Item> {
+        self.expire_if_due(key, stamp);
+        self.drop_key(key, stamp.index)
+    }
+
+    fn drop_key(&mut self, key: &[u8], index: u64) -> Option<Item> {
         let (key, item) = self.items.remove_entry(key)?;
         if let Some(at) = item.expires_at {
             self.expiries.remove(&(at, key.clone()));
@@ -401,6 +422,39 @@ mod tests {
     }
 
     #[test]
+    fn expired_keys_left_by_a_bounded_purge_are_absent_to_every_write() {
+        let mut db = Db::default();
+        let t = db.begin(1, 0);
+        for i in 0..MAX_EXPIRED_PER_WRITE + 5 {
+            db.put(format!("k{i}").into(), s("v"), Ttl::At(10), t);
+        }
+        let t = db.begin(2, 10);
+        assert_eq!(db.items.len(), 5, "one write removes a bounded number");
+        assert_eq!(db.len(10), 0);
+        let left: Vec<Bytes> = db.items.keys().cloned().collect();
+        // APPEND-like keep-TTL write, DEL, EXPIRE: each sees the expired key as absent.
+        db.put(left[0].clone(), s("new"), Ttl::Keep, t);
+        assert_eq!(db.get(&left[0], 10).map(|i| i.expires_at), Some(None));
+        assert!(
+            db.remove(&left[1], t).is_none(),
+            "DEL of an expired key removes nothing"
+        );
+        assert!(!db.set_expiry(&left[2], Some(99), t));
+        assert!(db.data_mut(&left[3], t).is_none());
+        db.begin(3, 10);
+        assert_eq!(db.items.len(), 1, "the next write removes the rest");
+        assert_eq!(db.expiries.len(), 0);
+        assert_eq!(db.by_hash.len(), 1);
+    }
+
+    #[test]
+    fn the_scan_hash_is_fixed() {
+        // FNV-1a 64 test vectors: cursors stay valid across builds.
+        assert_eq!(scan_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(scan_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
     fn an_expiry_in_the_past_deletes_the_key() {
         let mut db = Db::default();
         let t = db.begin(1, 1_000);
@@ -419,7 +473,7 @@ mod tests {
         assert!(db.changed_since(b"a", 4, 0));
         assert!(!db.changed_since(b"missing", 5, 0));
         let t = db.begin(6, 0);
-        db.remove(b"a", t.index);
+        db.remove(b"a", t);
         assert!(
             db.changed_since(b"missing", 5, 0),
             "conservative for absent keys"
@@ -444,7 +498,7 @@ mod tests {
             // Keys come and go between calls; the walk still covers the stable ones.
             let t = db.begin(2 + step, 0);
             db.put(format!("new{step}").into(), s("v"), Ttl::Clear, t);
-            db.remove(format!("new{}", step / 2).as_bytes(), t.index);
+            db.remove(format!("new{}", step / 2).as_bytes(), t);
             step += 1;
             if next == 0 {
                 break;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use raft_core::{Entry, EntryPayload, LogIndex, SnapshotMeta, StateMachine, StateMachineError};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{ReadOp, Reply, WriteOp};
+use crate::commands::{Change, ReadOp, Reply};
 use crate::db::{Db, Millis};
 
 /// A client session: the client's id and the sequence number of this command. Retrying a
@@ -30,7 +30,7 @@ pub struct Write {
     /// this time, never at their own, so expiry is the same everywhere.
     pub at_ms: Millis,
     /// What to do.
-    pub op: WriteOp,
+    pub op: Change,
 }
 
 /// A read, answered after a linearizable read barrier.
@@ -151,12 +151,16 @@ impl StateMachine for KvStateMachine {
         for e in entries {
             let response = match &e.payload {
                 EntryPayload::Command(raw) => {
-                    let result = match postcard::from_bytes::<Write>(raw) {
-                        Ok(w) => self.apply_write(e.index(), w),
-                        // Deterministic on every replica: a command that does not decode
-                        // is answered with an error and changes nothing.
-                        Err(err) => Reply::Err(format!("ERR undecodable command: {err}")),
-                    };
+                    // Only this server proposes, so an entry that does not decode was written
+                    // by another format of it: applying around it would let replicas of
+                    // different versions diverge, so the node stops and says why.
+                    let w = postcard::from_bytes::<Write>(raw).map_err(|err| {
+                        StateMachineError(format!(
+                            "entry {} is not a command of this raft-kv version (another log format?): {err}",
+                            e.index().0
+                        ))
+                    })?;
+                    let result = self.apply_write(e.index(), w);
                     encode(&result)?
                 }
                 EntryPayload::Blank | EntryPayload::Membership(_) => Bytes::new(),
@@ -205,7 +209,7 @@ pub fn encode_query(q: &Query) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::{self, Cmd, Transaction};
+    use crate::commands::{self, Cmd, Queued, Transaction};
     use raft_core::LogId;
 
     /// The write `line` (words split on spaces) stamped `at_ms`, with an optional session.
@@ -216,15 +220,18 @@ mod tests {
         Write {
             session: session.map(|(client, seq)| Session { client, seq }),
             at_ms,
-            op,
+            op: Change::One(op),
         }
     }
 
-    fn cmd(line: &str) -> Cmd {
-        let words: Vec<Bytes> = line
-            .split(' ')
+    fn words(line: &str) -> Vec<Bytes> {
+        line.split(' ')
             .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-            .collect();
+            .collect()
+    }
+
+    fn cmd(line: &str) -> Cmd {
+        let words = words(line);
         commands::parse(&commands::word(&words[0]), &words[1..])
             .unwrap()
             .unwrap()
@@ -325,16 +332,23 @@ mod tests {
         apply(&mut sm, 1, w("SET k 1", 0, None)).await;
         let watched = |since| Transaction {
             watch: Some((since, vec![Bytes::from("k")])),
-            cmds: vec![cmd("INCR k"), cmd("GET k"), cmd("SET other x")],
+            cmds: ["INCR k", "GET k", "SET other x", "PING"]
+                .map(|c| commands::queue(&words(c)).unwrap())
+                .to_vec(),
         };
         let exec = |t| Write {
             session: None,
             at_ms: 0,
-            op: WriteOp::Exec(t),
+            op: Change::Exec(t),
         };
         assert_eq!(
             apply(&mut sm, 2, exec(watched(1))).await,
-            Reply::Array(vec![Reply::Int(2), Reply::Bulk("2".into()), Reply::Ok])
+            Reply::Array(vec![
+                Reply::Int(2),
+                Reply::Bulk("2".into()),
+                Reply::Ok,
+                Reply::Status("PONG".into())
+            ])
         );
         // k changed at index 2, after a WATCH that read at index 1.
         assert_eq!(apply(&mut sm, 3, exec(watched(1))).await, Reply::Aborted);
@@ -346,12 +360,26 @@ mod tests {
         // An error inside a transaction does not stop the others (as in Redis).
         let t = Transaction {
             watch: None,
-            cmds: vec![cmd("HSET k f v"), cmd("INCR k")],
+            cmds: vec![Queued::Cmd(cmd("HSET k f v")), Queued::Cmd(cmd("INCR k"))],
         };
         let Reply::Array(r) = apply(&mut sm, 4, exec(t)).await else {
             panic!()
         };
         assert!(matches!(r[0], Reply::Err(_)) && r[1] == Reply::Int(3));
+    }
+
+    #[tokio::test]
+    async fn an_entry_of_another_format_stops_the_node_instead_of_being_skipped() {
+        let mut sm = KvStateMachine::new();
+        let e = Entry {
+            log_id: LogId::new(1, 1),
+            payload: EntryPayload::Command(Bytes::from_static(b"\xff\xff\xff\xff")),
+        };
+        let err = sm.apply(&[e]).await.unwrap_err().to_string();
+        assert!(
+            err.contains("not a command of this raft-kv version"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

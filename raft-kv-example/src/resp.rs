@@ -370,10 +370,19 @@ pub async fn read_value<R: tokio::io::AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
 ) -> std::io::Result<Value> {
+    read_value_with(stream, buf, &Limits::default()).await
+}
+
+/// [`read_value`] with the given limits.
+pub async fn read_value_with<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> std::io::Result<Value> {
     use bytes::Buf;
     use tokio::io::AsyncReadExt;
     loop {
-        match parse_value(buf, &Limits::default()) {
+        match parse_value(buf, limits) {
             Ok(Some((v, used))) => {
                 buf.advance(used);
                 return Ok(v);

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::admin::{AdminCommand, ClientAddrs};
-use crate::commands::{self, Cmd, Kind, Reply, Transaction, WriteOp};
+use crate::commands::{self, Change, Cmd, Kind, Queued, Reply, Transaction};
 use crate::db::Millis;
 use crate::kv::{encode_query, encode_write, Query, Session, Write};
 use crate::resp::{self, Limits, Protocol, Value};
@@ -23,6 +23,8 @@ use crate::resp::{self, Limits, Protocol, Value};
 enum Request {
     /// A data command (a read or a write), with the session of an exactly-once write.
     Data(Cmd, Option<Session>),
+    /// A transaction forwarded by a follower.
+    Exec(Transaction),
     /// Answered locally (PING, ECHO, errors, ...).
     Local(Value),
     /// `INFO [section]`
@@ -61,6 +63,30 @@ fn local_err(e: impl Into<String>) -> Request {
 /// leader proposes exactly what the client queued (and stamps it with its own clock).
 const FORWARDED_EXEC: &str = "RAFTKV.EXEC";
 
+/// A transaction as a follower forwards it to the leader: the watch and the queued
+/// commands as the client sent them. The leader parses them again, so what it proposes has
+/// passed the same checks as a command sent to it directly.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ForwardedTxn {
+    watch: Option<(u64, Vec<Bytes>)>,
+    cmds: Vec<Vec<Bytes>>,
+}
+
+fn forwarded_exec(raw: &[u8]) -> Result<Transaction, String> {
+    let txn: ForwardedTxn = postcard::from_bytes(raw)
+        .map_err(|e| format!("ERR undecodable forwarded transaction: {e}"))?;
+    let cmds = txn
+        .cmds
+        .iter()
+        .map(|args| commands::queue(args))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("EXECABORT {e}"))?;
+    Ok(Transaction {
+        watch: txn.watch,
+        cmds,
+    })
+}
+
 /// Turns a command's arguments into a request; `forwarded` requests come from another node.
 fn classify(args: &[Bytes], forwarded: bool) -> Request {
     let Some(first) = args.first() else {
@@ -76,10 +102,7 @@ fn classify(args: &[Bytes], forwarded: bool) -> Request {
     }
     if name == FORWARDED_EXEC && forwarded {
         return match rest {
-            [raw] => match postcard::from_bytes::<Transaction>(raw) {
-                Ok(t) => Request::Data(Cmd::Write(WriteOp::Exec(t)), None),
-                Err(e) => local_err(format!("ERR undecodable transaction: {e}")),
-            },
+            [raw] => forwarded_exec(raw).map_or_else(local_err, Request::Exec),
             _ => local_err(commands::arity_error(&name)),
         };
     }
@@ -126,7 +149,11 @@ fn classify(args: &[Bytes], forwarded: bool) -> Request {
             let (Ok(client), Ok(seq)) = (commands::int(&rest[0]), commands::int(&rest[1])) else {
                 return local_err("ERR SESSION needs a numeric client id and sequence number");
             };
-            match classify(&rest[2..], forwarded) {
+            let inner = &rest[2..];
+            if upper(&inner[0]) == "SESSION" {
+                return local_err("ERR SESSION cannot wrap SESSION");
+            }
+            match classify(inner, forwarded) {
                 Request::Data(Cmd::Write(op), None) => Request::Data(
                     Cmd::Write(op),
                     Some(Session {
@@ -199,11 +226,16 @@ fn decode_reply(raw: &[u8]) -> Result<Value, postcard::Error> {
 }
 
 /// Milliseconds since the Unix epoch by this node's clock: the stamp of the writes it
-/// proposes as leader, and the time its reads are answered at.
+/// proposes as leader, and the time its reads are answered at. Never earlier than a time
+/// it returned before, so a wall clock stepped back (NTP) cannot make a key that one read
+/// found expired reappear for the next.
 fn now_ms() -> Millis {
-    std::time::SystemTime::now()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LATEST: AtomicU64 = AtomicU64::new(0);
+    let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
+        .map_or(0, |d| d.as_millis() as Millis);
+    LATEST.fetch_max(wall, Ordering::Relaxed).max(wall)
 }
 
 /// What a Raft error tells the client.
@@ -258,9 +290,20 @@ impl Forwarder {
             };
             match exchange(stream, buf, requests).await {
                 Ok(replies) => return replies,
-                Err(e) => {
+                Err(Exchange::NotSent(e)) => {
+                    // Nothing reached the leader (a link it had closed): send again.
                     tracing::debug!(addr = %self.addr, attempt, error = %e, "forwarding failed");
                     *conn = None;
+                }
+                Err(Exchange::NoReply(e)) => {
+                    // The leader may have applied the writes: sending them again could
+                    // apply them twice, so the client learns the outcome is unknown.
+                    tracing::debug!(addr = %self.addr, error = %e, "no reply to forwarded requests");
+                    *conn = None;
+                    return requests
+                        .iter()
+                        .map(|_| Value::err("TRYAGAIN the leader did not answer; the command may or may not have applied"))
+                        .collect();
                 }
             }
         }
@@ -270,6 +313,22 @@ impl Forwarder {
             .collect()
     }
 }
+
+/// How a forwarding exchange failed.
+enum Exchange {
+    /// The requests were not written.
+    NotSent(std::io::Error),
+    /// They were written; no (complete) reply came back.
+    NoReply(std::io::Error),
+}
+
+/// Limits on replies from another node: generous, since a member's reply is as trusted as
+/// the member (a large MGET or HGETALL must come back whole).
+const PEER_REPLY_LIMITS: Limits = Limits {
+    max_bulk: 1 << 30,
+    max_array: 1 << 26,
+    max_line: 1 << 20,
+};
 
 /// Opens a link to another node's client port, speaking RESP3 so that replies keep their
 /// types (maps, nulls) on the way back to a RESP3 client.
@@ -294,7 +353,7 @@ async fn exchange(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     requests: &[Vec<Bytes>],
-) -> std::io::Result<Vec<Value>> {
+) -> Result<Vec<Value>, Exchange> {
     let mut out = BytesMut::new();
     for r in requests {
         let mut args = Vec::with_capacity(r.len() + 1);
@@ -302,10 +361,11 @@ async fn exchange(
         args.extend(r.iter().cloned());
         resp::encode_request(&args, &mut out);
     }
-    stream.write_all(&out).await?;
+    stream.write_all(&out).await.map_err(Exchange::NotSent)?;
     let mut replies = Vec::with_capacity(requests.len());
     while replies.len() < requests.len() {
-        replies.push(resp::read_value(stream, buf).await?);
+        let reply = resp::read_value_with(stream, buf, &PEER_REPLY_LIMITS).await;
+        replies.push(reply.map_err(Exchange::NoReply)?);
     }
     Ok(replies)
 }
@@ -357,12 +417,35 @@ async fn finish(
     replies
 }
 
-/// Commands queued by MULTI.
+/// Commands queued by MULTI, with the arguments they came as (forwarded as such).
 #[derive(Debug, Default)]
 struct Queue {
-    cmds: Vec<Cmd>,
+    cmds: Vec<(Vec<Bytes>, Queued)>,
     /// A queued command was refused: EXEC discards the transaction.
     failed: bool,
+}
+
+impl Queue {
+    /// Queues `args`; the reply is QUEUED, or the reason it was refused.
+    fn push(&mut self, args: Vec<Bytes>) -> Value {
+        if self.cmds.len() >= commands::MAX_QUEUED {
+            self.failed = true;
+            return Value::err(format!(
+                "ERR a transaction holds at most {} commands",
+                commands::MAX_QUEUED
+            ));
+        }
+        match commands::queue(&args) {
+            Ok(q) => {
+                self.cmds.push((args, q));
+                Value::Simple("QUEUED".into())
+            }
+            Err(e) => {
+                self.failed = true;
+                Value::err(e)
+            }
+        }
+    }
 }
 
 /// What one client connection has set up: its protocol, name, and transaction state.
@@ -392,16 +475,20 @@ impl ConnState {
                 "EXECABORT Transaction discarded because of previous errors.",
             ));
         }
-        let txn = Transaction {
-            watch,
-            cmds: queue.cmds,
+        let (raw, cmds): (Vec<Vec<Bytes>>, Vec<Queued>) = queue.cmds.into_iter().unzip();
+        let forwarded = ForwardedTxn {
+            watch: watch.clone(),
+            cmds: raw,
         };
-        let raw = postcard::to_allocvec(&txn).unwrap_or_default();
-        let args = vec![Bytes::from_static(FORWARDED_EXEC.as_bytes()), raw.into()];
+        let encoded = postcard::to_allocvec(&forwarded).unwrap_or_default();
+        let args = vec![
+            Bytes::from_static(FORWARDED_EXEC.as_bytes()),
+            encoded.into(),
+        ];
         let write = Write {
             session: None,
             at_ms: 0,
-            op: WriteOp::Exec(txn),
+            op: Change::Exec(Transaction { watch, cmds }),
         };
         Ok((args, write))
     }
@@ -623,23 +710,17 @@ impl KvServer {
                 Some(a) if a.eq_ignore_ascii_case(FORWARDED) => args[1..].to_vec(),
                 _ => args,
             };
-            let request = classify(&args, forwarded);
-            // Between MULTI and EXEC, data commands are queued, not run.
-            let request = match (conn.multi.as_mut(), request) {
-                (Some(queue), Request::Data(cmd, None)) => {
-                    queue.cmds.push(cmd);
-                    Request::Local(Value::Simple("QUEUED".into()))
-                }
-                (Some(queue), Request::Local(Value::Error(e))) => {
+            // Between MULTI and EXEC, commands are queued, not run.
+            let name = upper(&args[0]);
+            let request = match conn.multi.as_mut() {
+                Some(queue) if name == "WATCH" => {
                     queue.failed = true;
-                    Request::Local(Value::Error(e))
+                    Request::Local(Value::err("ERR WATCH inside MULTI is not allowed"))
                 }
-                (Some(queue), r @ (Request::Data(..) | Request::Admin(_) | Request::Info)) => {
-                    queue.failed = true;
-                    drop(r);
-                    Request::Local(Value::err("ERR this command is not allowed inside MULTI"))
+                Some(queue) if !matches!(name.as_str(), "EXEC" | "DISCARD" | "MULTI" | "QUIT") => {
+                    Request::Local(queue.push(args.clone()))
                 }
-                (_, r) => r,
+                _ => classify(&args, forwarded),
             };
             // Runs of writes go to the log as one batch; runs of reads are confirmed
             // together. A run ends where another kind of request begins, so order is kept.
@@ -649,12 +730,28 @@ impl KvServer {
                 Request::Data(Cmd::Write(op), session) => {
                     let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
                     replies.extend(tag(done.await));
-                    let write = Write {
-                        session,
-                        at_ms: 0,
-                        op,
-                    };
-                    writes.push((args, write));
+                    let op = Change::One(op);
+                    writes.push((
+                        args,
+                        Write {
+                            session,
+                            at_ms: 0,
+                            op,
+                        },
+                    ));
+                }
+                Request::Exec(txn) => {
+                    let done = self.flush_reads(std::mem::take(&mut reads), forwarded, fwd);
+                    replies.extend(tag(done.await));
+                    let op = Change::Exec(txn);
+                    writes.push((
+                        args,
+                        Write {
+                            session: None,
+                            at_ms: 0,
+                            op,
+                        },
+                    ));
                 }
                 Request::Data(Cmd::Read(op), _) => {
                     let done = self.flush_writes(std::mem::take(&mut writes), forwarded, fwd);
@@ -693,7 +790,7 @@ impl KvServer {
                         Request::Transaction(verb) => self.transaction(conn, verb).await,
                         Request::Hello(args) => conn.hello(&args),
                         Request::Client(args) => conn.client(&args),
-                        Request::Data(..) => unreachable!("handled above"),
+                        Request::Data(..) | Request::Exec(_) => unreachable!("handled above"),
                     };
                     // HELLO answers in the protocol it switches to.
                     replies.push((conn.proto, reply));
@@ -905,17 +1002,45 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_transaction_is_accepted_only_from_another_node() {
+    fn a_forwarded_transaction_is_parsed_again_and_accepted_only_from_another_node() {
         let mut conn = ConnState {
             multi: Some(Queue::default()),
             ..ConnState::default()
         };
-        let (fwd_args, _) = conn.exec().unwrap();
-        assert!(matches!(
-            classify(&fwd_args, true),
-            Request::Data(Cmd::Write(WriteOp::Exec(_)), None)
-        ));
+        let queue = conn.multi.as_mut().unwrap();
+        assert_eq!(queue.push(args("INCR k")), Value::Simple("QUEUED".into()));
+        assert_eq!(queue.push(args("PING")), Value::Simple("QUEUED".into()));
+        let (fwd_args, write) = conn.exec().unwrap();
+        let Change::Exec(sent) = write.op else {
+            panic!("EXEC is a transaction")
+        };
+        match classify(&fwd_args, true) {
+            Request::Exec(t) => assert_eq!(t, sent, "the leader rebuilds the same transaction"),
+            other => panic!("{other:?}"),
+        }
         assert!(err(classify(&fwd_args, false)).contains("unknown command"));
+        // Commands the parsers refuse are refused when forwarded too.
+        let bad = ForwardedTxn {
+            watch: None,
+            cmds: vec![args("SET k v EX 0")],
+        };
+        let raw = Bytes::from(postcard::to_allocvec(&bad).unwrap());
+        let forged = vec![Bytes::from_static(FORWARDED_EXEC.as_bytes()), raw];
+        assert!(err(classify(&forged, true)).starts_with("EXECABORT"));
+    }
+
+    #[test]
+    fn a_refused_command_in_multi_aborts_exec_and_session_does_not_nest() {
+        let mut queue = Queue::default();
+        assert!(matches!(queue.push(args("INCRBY k x")), Value::Error(_)));
+        let mut conn = ConnState {
+            multi: Some(queue),
+            ..ConnState::default()
+        };
+        assert!(matches!(conn.exec(), Err(Value::Error(e)) if e.starts_with("EXECABORT")));
+        assert!(conn.multi.is_none());
+        let deep = "SESSION 1 1 ".repeat(50_000) + "INCR k";
+        assert!(err(classify(&args(&deep), false)).contains("cannot wrap SESSION"));
     }
 
     #[test]

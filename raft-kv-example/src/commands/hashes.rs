@@ -169,7 +169,7 @@ impl Write {
                 let h = fields(db, k.clone(), at)?;
                 let removed = fs.iter().filter(|f| h.remove(*f).is_some()).count();
                 if h.is_empty() {
-                    db.remove(&k, at.index);
+                    db.remove(&k, at);
                 }
                 Reply::Int(removed as i64)
             }

@@ -195,11 +195,9 @@ impl Write {
     /// Applies the write.
     pub fn apply(self, db: &mut Db, at: Stamp) -> Reply {
         match self {
-            Write::Del(keys) => Reply::Int(
-                keys.iter()
-                    .filter(|k| db.remove(k, at.index).is_some())
-                    .count() as i64,
-            ),
+            Write::Del(keys) => {
+                Reply::Int(keys.iter().filter(|k| db.remove(k, at).is_some()).count() as i64)
+            }
             Write::Expire(k, deadline, cond) => {
                 let Some(item) = db.get(&k, at.now) else {
                     return Reply::Int(0);

@@ -88,8 +88,6 @@ pub enum WriteOp {
     Key(keys::Write),
     /// Hash writes.
     Hash(hashes::Write),
-    /// MULTI ... EXEC: one log entry, applied all at once.
-    Exec(Transaction),
 }
 
 impl WriteOp {
@@ -99,7 +97,26 @@ impl WriteOp {
             WriteOp::Str(w) => w.apply(db, stamp),
             WriteOp::Key(w) => w.apply(db, stamp),
             WriteOp::Hash(w) => w.apply(db, stamp),
-            WriteOp::Exec(t) => t.apply(db, stamp),
+        }
+    }
+}
+
+/// What one log entry changes: one write, or a whole transaction. A transaction holds
+/// commands, never another transaction, so nothing decoded from the log nests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A single write command.
+    One(WriteOp),
+    /// MULTI ... EXEC: applied all at once.
+    Exec(Transaction),
+}
+
+impl Change {
+    /// Applies the change at `stamp` (after [`Db::begin`]).
+    pub fn apply(self, db: &mut Db, stamp: Stamp) -> Reply {
+        match self {
+            Change::One(w) => w.apply(db, stamp),
+            Change::Exec(t) => t.apply(db, stamp),
         }
     }
 }
@@ -113,13 +130,50 @@ pub enum Cmd {
     Write(WriteOp),
 }
 
+/// One command queued between MULTI and EXEC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Queued {
+    /// A data command, run at EXEC.
+    Cmd(Cmd),
+    /// A connection command allowed in a transaction (PING, ECHO, SELECT 0, UNWATCH): its
+    /// reply is known when queued and takes its place in EXEC's answer.
+    Constant(Reply),
+}
+
+/// Most commands one transaction may queue.
+pub const MAX_QUEUED: usize = 100_000;
+
+/// What a command sent between MULTI and EXEC becomes, or why it is refused (which makes
+/// EXEC answer EXECABORT). `args` includes the name.
+pub fn queue(args: &[Bytes]) -> Result<Queued, String> {
+    let name = word(args.first().map_or(&b""[..], |a| &a[..]));
+    let rest = &args[1..];
+    if let Some(parsed) = parse(&name, rest) {
+        return parsed.map(Queued::Cmd);
+    }
+    let spec = lookup(&name).ok_or_else(|| format!("ERR unknown command '{name}'"))?;
+    if !arity_ok(spec, args.len()) {
+        return Err(arity_error(&name));
+    }
+    let constant = match (name.as_str(), rest) {
+        ("PING", []) => Reply::Status("PONG".into()),
+        ("PING" | "ECHO", [msg]) => Reply::Bulk(msg.clone()),
+        // The watch is checked when EXEC applies, before any queued command runs.
+        ("UNWATCH", []) => Reply::Ok,
+        ("SELECT", [db]) if db.as_ref() == b"0" => Reply::Ok,
+        ("SELECT", _) => return Err("ERR DB index is out of range".into()),
+        _ => return Err(format!("ERR {name} is not allowed inside MULTI")),
+    };
+    Ok(Queued::Constant(constant))
+}
+
 /// The commands queued between MULTI and EXEC, and the keys watched before.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
     /// The applied index WATCH read at, and the keys it watched.
     pub watch: Option<(u64, Vec<Bytes>)>,
     /// The queued commands, in order.
-    pub cmds: Vec<Cmd>,
+    pub cmds: Vec<Queued>,
 }
 
 impl Transaction {
@@ -134,8 +188,9 @@ impl Transaction {
             .cmds
             .into_iter()
             .map(|c| match c {
-                Cmd::Read(r) => r.answer(db, stamp.now),
-                Cmd::Write(w) => w.apply(db, stamp),
+                Queued::Cmd(Cmd::Read(r)) => r.answer(db, stamp.now),
+                Queued::Cmd(Cmd::Write(w)) => w.apply(db, stamp),
+                Queued::Constant(reply) => reply,
             })
             .collect();
         Reply::Array(replies)
@@ -307,11 +362,13 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Result<Cmd, String>> {
     Some(parse(name, args))
 }
 
-/// An integer argument.
+/// An integer argument or stored value, in Redis's canonical form only (no `+`, no
+/// leading zeros, no `-0`), so `SET k 007` then `INCR k` is an error here as in Redis.
 pub fn int(b: &[u8]) -> Result<i64, String> {
     std::str::from_utf8(b)
         .ok()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|n| n.to_string().as_bytes() == b)
         .ok_or_else(|| NOT_INTEGER.to_string())
 }
 
@@ -420,6 +477,43 @@ mod tests {
             documented, table,
             "README.md's command list and TABLE differ"
         );
+    }
+
+    #[test]
+    fn integers_are_read_in_canonical_form_only() {
+        assert_eq!(int(b"-42"), Ok(-42));
+        assert_eq!(int(b"0"), Ok(0));
+        for bad in ["+5", "007", "-0", " 1", "1 ", "", "9223372036854775808"] {
+            assert!(int(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_may_be_queued_in_a_transaction() {
+        let q = |line: &str| {
+            let args: Vec<Bytes> = line
+                .split(' ')
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect();
+            queue(&args)
+        };
+        assert!(matches!(q("SET k v"), Ok(Queued::Cmd(Cmd::Write(_)))));
+        assert!(matches!(q("GET k"), Ok(Queued::Cmd(Cmd::Read(_)))));
+        assert_eq!(
+            q("PING"),
+            Ok(Queued::Constant(Reply::Status("PONG".into())))
+        );
+        assert_eq!(q("UNWATCH"), Ok(Queued::Constant(Reply::Ok)));
+        for refused in [
+            "WATCH k",
+            "HELLO 3",
+            "SELECT 1",
+            "GET",
+            "NOPE x",
+            "SESSION 1 1 INCR k",
+        ] {
+            assert!(q(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::{int, word, Cmd, Deadline, ReadOp, Reply, WriteOp, SYNTAX, WRONGTYPE};
 use crate::db::{Data, Db, Millis, Stamp, Ttl};
 
+/// The longest string APPEND may build (Redis's `proto-max-bulk-len` is 512 MB; a value
+/// must also fit in one reply a client or a forwarding node accepts).
+pub const MAX_STRING: usize = 32 << 20;
+
 /// A string read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Read {
@@ -203,7 +207,7 @@ impl Write {
             Write::GetDel(k) => {
                 let old = string(db, &k, at.now)?;
                 if old.is_some() {
-                    db.remove(&k, at.index);
+                    db.remove(&k, at);
                 }
                 Reply::opt(old)
             }
