@@ -104,12 +104,11 @@ pub struct StateMachineError(pub String);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RaftError {
-    /// This node is not the leader; retry on `leader_hint` if known.
-    #[error("not the leader{}", leader_hint.map(|l| format!("; try the leader {l}")).unwrap_or_else(|| "; no leader is known yet, retry shortly".into()))]
-    NotLeader {
-        /// The leader this node currently knows of.
-        leader_hint: Option<NodeId>,
-    },
+    /// This node is not the leader. Nothing was done: send the request to the leader it
+    /// names (its id, and its address when the membership has one), or, when none is
+    /// known, retry shortly (an election is under way).
+    #[error("{0}")]
+    NotLeader(crate::raft::NotLeader),
     /// The proposal's entry was overwritten by a new leader's log and will never apply.
     #[error("proposal at {0} was dropped by a leader change; it was not applied, retry it")]
     ProposalDropped(LogId),
@@ -155,4 +154,13 @@ pub enum RaftError {
     /// old removal as its own).
     #[error("node {0} was removed from the cluster; its data cannot rejoin it: start the machine on empty stores with a new id and add it")]
     Removed(NodeId),
+    /// A typed command, query or answer (see [`crate::app`]) could not be encoded or
+    /// decoded: the caller and the state machine disagree on the types. Not retryable.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// A command in a session (see [`crate::session`]) was not applied: its session was
+    /// forgotten, or it is older than the session's latest command. It may have applied
+    /// already; check the state before proposing it again in a new session.
+    #[error("session: {0}")]
+    Session(String),
 }

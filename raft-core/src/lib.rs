@@ -9,6 +9,7 @@
 //! The node executes those actions: it persists, sends, applies, and answers clients.
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod config;
 pub mod error;
 mod log;
@@ -18,6 +19,7 @@ mod progress;
 mod quorum;
 pub mod raft;
 pub mod read;
+pub mod session;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
@@ -27,7 +29,7 @@ pub use config::Config;
 pub use error::{ConfigError, FatalError, RaftError, StateMachineError, StorageError};
 pub use log::EntryMeta;
 pub use message::{Message, MessageBody};
-pub use node::{RaftNode, Seams, Status};
+pub use node::{LeaderView, RaftNode, Seams, Status};
 pub use progress::ReplicationState;
 pub use raft::{
     Action, ChangeError, CoreStatus, InitialState, MembershipChange, NotLeader, PersistOp,

@@ -162,7 +162,7 @@ fn a_change_on_a_follower_names_the_leader() {
         c.change_membership(MembershipChange::AddLearner(NodeId(4), None))
     });
     assert!(
-        matches!(refused, Some(Err(ChangeError::NotLeader(n))) if n.leader_hint == Some(NodeId(1))),
+        matches!(&refused, Some(Err(ChangeError::NotLeader(n))) if n.leader_hint == Some(NodeId(1))),
         "{refused:?}"
     );
 }
@@ -379,7 +379,7 @@ fn transfer_to_lagging_follower() {
     // No new entries while leadership is handed over; clients are sent to the target.
     let refused = sim.with_core(NodeId(1), |c| c.propose([bytes::Bytes::from("x")]));
     assert!(
-        matches!(refused, Some(Err(raft_core::ProposeError::NotLeader(n))) if n.leader_hint == Some(NodeId(3))),
+        matches!(&refused, Some(Err(raft_core::ProposeError::NotLeader(n))) if n.leader_hint == Some(NodeId(3))),
         "{refused:?}"
     );
     sim.deliver_all();
@@ -831,5 +831,60 @@ fn a_configuration_truncated_away_leaves_the_peer_table() {
         sim.core(1).peers_epoch(),
         before,
         "the transport must hear of it"
+    );
+}
+
+#[test]
+fn a_learner_stops_naming_a_leader_it_has_not_heard_from_for_an_election_timeout() {
+    let mut sim = three_and_two_spares();
+    let added = change(
+        &mut sim,
+        MembershipChange::AddLearner(NodeId(4), Some(sim::address_of(NodeId(4)))),
+    )
+    .unwrap();
+    sim.run_ticks(5);
+    assert!(sim.core(1).commit_index() >= added.index);
+    assert_eq!(sim.core(4).leader(), Some(NodeId(1)));
+    // Refusals name the leader, with its address when the membership has one.
+    let refused = sim.with_core(NodeId(4), |c| c.propose([bytes::Bytes::from("x")]));
+    assert!(
+        matches!(&refused, Some(Err(raft_core::ProposeError::NotLeader(n))) if n.leader_hint == Some(NodeId(1))),
+        "{refused:?}"
+    );
+    // The leader goes silent: a learner never campaigns, yet after an election timeout
+    // it must stop sending clients to a leader that may be dead.
+    sim.isolate(NodeId(4));
+    let max = cfg().election_timeout_max;
+    sim.run_ticks(max + 1);
+    assert_eq!(sim.core(4).leader(), None);
+    sim.heal();
+    sim.run_ticks(5);
+    assert_eq!(
+        sim.core(4).leader(),
+        Some(NodeId(1)),
+        "named again once heard"
+    );
+}
+
+#[test]
+fn a_refusal_carries_the_leaders_address_from_the_membership() {
+    let mut sim = Sim::with_spares(
+        1,
+        Membership::new(ids(&[1, 2, 3])).with_address(NodeId(1), sim::address_of(NodeId(1))),
+        &[],
+        cfg(),
+        Faults::none(),
+    );
+    sim.elect(1);
+    sim.run_ticks(1);
+    let refused = sim.with_core(NodeId(2), |c| c.propose([bytes::Bytes::from("x")]));
+    let Some(Err(raft_core::ProposeError::NotLeader(n))) = refused else {
+        panic!("{refused:?}")
+    };
+    let address = sim::address_of(NodeId(1));
+    assert_eq!(n.leader_address.as_deref(), Some(address.as_str()));
+    assert_eq!(
+        n.to_string(),
+        format!("not the leader; the leader is n1 at {address}")
     );
 }

@@ -811,7 +811,8 @@ fn proposal_on_a_follower_fails_with_the_leader_hint() {
     assert_eq!(
         err,
         ProposeError::NotLeader(raft_core::NotLeader {
-            leader_hint: Some(NodeId(1))
+            leader_hint: Some(NodeId(1)),
+            leader_address: None,
         })
     );
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use raft_core::{NodeId, RaftError, RaftNode};
+use raft_core::{NodeId, NotLeader, RaftError, RaftNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -241,15 +241,14 @@ fn now_ms() -> Millis {
 /// What a Raft error tells the client.
 fn error_reply(e: &RaftError) -> Value {
     match e {
-        RaftError::NotLeader {
+        RaftError::NotLeader(NotLeader {
             leader_hint: Some(l),
-        } => Value::err(format!(
+            ..
+        }) => Value::err(format!(
             "TRYAGAIN this node is not the leader; the leader is node {}",
             l.0
         )),
-        RaftError::NotLeader { leader_hint: None } => {
-            Value::err("TRYAGAIN no leader is elected yet; retry shortly")
-        }
+        RaftError::NotLeader(_) => Value::err("TRYAGAIN no leader is elected yet; retry shortly"),
         RaftError::ProposalDropped(_) => {
             Value::err("TRYAGAIN leadership changed and the write was not applied; retry it")
         }
@@ -387,9 +386,10 @@ async fn finish(
             Ok(raw) => replies.push(
                 decode(&raw).unwrap_or_else(|e| Value::err(format!("ERR undecodable reply: {e}"))),
             ),
-            Err(RaftError::NotLeader {
+            Err(RaftError::NotLeader(NotLeader {
                 leader_hint: Some(l),
-            }) if !forwarded && fwd.knows(l) => {
+                ..
+            })) if !forwarded && fwd.knows(l) => {
                 leader = Some(l);
                 to_forward.push((i, args));
                 replies.push(Value::Bulk(None)); // replaced by the leader's answer below
@@ -404,9 +404,10 @@ async fn finish(
             None => reqs
                 .iter()
                 .map(|_| {
-                    error_reply(&RaftError::NotLeader {
+                    error_reply(&RaftError::NotLeader(NotLeader {
                         leader_hint: Some(l),
-                    })
+                        leader_address: None,
+                    }))
                 })
                 .collect(),
         };

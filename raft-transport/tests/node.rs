@@ -42,7 +42,7 @@ async fn proposal_to_a_follower_fails_with_the_leader_hint() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RaftError::NotLeader { leader_hint: Some(l) } if l == leader),
+        matches!(&err, RaftError::NotLeader(raft_core::NotLeader { leader_hint: Some(l), .. }) if *l == leader),
         "{err:?}"
     );
     assert!(

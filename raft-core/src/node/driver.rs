@@ -13,8 +13,8 @@ use super::Request;
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::message::Message;
 use crate::raft::{
-    Action, ChangeError, MembershipChange, NotLeader, PersistOp, ProposeError, RaftCore,
-    TransferError, WriteId,
+    Action, ChangeError, MembershipChange, PersistOp, ProposeError, RaftCore, TransferError,
+    WriteId,
 };
 use crate::read::{ReadId, ReadPolicy};
 use crate::state_machine::StateMachine;
@@ -157,6 +157,7 @@ impl Driver {
         mut requests: mpsc::Receiver<Request>,
         mut inbox: mpsc::Receiver<Message>,
         stopped: &tokio::sync::watch::Sender<Option<Option<FatalError>>>,
+        leader: &tokio::sync::watch::Sender<super::LeaderView>,
     ) -> Option<FatalError> {
         let mut ticker = tokio::time::interval(self.tick);
         // Ticks missed while the driver was busy or paused fire at once, and are caught up
@@ -228,6 +229,7 @@ impl Driver {
             }
             self.execute().await;
             self.settle_waiters();
+            self.publish_leader(leader);
             if let Some(fatal) = &self.fatal {
                 tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
                 stopped.send_replace(Some(Some(fatal.clone())));
@@ -235,6 +237,25 @@ impl Driver {
             }
         };
         self.stop(shutdown_reply).await
+    }
+
+    /// Tells watchers when the term, the role or the leader changed (three comparisons per
+    /// turn of the loop; watchers wake only on a change).
+    fn publish_leader(&self, watch: &tokio::sync::watch::Sender<super::LeaderView>) {
+        let (term, role, leader) = (self.core.term(), self.core.role(), self.core.leader());
+        watch.send_if_modified(|view| {
+            if view.term == term && view.role == role && view.leader == leader {
+                return false;
+            }
+            let address = leader.and_then(|l| self.core.membership().addresses.get(&l).cloned());
+            *view = super::LeaderView {
+                term,
+                role,
+                leader,
+                leader_address: address,
+            };
+            true
+        });
     }
 
     /// Steps a received message and whatever else is already queued.
@@ -277,8 +298,8 @@ impl Driver {
                             self.transfer_target = Some(target);
                             self.transfer_waiters.push(reply);
                         }
-                        Err(TransferError::NotLeader(NotLeader { leader_hint })) => {
-                            let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+                        Err(TransferError::NotLeader(refused)) => {
+                            let _ = reply.send(Err(RaftError::NotLeader(refused)));
                         }
                         Err(e) => {
                             let _ = reply.send(Err(e.into()));
@@ -316,7 +337,7 @@ impl Driver {
             }
             Err(refused) => {
                 for reply in replies {
-                    let _ = reply.send(Err(self.refusal(refused)));
+                    let _ = reply.send(Err(self.refusal(refused.clone())));
                 }
             }
         }
@@ -324,9 +345,7 @@ impl Driver {
 
     fn refusal(&self, e: ProposeError) -> RaftError {
         match e {
-            ProposeError::NotLeader(NotLeader { leader_hint }) => {
-                RaftError::NotLeader { leader_hint }
-            }
+            ProposeError::NotLeader(refused) => RaftError::NotLeader(refused),
             ProposeError::TooLarge { size, max } => RaftError::TooLarge { size, max },
             ProposeError::Stopped => self.stopped_error(),
         }
@@ -398,8 +417,8 @@ impl Driver {
                 let deadline = self.ticks + self.timeout_ticks;
                 self.reads.insert(id, (query, reply, deadline));
             }
-            Err(NotLeader { leader_hint }) => {
-                let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+            Err(refused) => {
+                let _ = reply.send(Err(RaftError::NotLeader(refused)));
             }
         }
     }
@@ -447,7 +466,8 @@ impl Driver {
                 }
                 Action::ReadFailed { id, leader_hint } => {
                     if let Some((_, reply, _)) = self.reads.remove(&id) {
-                        let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+                        let refused = self.core.not_leader_hinting(leader_hint);
+                        let _ = reply.send(Err(RaftError::NotLeader(refused)));
                     }
                 }
                 Action::BuildSnapshot => {
@@ -486,8 +506,8 @@ impl Driver {
     ) {
         match self.core.change_membership(change) {
             Ok(id) => self.change_waiters.push((id, reply)),
-            Err(ChangeError::NotLeader(NotLeader { leader_hint })) => {
-                let _ = reply.send(Err(RaftError::NotLeader { leader_hint }));
+            Err(ChangeError::NotLeader(refused)) => {
+                let _ = reply.send(Err(RaftError::NotLeader(refused)));
             }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));

@@ -36,6 +36,20 @@ use crate::types::{Entry, LogId, LogIndex, Membership, NodeId};
 /// follower's match index.
 pub type Status = CoreStatus;
 
+/// Who leads, as one node sees it: what [`RaftNode::watch_leader`] publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderView {
+    /// The node's current term.
+    pub term: crate::types::Term,
+    /// The node's role.
+    pub role: crate::types::Role,
+    /// The leader it follows (itself when it leads); `None` during an election and once
+    /// it has not heard from the leader for an election timeout.
+    pub leader: Option<NodeId>,
+    /// The leader's address from the membership, when it has one.
+    pub leader_address: Option<String>,
+}
+
 /// The implementations a node runs with.
 pub struct Seams {
     /// The log and hard state.
@@ -75,6 +89,8 @@ pub struct RaftNode {
     driver: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// `None` while running; then `Some(None)` after a shutdown, or the fatal error.
     stopped: watch::Receiver<Option<Option<FatalError>>>,
+    /// The leader as this node sees it.
+    leader: watch::Receiver<LeaderView>,
     /// The tick interval, for waits that poll the core's status.
     tick: std::time::Duration,
     /// The default read policy (`Config::read_policy`).
@@ -135,8 +151,16 @@ impl RaftNode {
             applied,
         );
         let (stopped_tx, stopped) = watch::channel(None);
+        let (leader_tx, leader) = watch::channel(LeaderView {
+            term: crate::types::Term(0),
+            role: crate::types::Role::Follower,
+            leader: None,
+            leader_address: None,
+        });
         let handle = tokio::spawn(async move {
-            let fatal = driver.run(requests_rx, inbox_rx, &stopped_tx).await;
+            let fatal = driver
+                .run(requests_rx, inbox_rx, &stopped_tx, &leader_tx)
+                .await;
             stopped_tx.send_replace(Some(fatal));
         });
         Ok(RaftNode {
@@ -145,6 +169,7 @@ impl RaftNode {
             inbox,
             driver: Arc::new(Mutex::new(Some(handle))),
             stopped,
+            leader,
             tick: config.tick_interval,
             read_policy: config.read_policy,
         })
@@ -153,6 +178,14 @@ impl RaftNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// A receiver that sees every change of term, role or leader at this node, without
+    /// polling [`status`](RaftNode::status): `changed().await` wakes on the next change
+    /// (leader elected, leader lost, this node stepping up or down), `borrow()` reads the
+    /// latest.
+    pub fn watch_leader(&self) -> watch::Receiver<LeaderView> {
+        self.leader.clone()
     }
 
     /// Where a transport delivers the messages it receives for this node.
@@ -290,9 +323,13 @@ impl RaftNode {
             every.tick().await;
             let s = self.status().await?;
             if s.role != crate::types::Role::Leader {
-                return Err(RaftError::NotLeader {
+                let address = s
+                    .leader
+                    .and_then(|l| s.membership.addresses.get(&l).cloned());
+                return Err(RaftError::NotLeader(crate::raft::NotLeader {
                     leader_hint: s.leader,
-                });
+                    leader_address: address,
+                }));
             }
             let Some(&(matched, _)) = s.peers.get(&id) else {
                 return Err(crate::raft::ChangeError::NotAMember(id).into());

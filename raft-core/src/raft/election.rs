@@ -91,6 +91,11 @@ impl RaftCore {
         }
         if self.election_elapsed >= self.randomized_timeout {
             self.reset_election_timer();
+            // Not heard from the leader for an election timeout: stop naming it to
+            // clients (a learner, which never campaigns, would otherwise name it forever).
+            if self.leader != Some(self.id) {
+                self.leader = None;
+            }
             if self.may_campaign() {
                 self.campaign(self.cfg.pre_vote, false);
             }

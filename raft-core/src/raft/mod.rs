@@ -197,15 +197,34 @@ pub struct CoreStatus {
     pub reads: ReadCounts,
 }
 
-/// Why a proposal or read was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a proposal or read was refused: this node is not the leader. The one "not the
+/// leader" error of the crate; [`RaftError::NotLeader`](crate::RaftError::NotLeader)
+/// carries it too.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotLeader {
-    /// The leader this node knows of, if any.
+    /// The leader this node knows of, if any. Cleared once the node has not heard from it
+    /// for an election timeout, so a dead leader is not hinted at for long.
     pub leader_hint: Option<NodeId>,
+    /// Where that leader is reached, from the membership's member addresses (for the TCP
+    /// transport, its `IP:PORT`, which also serves clients).
+    pub leader_address: Option<String>,
+}
+
+impl std::fmt::Display for NotLeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.leader_hint, &self.leader_address) {
+            (Some(l), Some(a)) => write!(f, "not the leader; the leader is {l} at {a}"),
+            (Some(l), None) => write!(f, "not the leader; the leader is {l}"),
+            (None, _) => write!(
+                f,
+                "not the leader, and no leader is known yet; retry shortly"
+            ),
+        }
+    }
 }
 
 /// Why a proposal was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
     /// Only the leader appends to the log.
     NotLeader(NotLeader),
@@ -621,8 +640,14 @@ impl RaftCore {
     }
 
     fn not_leader(&self) -> NotLeader {
+        self.not_leader_hinting(self.leader.filter(|&l| l != self.id))
+    }
+
+    /// A refusal naming `hint` as the leader, with its address from the membership.
+    pub fn not_leader_hinting(&self, hint: Option<NodeId>) -> NotLeader {
         NotLeader {
-            leader_hint: self.leader.filter(|&l| l != self.id),
+            leader_hint: hint,
+            leader_address: hint.and_then(|l| self.membership().addresses.get(&l).cloned()),
         }
     }
 

@@ -21,8 +21,9 @@ impl RaftCore {
         }
         if let Some(target) = self.transferring_to() {
             // Dissertation 3.10: no new entries while leadership is handed over.
-            let leader_hint = Some(target);
-            return Err(ProposeError::NotLeader(super::NotLeader { leader_hint }));
+            return Err(ProposeError::NotLeader(
+                self.not_leader_hinting(Some(target)),
+            ));
         }
         let payloads: Vec<EntryPayload> = payloads.collect();
         let max = self.cfg.max_entry_bytes;
