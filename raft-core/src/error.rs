@@ -100,7 +100,11 @@ pub enum FatalError {
 #[error("state machine error: {0}")]
 pub struct StateMachineError(pub String);
 
-/// Why a client request to a node failed.
+/// Why a client request to a node failed. Each variant says what the caller should do;
+/// in short: `NotLeader`, `ProposalDropped` and (for reads) `Timeout` are retried
+/// elsewhere or later; `Timeout`, `ShuttingDown` and `Fatal` leave a proposal's outcome
+/// unknown, so retry it only in a session (see [`crate::session`], which the TCP client
+/// does for you); the rest are not retryable as they are.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RaftError {
@@ -109,7 +113,8 @@ pub enum RaftError {
     /// known, retry shortly (an election is under way).
     #[error("{0}")]
     NotLeader(crate::raft::NotLeader),
-    /// The proposal's entry was overwritten by a new leader's log and will never apply.
+    /// The proposal's entry was overwritten by a new leader's log and will never apply:
+    /// retry it (on the new leader); it cannot apply twice.
     #[error("proposal at {0} was dropped by a leader change; it was not applied, retry it")]
     ProposalDropped(LogId),
     /// A command is larger than [`Config::max_entry_bytes`](crate::Config::max_entry_bytes)
@@ -122,29 +127,38 @@ pub enum RaftError {
         /// The configured maximum.
         max: usize,
     },
-    /// The node is shutting down or has stopped.
+    /// The node is shutting down or has stopped. A proposal in flight may still be applied
+    /// by the others: retry on another member, in a session.
     #[error("the raft node is shutting down")]
     ShuttingDown,
     /// The request did not complete within `Config::request_timeout`. A proposal may still
     /// be applied later (its outcome is unknown); a read can simply be retried.
     #[error("the request did not complete within {0:?}; a proposal may still take effect")]
     Timeout(std::time::Duration),
-    /// The node stopped after a fatal error (see [`FatalError`]); restart it.
+    /// The node stopped after a fatal error (see [`FatalError`], which says why: a store
+    /// or the state machine failed). Restart the process once the cause is fixed; retry
+    /// requests on another member (a proposal in flight, in a session).
     #[error("the raft node stopped: {0}")]
     Fatal(FatalError),
-    /// The log or snapshot store failed; the node stops rather than risk safety.
+    /// The log or snapshot store failed; the node stops rather than risk safety. As for
+    /// `Fatal`.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The state machine failed.
+    /// The state machine reported a genuine failure (an `Err` from
+    /// [`StateMachine::apply`](crate::StateMachine::apply)); the node stops. Application
+    /// refusals belong in responses instead (see [`crate::app`]).
     #[error(transparent)]
     StateMachine(#[from] StateMachineError),
-    /// The configuration was rejected at startup.
+    /// The configuration was rejected at startup; the message names the setting to fix.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A membership change was refused or did not take effect.
+    /// A membership change was refused or did not take effect; see
+    /// [`ChangeError`](crate::ChangeError) for which (on `NotLeader`, ask the leader; on
+    /// `InProgress`, wait and retry).
     #[error(transparent)]
     Membership(#[from] crate::raft::ChangeError),
-    /// A leadership transfer was refused or did not happen.
+    /// A leadership transfer was refused or did not happen; see
+    /// [`TransferError`](crate::TransferError).
     #[error(transparent)]
     Transfer(#[from] crate::raft::TransferError),
     /// This node's stores show that a committed configuration removed it from the cluster

@@ -18,6 +18,14 @@ use crate::types::{Entry, LogIndex, SnapshotMeta};
 /// - **Snapshots** capture a consistent point: [`snapshot`](StateMachine::snapshot) returns
 ///   the state as of its last applied index; [`restore`](StateMachine::restore) replaces the
 ///   whole state with a snapshot's.
+/// - **Errors are failures, refusals are responses.** An `Err` from
+///   [`apply`](StateMachine::apply) means the state machine cannot go on (its disk
+///   failed, its state is corrupt): the node stops, every client waiting on it gets
+///   [`RaftError::Fatal`](crate::RaftError::Fatal) with the cause, and the process must be
+///   restarted. Since every replica applies the same entry, an `Err` that the entry itself
+///   causes would stop every node in turn: an application's own refusals ("insufficient
+///   funds", "no such key") must be encoded in the response instead. The typed layer in
+///   [`crate::app`] does this for you: its `apply` cannot fail.
 #[async_trait]
 pub trait StateMachine: Send + 'static {
     /// The index of the last entry applied (0 for a new state machine).

@@ -1,10 +1,9 @@
 //! The replicated key-value state machine: writes stamped with the leader's time, queries,
 //! and exactly-once sessions. The commands themselves live in [`crate::commands`].
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use bytes::Bytes;
+use raft_core::session::{ClientSession, SessionOutcome, SessionTable};
 use raft_core::{Entry, EntryPayload, LogIndex, SnapshotMeta, StateMachine, StateMachineError};
 use serde::{Deserialize, Serialize};
 
@@ -12,14 +11,9 @@ use crate::commands::{Change, ReadOp, Reply};
 use crate::db::{Db, Millis};
 
 /// A client session: the client's id and the sequence number of this command. Retrying a
-/// command with the same pair returns the first answer instead of applying it again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    /// Chosen at random by the client, once.
-    pub client: u64,
-    /// Increases by one per command of that client.
-    pub seq: u64,
-}
+/// command with the same pair returns the first answer instead of applying it again (the
+/// framework's session layer, [`raft_core::session`]).
+pub type Session = ClientSession;
 
 /// A write, as it travels through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,22 +41,11 @@ pub enum Query {
     AppliedIndex,
 }
 
-/// Most client sessions remembered; beyond it the least recently used is forgotten (a
-/// client silent that long loses exactly-once protection for a retry, not its data).
-pub const MAX_SESSIONS: usize = 100_000;
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SessionEntry {
-    seq: u64,
-    result: Option<Reply>,
-    last_index: u64,
-}
-
 /// Everything the state machine holds; a snapshot is this, encoded with postcard.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct KvState {
     db: Db,
-    sessions: HashMap<u64, SessionEntry>,
+    sessions: SessionTable<Reply>,
     applied: LogIndex,
 }
 
@@ -89,47 +72,26 @@ impl KvStateMachine {
     /// Applies one write, at most once per session sequence number.
     fn apply_write(&mut self, index: LogIndex, w: Write) -> Reply {
         if let Some(s) = w.session {
-            if let Some(known) = self.state.sessions.get(&s.client) {
-                if s.seq <= known.seq {
-                    // A retry of a command already applied: answer it, change nothing.
-                    return known
-                        .result
-                        .clone()
-                        .filter(|_| s.seq == known.seq)
-                        .unwrap_or_else(|| Reply::Err("ERR stale session sequence number".into()));
+            match self.state.sessions.check(s) {
+                SessionOutcome::Apply => {}
+                // A retry of a command already applied: answer it, change nothing.
+                SessionOutcome::Duplicate(reply) => return reply,
+                SessionOutcome::Stale => {
+                    return Reply::Err("ERR stale session sequence number".into())
+                }
+                SessionOutcome::Expired => {
+                    return Reply::Err(
+                        "ERR session expired: this command may have applied already; check, then continue with a new client id".into(),
+                    )
                 }
             }
         }
         let stamp = self.state.db.begin(index.0, w.at_ms);
         let result = w.op.apply(&mut self.state.db, stamp);
         if let Some(s) = w.session {
-            self.state.sessions.insert(
-                s.client,
-                SessionEntry {
-                    seq: s.seq,
-                    result: Some(result.clone()),
-                    last_index: index.0,
-                },
-            );
-            self.expire_sessions();
+            self.state.sessions.record(s, index.0, result.clone());
         }
         result
-    }
-
-    fn expire_sessions(&mut self) {
-        if self.state.sessions.len() <= MAX_SESSIONS {
-            return;
-        }
-        // Deterministic: the least recently used by log index, the same on every replica.
-        if let Some(oldest) = self
-            .state
-            .sessions
-            .iter()
-            .min_by_key(|(id, s)| (s.last_index, **id))
-            .map(|(id, _)| *id)
-        {
-            self.state.sessions.remove(&oldest);
-        }
     }
 
     fn answer(&self, q: Query) -> Reply {
@@ -191,6 +153,7 @@ impl StateMachine for KvStateMachine {
             )));
         }
         state.db.rebuild_indexes();
+        state.sessions.rebuild();
         self.state = state;
         Ok(())
     }

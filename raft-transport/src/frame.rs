@@ -36,6 +36,29 @@ pub enum Frame {
     Refused(String),
     /// A Raft message.
     Raft(Message),
+    /// A client's first frame (see [`crate::client`]); answered `Welcome` or `Refused`.
+    ClientHello {
+        /// [`MAGIC`].
+        magic: u32,
+        /// [`VERSION`].
+        version: u16,
+        /// The cluster the client wants.
+        cluster_id: u64,
+    },
+    /// A client's request; `id` pairs it with its reply.
+    ClientRequest {
+        /// Chosen by the client.
+        id: u64,
+        /// What to do.
+        op: crate::client::ClientOp,
+    },
+    /// The answer to the request `id`.
+    ClientReply {
+        /// The request's id.
+        id: u64,
+        /// The node's answer, or why it did not carry the request out.
+        result: Result<bytes::Bytes, crate::client::ClientFailure>,
+    },
 }
 
 /// Why bytes from a peer were rejected. The connection is closed; the node lives on.

@@ -5,12 +5,19 @@
 //!   delay, reordering and duplication, for tests and simulations;
 //! - [`tcp`]: TCP on tokio, with length-prefixed checksummed postcard [`frame`]s, a
 //!   cluster-id handshake, bounded per-peer queues, write coalescing and reconnection
-//!   with backoff.
+//!   with backoff;
+//! - [`start`]: one call to run a node on TCP ([`TcpNode::start`]), its peers taken from
+//!   the membership's addresses;
+//! - [`client`]: clients on the same port: [`client::RaftClient`] finds the leader and
+//!   retries, [`client::AppClient`] speaks an application's types exactly once.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod frame;
 pub mod mem;
+pub mod start;
 pub mod tcp;
 
 pub use mem::{LinkFaults, MemNetwork, MemTransport};
+pub use start::{StartError, Stores, TcpNode};
 pub use tcp::{TcpConfig, TcpStats, TcpTransport};

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raft_core::{Inbox, Message, MessageBody, NodeId, Transport};
+use raft_core::{Inbox, Message, MessageBody, NodeId, RaftNode, Transport};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,6 +93,11 @@ struct Peer {
 struct Shared {
     id: NodeId,
     cfg: TcpConfig,
+    /// The node clients' requests go to, once [`TcpTransport::serve_node`] was called.
+    node: std::sync::OnceLock<RaftNode>,
+    /// Whether anything serves this transport's listener (warned about once if not).
+    served: std::sync::atomic::AtomicBool,
+    warned_unserved: std::sync::atomic::AtomicBool,
     addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
     peers: Mutex<BTreeMap<NodeId, Peer>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -134,6 +139,9 @@ impl TcpTransport {
             shared: Arc::new(Shared {
                 id,
                 cfg,
+                node: std::sync::OnceLock::new(),
+                served: std::sync::atomic::AtomicBool::new(false),
+                warned_unserved: std::sync::atomic::AtomicBool::new(false),
                 addrs: Mutex::new(BTreeMap::new()),
                 peers: Mutex::new(BTreeMap::new()),
                 tasks: Mutex::new(Vec::new()),
@@ -201,14 +209,23 @@ impl TcpTransport {
         }
     }
 
-    /// Starts accepting connections and delivering their messages to `inbox`.
+    /// Starts accepting connections and delivering their messages to `inbox`. Until this
+    /// is called the node can send but hears nothing (a warning says so once).
     pub fn serve(&self, inbox: Inbox) {
         let Some(listener) = lock(&self.listener).take() else {
             return;
         };
+        self.shared.served.store(true, Ordering::Relaxed);
         let shared = self.shared.clone();
         let task = tokio::spawn(accept_loop(listener, shared, inbox));
         lock(&self.shared.tasks).push(task);
+    }
+
+    /// Serves `node`: its peers' messages, and clients' requests on the same port (see
+    /// [`crate::client`]). What [`TcpNode::start`](crate::start::TcpNode::start) calls.
+    pub fn serve_node(&self, node: &RaftNode) {
+        let _ = self.shared.node.set(node.clone());
+        self.serve(node.inbox());
     }
 
     /// The transport's counters.
@@ -258,6 +275,11 @@ impl Transport for TcpTransport {
 
     async fn send(&self, msg: Message) {
         let stats = &self.shared.stats;
+        if !self.shared.served.load(Ordering::Relaxed)
+            && !self.shared.warned_unserved.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(node = %self.shared.id, "sending, but nothing serves this transport: call TcpTransport::serve(node.inbox()) (or start with TcpNode::start), or the node never hears its peers");
+        }
         let Some(tx) = self.peer_sender(msg.to) else {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(node = %self.shared.id, peer = %msg.to, "no address for peer; message dropped");
@@ -474,6 +496,14 @@ async fn serve_connection(
     .await
     .map_err(|_| ConnError::Timeout)??;
     let mut out = Vec::new();
+    if let Frame::ClientHello {
+        magic,
+        version,
+        cluster_id,
+    } = hello
+    {
+        return serve_client_hello(stream, shared, (magic, version, cluster_id)).await;
+    }
     let from = match check_hello(shared, &hello) {
         Ok(from) => from,
         Err(reason) => {
@@ -512,6 +542,40 @@ async fn serve_connection(
             return Ok(());
         }
     }
+}
+
+/// Answers a client's hello and serves the client, or refuses it.
+async fn serve_client_hello(
+    mut stream: TcpStream,
+    shared: &Shared,
+    (magic, version, cluster_id): (u32, u16, u64),
+) -> Result<(), ConnError> {
+    let refusal = if magic != MAGIC || version != VERSION {
+        Some(format!(
+            "unsupported protocol (magic {magic:08x}, version {version})"
+        ))
+    } else if cluster_id != shared.cfg.cluster_id {
+        Some(format!(
+            "cluster id {cluster_id} does not match this node's cluster {}",
+            shared.cfg.cluster_id
+        ))
+    } else if shared.node.get().is_none() {
+        Some(format!("node {} does not serve clients", shared.id))
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    if let Some(reason) = refusal {
+        frame::encode(&Frame::Refused(reason.clone()), &mut out)?;
+        let _ = stream.write_all(&out).await;
+        return Err(ConnError::Refused(reason));
+    }
+    frame::encode(&Frame::Welcome, &mut out)?;
+    stream.write_all(&out).await?;
+    if let Some(node) = shared.node.get() {
+        crate::client::serve_client(stream, node.clone(), shared.cfg.max_frame).await;
+    }
+    Ok(())
 }
 
 /// Reads one frame, refusing lengths over `max` before allocating.
