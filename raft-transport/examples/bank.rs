@@ -240,7 +240,8 @@ async fn run(args: &[String]) -> Result<(), String> {
         ));
     }
     println!(
-        "bank run: {ops} operations ({refused} refused by the bank), balances match the model, money conserved: {total} = {deposited} deposited - {withdrawn} withdrawn"
+        "bank run: {ops} operations ({refused} refused by the bank, {} attempts retried across failures), balances match the model, money conserved: {total} = {deposited} deposited - {withdrawn} withdrawn",
+        client.raw().retries
     );
     Ok(())
 }

@@ -205,6 +205,9 @@ pub struct RaftClient {
     pub attempt_timeout: Duration,
     /// Largest reply frame accepted.
     pub max_frame: usize,
+    /// Attempts beyond the first, over this client's life (redirects, failovers): how
+    /// often it had to look for the leader again.
+    pub retries: u64,
 }
 
 impl RaftClient {
@@ -220,6 +223,7 @@ impl RaftClient {
             timeout: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(5),
             max_frame: 64 << 20,
+            retries: 0,
         }
     }
 
@@ -244,7 +248,11 @@ impl RaftClient {
     pub async fn call(&mut self, op: ClientOp, idempotent: bool) -> Result<Bytes, ClientError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut last = String::from("no member tried yet");
+        let mut first = true;
         while tokio::time::Instant::now() < deadline {
+            if !std::mem::take(&mut first) {
+                self.retries += 1;
+            }
             match self.attempt(&op).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(ClientFailure::NotLeader { leader, address })) => {
