@@ -159,7 +159,10 @@ impl<A: App> AppStateMachine<A> {
         }
     }
 
-    /// The same, remembering at most `max_clients` sessions.
+    /// The same, remembering at most `max_clients` sessions. Every replica must use the
+    /// same value, and it must not change over the cluster's life: which client is
+    /// forgotten decides what a retry does, so replicas with different sizes could answer
+    /// differently. (A snapshot carries the size it was taken with.)
     pub fn with_max_clients(app: A, max_clients: usize) -> AppStateMachine<A> {
         AppStateMachine {
             sessions: SessionTable::new(max_clients),
@@ -290,7 +293,7 @@ impl<A: App> AppNode<A> {
         self.submit(None, &command).await
     }
 
-    /// Proposes `command` tagged with `session` (see [`ClientSession::next`]); retrying with
+    /// Proposes `command` tagged with `session` (see [`ClientSession::next_command`]); retrying with
     /// the same tag, on this node or another, applies it at most once.
     pub async fn propose_in(
         &self,

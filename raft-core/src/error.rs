@@ -144,9 +144,10 @@ pub enum RaftError {
     /// `Fatal`.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The state machine reported a genuine failure (an `Err` from
-    /// [`StateMachine::apply`](crate::StateMachine::apply)); the node stops. Application
-    /// refusals belong in responses instead (see [`crate::app`]).
+    /// The state machine could not answer a query (the node goes on; asking the same again
+    /// will not help). A failure to *apply* stops the node and is reported as
+    /// [`Fatal`](RaftError::Fatal) instead; application refusals belong in responses (see
+    /// [`crate::app`]).
     #[error(transparent)]
     StateMachine(#[from] StateMachineError),
     /// The configuration was rejected at startup; the message names the setting to fix.

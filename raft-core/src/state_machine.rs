@@ -25,7 +25,10 @@ use crate::types::{Entry, LogIndex, SnapshotMeta};
 ///   restarted. Since every replica applies the same entry, an `Err` that the entry itself
 ///   causes would stop every node in turn: an application's own refusals ("insufficient
 ///   funds", "no such key") must be encoded in the response instead. The typed layer in
-///   [`crate::app`] does this for you: its `apply` cannot fail.
+///   [`crate::app`] does this for you: its `apply` cannot fail. The same holds for a
+///   command that does not decode: a node served with `TcpNode::start` accepts proposals
+///   from any client that knows the cluster id (there is no authentication yet), so
+///   answer undecodable input with a refusal, never an `Err`.
 #[async_trait]
 pub trait StateMachine: Send + 'static {
     /// The index of the last entry applied (0 for a new state machine).

@@ -80,14 +80,20 @@ impl From<RaftError> for ClientFailure {
             RaftError::TooLarge { .. }
             | RaftError::Codec(_)
             | RaftError::Config(_)
-            | RaftError::Removed(_) => ClientFailure::Failed(e.to_string()),
+            | RaftError::Removed(_)
+            // A query the state machine could not answer: asking again will not help.
+            | RaftError::StateMachine(_) => ClientFailure::Failed(e.to_string()),
             other => ClientFailure::Unknown(other.to_string()),
         }
     }
 }
 
 /// Most requests one client connection may have in flight; more wait (back-pressure).
-const MAX_IN_FLIGHT: usize = 1024;
+const MAX_IN_FLIGHT: usize = 256;
+/// Most request bytes one client connection may have in flight (at least one request of
+/// any size is admitted); with [`MAX_CLIENT_CONNECTIONS`](crate::tcp::MAX_CLIENT_CONNECTIONS)
+/// this bounds what clients can make a node hold.
+const MAX_IN_FLIGHT_BYTES: usize = 32 << 20;
 
 /// Serves one client connection after its `ClientHello` was accepted.
 pub(crate) async fn serve_client(stream: TcpStream, node: RaftNode, max_frame: usize) {
@@ -103,25 +109,60 @@ pub(crate) async fn serve_client(stream: TcpStream, node: RaftNode, max_frame: u
         }
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stopped = false;
     loop {
-        let (id, op) = match read_frame(&mut read, max_frame).await {
+        let next = tokio::select! {
+            f = read_frame(&mut read, max_frame) => f,
+            _ = node.stopped() => {
+                stopped = true;
+                break;
+            }
+        };
+        let (id, op) = match next {
             Ok(Frame::ClientRequest { id, op }) => (id, op),
             // End of stream, bad input, or a frame out of place: the connection is done.
             _ => break,
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        let size = match &op {
+            ClientOp::Propose(b) | ClientOp::Read(b) => b.len(),
+            ClientOp::Leader => 0,
+        };
+        let weight = size.clamp(1, MAX_IN_FLIGHT_BYTES) as u32;
+        let (Ok(slot), Ok(held)) = (
+            slots.clone().acquire_owned().await,
+            bytes.clone().acquire_many_owned(weight).await,
+        ) else {
             break;
         };
         let (node, tx) = (node.clone(), tx.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let result = run(&node, op).await.map_err(ClientFailure::from);
             let _ = tx.send(Frame::ClientReply { id, result }).await;
-            drop(permit);
+            drop((slot, held));
         });
+        while tasks.try_join_next().is_some() {}
     }
+    // A client that stopped sending still gets the answers to what it sent (for as long
+    // as a request may take); a stopped node answers nothing more.
+    if !stopped {
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    }
+    tasks.abort_all();
     drop(tx);
-    let _ = writer.await;
+    let mut writer = writer;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort(); // a client that does not read its answers
+    }
 }
+
+/// How long a closing client connection waits for its requests' answers to be written.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn run(node: &RaftNode, op: ClientOp) -> Result<Bytes, RaftError> {
     match op {
@@ -167,12 +208,15 @@ pub enum ClientError {
     #[error("the outcome is unknown (the command may still apply): {0}")]
     Unknown(String),
     /// No leader answered within [`RaftClient::timeout`].
-    #[error("no leader answered within {timeout:?}; last problem: {last}")]
+    #[error("no leader answered within {timeout:?}{}; last problem: {last}", if *maybe_done { " (an attempt may have reached one: the outcome is unknown)" } else { "" })]
     Unavailable {
         /// The time allowed.
         timeout: Duration,
         /// The last problem seen.
         last: String,
+        /// Whether an attempt may have been carried out (its reply was lost). With an
+        /// [`AppClient`], finish such a command with [`AppClient::retry_pending`].
+        maybe_done: bool,
     },
     /// The session was forgotten by the cluster (too many clients) while a command of it
     /// may have applied; check the state, then continue in a new client.
@@ -201,7 +245,8 @@ pub struct RaftClient {
     turn: usize,
     /// How long one call may take across all its retries.
     pub timeout: Duration,
-    /// How long one attempt may wait for its reply.
+    /// How long one attempt may wait for its reply; keep it above the members'
+    /// `Config::request_timeout`.
     pub attempt_timeout: Duration,
     /// Largest reply frame accepted.
     pub max_frame: usize,
@@ -221,7 +266,9 @@ impl RaftClient {
             next: None,
             turn: 0,
             timeout: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(5),
+            // Longer than a node's default `Config::request_timeout` (10 s), so a slow
+            // proposal's answer arrives rather than being given up on.
+            attempt_timeout: Duration::from_secs(12),
             max_frame: 64 << 20,
             retries: 0,
         }
@@ -248,51 +295,58 @@ impl RaftClient {
     pub async fn call(&mut self, op: ClientOp, idempotent: bool) -> Result<Bytes, ClientError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut last = String::from("no member tried yet");
-        let mut first = true;
+        let mut attempts = 0u32;
+        // Whether an attempt may have reached a member: then a failure leaves the outcome
+        // unknown rather than "not done".
+        let mut maybe_done = false;
         while tokio::time::Instant::now() < deadline {
-            if !std::mem::take(&mut first) {
+            if attempts > 0 {
                 self.retries += 1;
+                // Back off a little more on every retry of this call (redirect ping-pong
+                // during a leadership transfer, an election): 0, 10, 20, ... up to 200 ms.
+                let pause = Duration::from_millis((u64::from(attempts) * 10).min(200));
+                tokio::time::sleep(pause).await;
             }
-            match self.attempt(&op).await {
+            attempts += 1;
+            let outcome = self.attempt(&op).await;
+            if !matches!(outcome, Ok(Ok(_))) {
+                // Any failure ends this connection: a late reply must never be read as the
+                // answer to the next request.
+                self.conn = None;
+            }
+            match outcome {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(ClientFailure::NotLeader { leader, address })) => {
                     last = format!("not the leader (leader {leader:?} at {address:?})");
-                    self.conn = None;
                     self.next = address.and_then(|a| a.parse().ok());
-                    if self.next.is_none() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(ClientFailure::Retry(why))) => last = why,
+                Ok(Err(ClientFailure::Unknown(why))) | Err(Attempt::Lost(why)) => {
+                    if !idempotent {
+                        return Err(ClientError::Unknown(why));
                     }
-                }
-                Ok(Err(ClientFailure::Retry(why))) => {
+                    maybe_done = true;
                     last = why;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    self.next = None;
                 }
-                Ok(Err(ClientFailure::Unknown(why))) if idempotent => {
-                    last = why;
-                    self.conn = None;
-                }
-                Ok(Err(ClientFailure::Unknown(why))) => return Err(ClientError::Unknown(why)),
                 Ok(Err(refused @ ClientFailure::Failed(_))) => {
                     return Err(ClientError::Refused(refused))
+                }
+                // Refused at the handshake (another cluster): no member will say otherwise.
+                Err(Attempt::Refused(why)) => {
+                    return Err(ClientError::Refused(ClientFailure::Failed(why)))
                 }
                 // Could not reach the member: nothing was sent, try another.
                 Err(Attempt::NotSent(why)) => {
                     last = why;
-                    self.conn = None;
-                    self.next = None;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(Attempt::Lost(why)) if idempotent => {
-                    last = why;
-                    self.conn = None;
                     self.next = None;
                 }
-                Err(Attempt::Lost(why)) => return Err(ClientError::Unknown(why)),
             }
         }
         Err(ClientError::Unavailable {
             timeout: self.timeout,
             last,
+            maybe_done,
         })
     }
 
@@ -313,8 +367,7 @@ impl RaftClient {
                 .ok_or_else(|| Attempt::NotSent("no member addresses".into()))?;
             let stream = tokio::time::timeout(self.attempt_timeout, self.dial(addr))
                 .await
-                .map_err(|_| Attempt::NotSent(format!("{addr}: connect timed out")))?
-                .map_err(|e| Attempt::NotSent(format!("{addr}: {e}")))?;
+                .map_err(|_| Attempt::NotSent(format!("{addr}: connect timed out")))??;
             self.conn = Some(Conn {
                 addr,
                 stream,
@@ -345,21 +398,26 @@ impl RaftClient {
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, Attempt> {
+        let io = |e: std::io::Error| Attempt::NotSent(format!("{addr}: {e}"));
+        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
         let mut out = Vec::new();
         let hello = Frame::ClientHello {
             magic: MAGIC,
             version: VERSION,
             cluster_id: self.cluster_id,
         };
-        frame::encode(&hello, &mut out).map_err(std::io::Error::other)?;
-        stream.write_all(&out).await?;
-        match read_frame(&mut stream, 64 * 1024).await? {
+        frame::encode(&hello, &mut out).map_err(|e| Attempt::NotSent(e.to_string()))?;
+        stream.write_all(&out).await.map_err(io)?;
+        match read_frame(&mut stream, 64 * 1024).await.map_err(io)? {
             Frame::Welcome => Ok(stream),
-            Frame::Refused(why) => Err(std::io::Error::other(format!("refused: {why}"))),
-            other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+            // A member that stopped says so; another may serve.
+            Frame::Refused(why) if why.contains("stopped") => {
+                Err(Attempt::NotSent(format!("{addr}: {why}")))
+            }
+            Frame::Refused(why) => Err(Attempt::Refused(format!("{addr} refused: {why}"))),
+            other => Err(Attempt::NotSent(format!("{addr}: unexpected {other:?}"))),
         }
     }
 }
@@ -367,6 +425,8 @@ impl RaftClient {
 enum Attempt {
     /// The request never left: safe to send elsewhere.
     NotSent(String),
+    /// The member refused this client at the handshake.
+    Refused(String),
     /// The request may have arrived; no reply.
     Lost(String),
 }
@@ -376,6 +436,9 @@ enum Attempt {
 pub struct AppClient<A: App> {
     raw: RaftClient,
     session: ClientSession,
+    /// The last command whose outcome is unknown (its call failed after it may have
+    /// reached the leader), as sent: retried as is, it applies at most once.
+    pending: Option<Bytes>,
     _app: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -385,6 +448,7 @@ impl<A: App> AppClient<A> {
         AppClient {
             raw: RaftClient::new(members, cluster_id),
             session: ClientSession::random(),
+            pending: None,
             _app: std::marker::PhantomData,
         }
     }
@@ -394,13 +458,41 @@ impl<A: App> AppClient<A> {
         &mut self.raw
     }
 
-    /// Applies `command` exactly once and returns the application's response.
+    /// Applies `command` exactly once and returns the application's response. If it fails
+    /// with an unknown outcome ([`ClientError::Unavailable`] with `maybe_done`), the command
+    /// stays pending: [`retry_pending`](AppClient::retry_pending) finishes it exactly once;
+    /// proposing it again as a new command could apply it twice.
     pub async fn propose(&mut self, command: A::Command) -> Result<A::Response, ClientError> {
         let tag = self.session.next_command();
         let raw =
             encode_command(Some(tag), &command).map_err(|e| ClientError::Codec(e.to_string()))?;
+        self.pending = Some(raw.clone());
+        self.send(raw).await
+    }
+
+    /// Sends the last command whose outcome is unknown again (same session and sequence
+    /// number, so it applies at most once) and returns its response; `None` if no command
+    /// is pending.
+    pub async fn retry_pending(&mut self) -> Option<Result<A::Response, ClientError>> {
+        let raw = self.pending.clone()?;
+        Some(self.send(raw).await)
+    }
+
+    async fn send(&mut self, raw: Bytes) -> Result<A::Response, ClientError> {
         // The same bytes, session and sequence number on every retry: applied once.
-        let reply = self.raw.call(ClientOp::Propose(raw), true).await?;
+        let reply = match self.raw.call(ClientOp::Propose(raw), true).await {
+            Ok(reply) => reply,
+            Err(
+                e @ ClientError::Unavailable {
+                    maybe_done: true, ..
+                },
+            ) => return Err(e),
+            Err(e) => {
+                self.pending = None;
+                return Err(e);
+            }
+        };
+        self.pending = None;
         match decode_outcome::<A::Response>(&reply)
             .map_err(|e| ClientError::Codec(e.to_string()))?
         {
@@ -409,7 +501,9 @@ impl<A: App> AppClient<A> {
                 self.session = ClientSession::random();
                 Err(ClientError::SessionExpired)
             }
-            Outcome::Stale => Err(ClientError::Codec("a stale sequence number".into())),
+            Outcome::Stale => Err(ClientError::Refused(ClientFailure::Failed(
+                "the cluster has seen a later command of this session".into(),
+            ))),
             Outcome::Undecodable(why) => Err(ClientError::Codec(why)),
         }
     }

@@ -162,3 +162,11 @@ impl TcpNode {
         self.transport.shutdown();
     }
 }
+
+impl Drop for TcpNode {
+    /// Closes the transport, which also lets go of the node: once every other handle is
+    /// dropped too, the node stops (as a `RaftNode` does when its last handle goes).
+    fn drop(&mut self) {
+        self.transport.shutdown();
+    }
+}

@@ -14,7 +14,13 @@
 //!
 //! Hostile or malformed input (wrong handshake, oversized or corrupt frames, a message
 //! that claims another sender) closes that connection with a logged error; the process
-//! never panics and never allocates more than one maximum-size frame per connection.
+//! never panics and a peer connection never holds more than one maximum-size frame.
+//!
+//! The same port serves clients (see [`crate::client`]) once a node is attached with
+//! [`TcpTransport::serve_node`]: at most [`MAX_CLIENT_CONNECTIONS`] at once, each with a
+//! bounded number and size of requests in flight. Clients are told apart from peers by
+//! their first frame; any client that knows the cluster id is served (no authentication
+//! yet).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -93,8 +99,11 @@ struct Peer {
 struct Shared {
     id: NodeId,
     cfg: TcpConfig,
-    /// The node clients' requests go to, once [`TcpTransport::serve_node`] was called.
-    node: std::sync::OnceLock<RaftNode>,
+    /// The node clients' requests go to, once [`TcpTransport::serve_node`] was called;
+    /// dropped by [`TcpTransport::shutdown`] (it would otherwise keep the node alive).
+    node: Mutex<Option<RaftNode>>,
+    /// Client connections open at once, at most [`MAX_CLIENT_CONNECTIONS`].
+    client_slots: Arc<tokio::sync::Semaphore>,
     /// Whether anything serves this transport's listener (warned about once if not).
     served: std::sync::atomic::AtomicBool,
     warned_unserved: std::sync::atomic::AtomicBool,
@@ -139,7 +148,8 @@ impl TcpTransport {
             shared: Arc::new(Shared {
                 id,
                 cfg,
-                node: std::sync::OnceLock::new(),
+                node: Mutex::new(None),
+                client_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
                 served: std::sync::atomic::AtomicBool::new(false),
                 warned_unserved: std::sync::atomic::AtomicBool::new(false),
                 addrs: Mutex::new(BTreeMap::new()),
@@ -224,7 +234,7 @@ impl TcpTransport {
     /// Serves `node`: its peers' messages, and clients' requests on the same port (see
     /// [`crate::client`]). What [`TcpNode::start`](crate::start::TcpNode::start) calls.
     pub fn serve_node(&self, node: &RaftNode) {
-        let _ = self.shared.node.set(node.clone());
+        *lock(&self.shared.node) = Some(node.clone());
         self.serve(node.inbox());
     }
 
@@ -237,6 +247,7 @@ impl TcpTransport {
     /// call this when the node stops.
     pub fn shutdown(&self) {
         lock(&self.listener).take();
+        lock(&self.shared.node).take();
         for t in lock(&self.shared.tasks).drain(..) {
             t.abort();
         }
@@ -300,6 +311,9 @@ impl Transport for TcpTransport {
         Some(self.shared.cfg.max_frame.saturating_sub(FRAME_TAG_BYTES))
     }
 }
+
+/// Most client connections one node serves at once; more are refused at the handshake.
+pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 
 /// Bytes a frame body adds to the message it carries (the enum tag, with room to spare).
 const FRAME_TAG_BYTES: usize = 16;
@@ -550,6 +564,8 @@ async fn serve_client_hello(
     shared: &Shared,
     (magic, version, cluster_id): (u32, u16, u64),
 ) -> Result<(), ConnError> {
+    let node = lock(&shared.node).clone();
+    let slot = shared.client_slots.clone().try_acquire_owned();
     let refusal = if magic != MAGIC || version != VERSION {
         Some(format!(
             "unsupported protocol (magic {magic:08x}, version {version})"
@@ -559,8 +575,15 @@ async fn serve_client_hello(
             "cluster id {cluster_id} does not match this node's cluster {}",
             shared.cfg.cluster_id
         ))
-    } else if shared.node.get().is_none() {
+    } else if node.is_none() {
         Some(format!("node {} does not serve clients", shared.id))
+    } else if node.as_ref().is_some_and(RaftNode::is_stopped) {
+        Some(format!("node {} has stopped", shared.id))
+    } else if slot.is_err() {
+        Some(format!(
+            "node {} has {MAX_CLIENT_CONNECTIONS} clients already",
+            shared.id
+        ))
     } else {
         None
     };
@@ -572,8 +595,8 @@ async fn serve_client_hello(
     }
     frame::encode(&Frame::Welcome, &mut out)?;
     stream.write_all(&out).await?;
-    if let Some(node) = shared.node.get() {
-        crate::client::serve_client(stream, node.clone(), shared.cfg.max_frame).await;
+    if let (Some(node), Ok(_slot)) = (node, slot) {
+        crate::client::serve_client(stream, node, shared.cfg.max_frame).await;
     }
     Ok(())
 }

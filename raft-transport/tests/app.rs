@@ -129,8 +129,8 @@ async fn a_client_knowing_one_follower_is_sent_to_the_leader_and_follows_a_failo
         client.propose(u64::MAX).await.unwrap(),
         Err("overflow".to_string())
     );
-    // The leader goes away; every remaining node's watch reports a new leader, and the
-    // client (which knows all members now) carries on in the same session.
+    // The leader goes away; every remaining node's watch reports a new leader, and a
+    // client that knows all members carries on.
     let mut watch = nodes[follower].node.watch_leader();
     nodes[leader].shutdown().await;
     let mut client = AppClient::<Counter>::new(addrs.clone(), 0);
@@ -200,4 +200,76 @@ async fn a_client_of_another_cluster_is_refused() {
     let err = client.propose(1).await.unwrap_err().to_string();
     assert!(err.contains("cluster id 42"), "{err}");
     node.shutdown().await;
+}
+
+/// A member that answers its very first request late (after the client gave up on it) and
+/// every other request at once, each on the connection it came on.
+async fn slow_first_member() -> SocketAddr {
+    use raft_transport::frame::{self, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let first = first.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match frame::decode(&buf, 1 << 20) {
+                        Ok(Some((f, used))) => {
+                            buf.drain(..used);
+                            let reply = match f {
+                                Frame::ClientHello { .. } => Frame::Welcome,
+                                Frame::ClientRequest { id, .. } => {
+                                    if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                                        tokio::time::sleep(Duration::from_millis(400)).await;
+                                    }
+                                    Frame::ClientReply {
+                                        id,
+                                        result: Ok(bytes::Bytes::from(vec![id as u8])),
+                                    }
+                                }
+                                _ => return,
+                            };
+                            let mut out = Vec::new();
+                            frame::encode(&reply, &mut out).unwrap();
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        },
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_late_reply_is_never_taken_for_the_answer_to_the_next_request() {
+    let addr = slow_first_member().await;
+    let mut client = raft_transport::client::RaftClient::new([addr], 0);
+    client.attempt_timeout = Duration::from_millis(100);
+    // The first proposal's reply comes too late: its outcome is unknown.
+    let first = client.propose(bytes::Bytes::from_static(b"a")).await;
+    assert!(
+        matches!(first, Err(raft_transport::client::ClientError::Unknown(_))),
+        "{first:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // the late reply is on its way
+                                                          // The next request gets its own answer (request 1 of a fresh connection), not the
+                                                          // late one.
+    let second = client
+        .propose(bytes::Bytes::from_static(b"b"))
+        .await
+        .unwrap();
+    assert_eq!(&second[..], &[1u8]);
 }

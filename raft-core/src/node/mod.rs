@@ -183,7 +183,8 @@ impl RaftNode {
     /// A receiver that sees every change of term, role or leader at this node, without
     /// polling [`status`](RaftNode::status): `changed().await` wakes on the next change
     /// (leader elected, leader lost, this node stepping up or down), `borrow()` reads the
-    /// latest.
+    /// latest. Once the node has stopped, the last view stays and `changed()` returns an
+    /// error (check [`is_stopped`](RaftNode::is_stopped) before trusting `role`).
     pub fn watch_leader(&self) -> watch::Receiver<LeaderView> {
         self.leader.clone()
     }
@@ -384,6 +385,11 @@ impl RaftNode {
             Err(_) => None,
         };
         state
+    }
+
+    /// Whether the node has stopped (shut down, or after a fatal error).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.borrow().is_some() || self.requests.is_closed()
     }
 
     /// Sends a client request and waits for its answer, at most `Config::request_timeout`.
