@@ -155,8 +155,16 @@ impl Db {
 
     /// Stores `data` at `key`, with `ttl` deciding the expiry.
     pub fn put(&mut self, key: Bytes, data: Data, ttl: Ttl, stamp: Stamp) {
-        self.expire_if_due(&key, stamp);
-        let old_expiry = self.items.get(&key).and_then(|i| i.expires_at);
+        // One lookup for what is there: a key whose expiry has passed counts as absent.
+        let old = self.items.get(&key).map(|i| i.expires_at);
+        let old = match old {
+            Some(Some(at)) if at <= stamp.now => {
+                self.drop_key(&key, stamp.index);
+                None
+            }
+            other => other,
+        };
+        let old_expiry = old.flatten();
         let expires_at = match ttl {
             Ttl::Clear => None,
             Ttl::Keep => old_expiry,
@@ -168,8 +176,7 @@ impl Db {
             return;
         }
         self.reindex_expiry(&key, old_expiry, expires_at);
-        let fresh = !self.items.contains_key(&key);
-        if fresh {
+        if old.is_none() {
             self.by_hash.insert((scan_hash(&key), key.clone()));
         }
         self.items.insert(

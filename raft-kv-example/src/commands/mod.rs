@@ -365,10 +365,15 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Result<Cmd, String>> {
 /// An integer argument or stored value, in Redis's canonical form only (no `+`, no
 /// leading zeros, no `-0`), so `SET k 007` then `INCR k` is an error here as in Redis.
 pub fn int(b: &[u8]) -> Result<i64, String> {
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .filter(|n| n.to_string().as_bytes() == b)
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == b.len(), // "0", not "-0"
+        [first, rest @ ..] => (b'1'..=b'9').contains(first) && rest.iter().all(u8::is_ascii_digit),
+    };
+    canonical
+        .then(|| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
+        .flatten()
         .ok_or_else(|| NOT_INTEGER.to_string())
 }
 
