@@ -37,7 +37,7 @@ pub use raft::{
 };
 pub use read::{ReadCounts, ReadId, ReadPath, ReadPolicy};
 pub use state_machine::StateMachine;
-pub use storage::{LogState, LogStore, SnapshotStore, SnapshotWriter};
+pub use storage::{LogState, LogStore, LogWrite, SnapshotStore, SnapshotWriter};
 pub use transport::{Inbox, Transport};
 pub use types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,

@@ -91,6 +91,42 @@ pub trait LogStore: Send + Sync + 'static {
     /// The term of the entry at `index`: `last_purged`'s term for the last purged index,
     /// `None` past the end; a purged index below it is [`StorageError::Invalid`].
     async fn term(&self, index: LogIndex) -> Result<Option<crate::types::Term>, StorageError>;
+
+    /// Carries out `ops` in order, durable on return: what one group commit of the node
+    /// writes (a term change, a truncation and the appends that follow it, together). Each
+    /// op means what its method above means, checked against the log as the earlier ops
+    /// of the batch left it; the first op refused fails the call.
+    ///
+    /// The default calls those methods one by one: correct for any store, but one
+    /// durable write (an fsync) per op. A store that can should override it with one
+    /// transaction, all or nothing across a crash, and one fsync for the whole batch, as
+    /// `RedbLogStore` and `MemLogStore` do. (All or nothing is not needed for safety: each
+    /// op alone is a valid durable step, and the node treats the batch as not durable
+    /// until the call returns.)
+    async fn write_batch(&self, ops: Vec<LogWrite>) -> Result<(), StorageError> {
+        for op in ops {
+            match op {
+                LogWrite::HardState(h) => self.save_hard_state(&h).await?,
+                LogWrite::Truncate(from) => self.truncate(from).await?,
+                LogWrite::Append(entries) => self.append(&entries).await?,
+                LogWrite::Purge(upto) => self.purge(upto).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One mutation of a [`LogStore::write_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogWrite {
+    /// [`LogStore::save_hard_state`].
+    HardState(HardState),
+    /// [`LogStore::truncate`].
+    Truncate(LogIndex),
+    /// [`LogStore::append`].
+    Append(Vec<Entry>),
+    /// [`LogStore::purge`].
+    Purge(LogId),
 }
 
 /// A snapshot being written; dropped without [`finish`](SnapshotWriter::finish) it is

@@ -44,8 +44,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, Membership, NodeId, SnapshotMeta,
-    SnapshotStore, StorageError, Term,
+    Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, LogWrite, Membership, NodeId,
+    SnapshotMeta, SnapshotStore, StorageError, Term,
 };
 
 /// A pair of stores under test.
@@ -254,6 +254,9 @@ cases!(
     truncate_then_reopen_without_purge,
     append_after_truncate_then_reopen,
     hard_state_and_entries_written_together_survive_reopen,
+    write_batch_applies_ops_in_order_and_survives_reopen,
+    write_batch_checks_each_op_against_the_ones_before_it,
+    write_batch_of_nothing_changes_nothing,
     no_snapshot_at_first,
     snapshot_written_in_chunks_reads_back_whole,
     newer_snapshot_becomes_the_latest,
@@ -1051,6 +1054,106 @@ async fn hard_state_and_entries_written_together_survive_reopen(
         "entries after reopen",
         ids(&read_all(&*s.log).await?),
         ids(&entries(2, 1, 3)),
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// A group commit: a purge, a term change, a truncation, the appends after it and another
+/// term change in one `write_batch`, applied in that order and durable together.
+async fn write_batch_applies_ops_in_order_and_survives_reopen(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 5)).await)?;
+    let voted = HardState {
+        term: Term(2),
+        voted_for: Some(NodeId(2)),
+    };
+    let later = HardState {
+        term: Term(3),
+        voted_for: None,
+    };
+    let batch = vec![
+        LogWrite::Purge(LogId::new(1, 1)),
+        LogWrite::HardState(voted),
+        LogWrite::Truncate(LogIndex(3)),
+        LogWrite::Append(entries(2, 3, 4)),
+        LogWrite::Append(entries(2, 5, 5)),
+        LogWrite::HardState(later),
+    ];
+    ok("write_batch", s.log.write_batch(batch).await)?;
+    let want = vec![entry(1, 2), entry(2, 3), entry(2, 4), entry(2, 5)];
+    expect_eq(
+        "entries after the batch",
+        ids(&read_all(&*s.log).await?),
+        ids(&want),
+    )?;
+    expect_eq(
+        "hard state after the batch",
+        ok("hard_state", s.log.hard_state().await)?,
+        later,
+    )?;
+    let Some(s) = reopen(h, s).await? else {
+        return Ok(Outcome::Skipped("not durable"));
+    };
+    expect_eq(
+        "entries after reopen",
+        ids(&read_all(&*s.log).await?),
+        ids(&want),
+    )?;
+    expect_eq(
+        "hard state after reopen",
+        ok("hard_state", s.log.hard_state().await)?,
+        later,
+    )?;
+    let state = ok("log_state", s.log.log_state().await)?;
+    expect_eq(
+        "last purged after reopen",
+        state.last_purged,
+        LogId::new(1, 1),
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// Each op of a batch is checked against the log the ops before it left: an append right
+/// after a truncation in the same batch is contiguous, one with a gap is refused.
+async fn write_batch_checks_each_op_against_the_ones_before_it(
+    h: &mut dyn StoreHarness,
+) -> CaseResult {
+    let s = fresh(h).await?;
+    let batch = vec![
+        LogWrite::Append(entries(1, 1, 3)),
+        LogWrite::Append(entries(1, 4, 4)),
+        LogWrite::Truncate(LogIndex(2)),
+        LogWrite::Append(entries(2, 2, 2)),
+    ];
+    ok("a contiguous write_batch", s.log.write_batch(batch).await)?;
+    expect_eq(
+        "entries",
+        ids(&read_all(&*s.log).await?),
+        vec![LogId::new(1, 1), LogId::new(2, 2)],
+    )?;
+    let gap = vec![
+        LogWrite::Truncate(LogIndex(2)),
+        LogWrite::Append(entries(3, 4, 4)),
+    ];
+    match s.log.write_batch(gap).await {
+        Err(StorageError::Invalid(_)) => Ok(Outcome::Passed),
+        other => Err(format!(
+            "a batch whose append leaves a gap after its truncation must fail with Invalid, got {other:?}"
+        )),
+    }
+}
+
+/// An empty batch is a no-op.
+async fn write_batch_of_nothing_changes_nothing(h: &mut dyn StoreHarness) -> CaseResult {
+    let s = fresh(h).await?;
+    ok("append", s.log.append(&entries(1, 1, 2)).await)?;
+    ok("empty write_batch", s.log.write_batch(Vec::new()).await)?;
+    expect_eq(
+        "entries",
+        ids(&read_all(&*s.log).await?),
+        ids(&entries(1, 1, 2)),
     )?;
     Ok(Outcome::Passed)
 }

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    Entry, HardState, LogId, LogIndex, LogState, LogStore, SnapshotMeta, SnapshotStore,
+    Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, SnapshotMeta, SnapshotStore,
     SnapshotWriter, StorageError, Term,
 };
 
@@ -35,6 +35,35 @@ impl MemLog {
     fn position(&self, index: LogIndex) -> Option<usize> {
         let offset = index.0.checked_sub(self.last_purged.index.0 + 1)?;
         usize::try_from(offset).ok()
+    }
+
+    /// One op of the contract; each validates before it changes anything.
+    fn apply(&mut self, op: LogWrite) -> Result<(), StorageError> {
+        match op {
+            LogWrite::HardState(h) => self.hard = h,
+            LogWrite::Append(entries) => {
+                contract::check_append(&self.state(), &entries)?;
+                self.entries.extend(entries);
+            }
+            LogWrite::Truncate(from) => {
+                contract::check_truncate(&self.state(), from)?;
+                if let Some(keep) = self.position(from) {
+                    self.entries.truncate(keep);
+                }
+            }
+            LogWrite::Purge(upto) => {
+                if upto.index <= self.last_purged.index {
+                    return Ok(());
+                }
+                let remove = self
+                    .position(upto.index)
+                    .map_or(0, |p| p + 1)
+                    .min(self.entries.len());
+                self.entries.drain(..remove);
+                self.last_purged = upto;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -69,8 +98,7 @@ impl LogStore for MemLogStore {
     }
 
     async fn save_hard_state(&self, hard_state: &HardState) -> Result<(), StorageError> {
-        self.write().hard = *hard_state;
-        Ok(())
+        self.write().apply(LogWrite::HardState(*hard_state))
     }
 
     async fn log_state(&self) -> Result<LogState, StorageError> {
@@ -78,33 +106,22 @@ impl LogStore for MemLogStore {
     }
 
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        let mut log = self.write();
-        contract::check_append(&log.state(), entries)?;
-        log.entries.extend(entries.iter().cloned());
-        Ok(())
+        self.write().apply(LogWrite::Append(entries.to_vec()))
     }
 
     async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
-        let mut log = self.write();
-        contract::check_truncate(&log.state(), from)?;
-        if let Some(keep) = log.position(from) {
-            log.entries.truncate(keep);
-        }
-        Ok(())
+        self.write().apply(LogWrite::Truncate(from))
     }
 
     async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        self.write().apply(LogWrite::Purge(upto))
+    }
+
+    /// Under one lock, taking the entries without copying them. (A memory store has no
+    /// crash to be atomic across: a refused op leaves the ops before it applied.)
+    async fn write_batch(&self, ops: Vec<LogWrite>) -> Result<(), StorageError> {
         let mut log = self.write();
-        if upto.index <= log.last_purged.index {
-            return Ok(());
-        }
-        let remove = log
-            .position(upto.index)
-            .map_or(0, |p| p + 1)
-            .min(log.entries.len());
-        log.entries.drain(..remove);
-        log.last_purged = upto;
-        Ok(())
+        ops.into_iter().try_for_each(|op| log.apply(op))
     }
 
     async fn entries(

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use raft_core::{Entry, HardState, LogId, LogIndex, LogState, LogStore, StorageError, Term};
+use raft_core::{
+    Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError, Term,
+};
 use redb::{
     Database, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
     TableDefinition, Value, WriteTransaction,
@@ -245,92 +247,90 @@ impl Inner {
         Ok(self.read_meta(HARD_STATE_KEY)?.unwrap_or_default())
     }
 
-    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
-        let raw = encode(0, value)?;
-        self.write(|txn| {
-            let mut meta = self.table(txn, META)?;
-            meta.insert(key, raw.as_slice())
-                .map_err(|e| self.err("cannot write", e))?;
-            Ok(())
-        })
-    }
-
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+    /// Runs `ops` in one write transaction: one commit (one fsync) for all, all or
+    /// nothing. The bounds kept in memory change only once the commit succeeded.
+    fn write_ops(&self, ops: &[LogWrite]) -> Result<(), StorageError> {
         let _writer = self.lock_writer();
-        let state = self.state();
-        contract::check_append(&state, entries)?;
-        let Some(last) = entries.last() else {
-            return Ok(());
-        };
-        self.write(|txn| {
-            let mut table = self.table(txn, ENTRIES)?;
-            for e in entries {
-                let raw = encode(e.index().0, e)?;
-                table
-                    .insert(e.index().0, raw.as_slice())
+        let before = self.state();
+        let after = self.write(|txn| {
+            ops.iter()
+                .try_fold(before, |state, op| self.write_in(txn, state, op))
+        })?;
+        self.set_state(after);
+        Ok(())
+    }
+
+    /// One op inside `txn`, on the log as `state` describes it; the bounds after it.
+    fn write_in(
+        &self,
+        txn: &WriteTransaction,
+        state: LogState,
+        op: &LogWrite,
+    ) -> Result<LogState, StorageError> {
+        match op {
+            LogWrite::HardState(h) => {
+                let raw = encode(0, h)?;
+                let mut meta = self.table(txn, META)?;
+                meta.insert(HARD_STATE_KEY, raw.as_slice())
                     .map_err(|e| self.err("cannot write", e))?;
+                Ok(state)
             }
-            Ok(())
-        })?;
-        self.set_state(LogState {
-            last: last.log_id,
-            ..state
-        });
-        Ok(())
-    }
-
-    fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
-        let _writer = self.lock_writer();
-        let state = self.state();
-        contract::check_truncate(&state, from)?;
-        if from > state.last.index {
-            return Ok(());
+            LogWrite::Append(entries) => {
+                contract::check_append(&state, entries)?;
+                let Some(last) = entries.last() else {
+                    return Ok(state);
+                };
+                let mut table = self.table(txn, ENTRIES)?;
+                for e in entries {
+                    let raw = encode(e.index().0, e)?;
+                    table
+                        .insert(e.index().0, raw.as_slice())
+                        .map_err(|e| self.err("cannot write", e))?;
+                }
+                Ok(LogState {
+                    last: last.log_id,
+                    ..state
+                })
+            }
+            LogWrite::Truncate(from) => {
+                contract::check_truncate(&state, *from)?;
+                if *from > state.last.index {
+                    return Ok(state);
+                }
+                let mut table = self.table(txn, ENTRIES)?;
+                table
+                    .retain_in(from.0.., |_, _| false)
+                    .map_err(|e| self.err("cannot delete", e))?;
+                let last = self.last_entry(&table)?.unwrap_or(state.last_purged);
+                Ok(LogState { last, ..state })
+            }
+            LogWrite::Purge(upto) => {
+                if upto.index <= state.last_purged.index {
+                    return Ok(state);
+                }
+                let raw = encode(0, upto)?;
+                let mut table = self.table(txn, ENTRIES)?;
+                table
+                    .retain_in(..=upto.index.0, |_, _| false)
+                    .map_err(|e| self.err("cannot delete", e))?;
+                let mut meta = self.table(txn, META)?;
+                meta.insert(LAST_PURGED_KEY, raw.as_slice())
+                    .map_err(|e| self.err("cannot write", e))?;
+                let last = if upto.index >= state.last.index {
+                    *upto
+                } else {
+                    state.last
+                };
+                Ok(LogState {
+                    last_purged: *upto,
+                    last,
+                })
+            }
         }
-        let new_last = self.write(|txn| {
-            let mut table = self.table(txn, ENTRIES)?;
-            table
-                .retain_in(from.0.., |_, _| false)
-                .map_err(|e| self.err("cannot delete", e))?;
-            Ok(self.last_entry(&table)?.unwrap_or(state.last_purged))
-        })?;
-        self.set_state(LogState {
-            last: new_last,
-            ..state
-        });
-        Ok(())
-    }
-
-    fn purge(&self, upto: LogId) -> Result<(), StorageError> {
-        let _writer = self.lock_writer();
-        let state = self.state();
-        if upto.index <= state.last_purged.index {
-            return Ok(());
-        }
-        let raw = encode(0, &upto)?;
-        self.write(|txn| {
-            let mut table = self.table(txn, ENTRIES)?;
-            table
-                .retain_in(..=upto.index.0, |_, _| false)
-                .map_err(|e| self.err("cannot delete", e))?;
-            let mut meta = self.table(txn, META)?;
-            meta.insert(LAST_PURGED_KEY, raw.as_slice())
-                .map_err(|e| self.err("cannot write", e))?;
-            Ok(())
-        })?;
-        let last = if upto.index >= state.last.index {
-            upto
-        } else {
-            state.last
-        };
-        self.set_state(LogState {
-            last_purged: upto,
-            last,
-        });
-        Ok(())
     }
 
     fn entries(
@@ -392,9 +392,8 @@ impl LogStore for RedbLogStore {
     }
 
     async fn save_hard_state(&self, hard_state: &HardState) -> Result<(), StorageError> {
-        let h = *hard_state;
-        self.blocking(move |s| s.write_meta(HARD_STATE_KEY, &h))
-            .await
+        let op = LogWrite::HardState(*hard_state);
+        self.blocking(move |s| s.write_ops(&[op])).await
     }
 
     async fn log_state(&self) -> Result<LogState, StorageError> {
@@ -402,16 +401,23 @@ impl LogStore for RedbLogStore {
     }
 
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        let entries = entries.to_vec();
-        self.blocking(move |s| s.append(&entries)).await
+        let op = LogWrite::Append(entries.to_vec());
+        self.blocking(move |s| s.write_ops(&[op])).await
     }
 
     async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
-        self.blocking(move |s| s.truncate(from)).await
+        self.blocking(move |s| s.write_ops(&[LogWrite::Truncate(from)]))
+            .await
     }
 
     async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
-        self.blocking(move |s| s.purge(upto)).await
+        self.blocking(move |s| s.write_ops(&[LogWrite::Purge(upto)]))
+            .await
+    }
+
+    /// One transaction, one commit (one fsync) for the whole batch; all or nothing.
+    async fn write_batch(&self, ops: Vec<LogWrite>) -> Result<(), StorageError> {
+        self.blocking(move |s| s.write_ops(&ops)).await
     }
 
     async fn entries(

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{FatalError, RaftError, StateMachineError, StorageError};
 use crate::raft::{PersistOp, WriteId};
 use crate::state_machine::StateMachine;
-use crate::storage::{LogStore, SnapshotStore};
+use crate::storage::{LogStore, LogWrite, SnapshotStore};
 use crate::types::{Entry, LogIndex, SnapshotMeta};
 
 /// Bytes handed to the snapshot store per `write` call.
@@ -59,35 +59,35 @@ pub(crate) async fn log_writer(
     }
 }
 
-/// Carries out a batch in order, merging runs of appends into one call.
+/// Carries out a batch in order: the log's ops go to the store as one
+/// [`LogStore::write_batch`] (one transaction and one fsync on stores that support it),
+/// with runs of appends merged; a received snapshot, which lives in the other store, is
+/// written between the log writes before and after it.
 async fn write_batch(
     log: &dyn LogStore,
     snapshots: &dyn SnapshotStore,
     batch: Vec<(WriteId, PersistOp)>,
 ) -> Result<(), StorageError> {
-    let mut appends: Vec<Entry> = Vec::new();
+    let mut ops: Vec<LogWrite> = Vec::new();
     for (_, op) in batch {
         match op {
-            PersistOp::Append(entries) => appends.extend(entries),
-            other => {
-                if !appends.is_empty() {
-                    log.append(&appends).await?;
-                    appends.clear();
+            PersistOp::Append(entries) => match ops.last_mut() {
+                Some(LogWrite::Append(run)) => run.extend(entries),
+                _ => ops.push(LogWrite::Append(entries)),
+            },
+            PersistOp::HardState(h) => ops.push(LogWrite::HardState(h)),
+            PersistOp::Truncate(from) => ops.push(LogWrite::Truncate(from)),
+            PersistOp::Purge(upto) => ops.push(LogWrite::Purge(upto)),
+            PersistOp::Snapshot { meta, data } => {
+                if !ops.is_empty() {
+                    log.write_batch(std::mem::take(&mut ops)).await?;
                 }
-                match other {
-                    PersistOp::HardState(h) => log.save_hard_state(&h).await?,
-                    PersistOp::Truncate(from) => log.truncate(from).await?,
-                    PersistOp::Purge(upto) => log.purge(upto).await?,
-                    PersistOp::Snapshot { meta, data } => {
-                        write_snapshot(snapshots, &meta, &data).await?;
-                    }
-                    PersistOp::Append(_) => unreachable!("appends are merged above"),
-                }
+                write_snapshot(snapshots, &meta, &data).await?;
             }
         }
     }
-    if !appends.is_empty() {
-        log.append(&appends).await?;
+    if !ops.is_empty() {
+        log.write_batch(ops).await?;
     }
     Ok(())
 }
