@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::{run_load, BenchCluster, StorageFactory, TransportKind, STORAGES};
+use crate::{
+    bench_dir, disk_baseline, run_load, BenchCluster, StorageFactory, TransportKind, STORAGES,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
@@ -102,6 +104,12 @@ struct Row {
     errors: u64,
     cpu_seconds: f64,
     peak_rss_mb: f64,
+    /// Mean entries per durable log write on the leader, during the load.
+    #[serde(default)]
+    leader_entries_per_write: f64,
+    /// The same over all followers.
+    #[serde(default)]
+    follower_entries_per_write: f64,
 }
 
 /// User + system CPU seconds of this process (from /proc; clock ticks of 1/100 s).
@@ -137,9 +145,31 @@ async fn run_single(a: &Args, storages: &Storages<'_>) -> Result<Row, String> {
     let kind = TransportKind::parse(t).ok_or_else(|| format!("unknown transport '{t}'"))?;
     let cluster = BenchCluster::start(n, factory, kind).await?;
     let leader = cluster.leader().await?;
+    let before: Vec<(u64, u64)> = cluster.logs.iter().map(|l| l.read()).collect();
     let cpu0 = cpu_seconds();
     let r = run_load(&leader, c, a.duration, None, a.payload).await;
     let cpu = cpu_seconds() - cpu0;
+    let after: Vec<(u64, u64)> = cluster.logs.iter().map(|l| l.read()).collect();
+    let is_leader: Vec<bool> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id() == leader.id())
+        .collect();
+    let per_write = |pick: bool| {
+        let (mut writes, mut entries) = (0u64, 0u64);
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            if is_leader[i] == pick {
+                writes += a.0 - b.0;
+                entries += a.1 - b.1;
+            }
+        }
+        if writes == 0 {
+            0.0
+        } else {
+            entries as f64 / writes as f64
+        }
+    };
+    let (leader_epw, follower_epw) = (per_write(true), per_write(false));
     cluster.shutdown().await;
     Ok(Row {
         storage: s.clone(),
@@ -155,6 +185,8 @@ async fn run_single(a: &Args, storages: &Storages<'_>) -> Result<Row, String> {
         errors: r.errors,
         cpu_seconds: cpu,
         peak_rss_mb: peak_rss_mb(),
+        leader_entries_per_write: leader_epw,
+        follower_entries_per_write: follower_epw,
     })
 }
 
@@ -246,6 +278,41 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
         .collect();
     let mut rows = Vec::new();
     let mut failed = false;
+    // The disk alone, once per cluster size, when some storage is durable.
+    let mut baselines = std::collections::BTreeMap::new();
+    if a.storage.iter().any(|s| s != "mem") {
+        for &n in &a.nodes {
+            eprintln!(
+                "[baseline] {n} writers of {} B with write + fdatasync for {:?} ...",
+                a.payload, a.duration
+            );
+            let dir = bench_dir();
+            let _ = std::fs::create_dir_all(&dir);
+            match disk_baseline(&dir, n as usize, a.payload, a.duration) {
+                Ok(r) => {
+                    baselines.insert(n, r.quantile_ms(0.5));
+                    rows.push(Row {
+                        storage: "disk".into(),
+                        transport: "-".into(),
+                        nodes: n,
+                        clients: n as usize,
+                        payload: a.payload,
+                        ops: r.ops,
+                        ops_per_sec: r.ops_per_sec(),
+                        p50_ms: r.quantile_ms(0.5),
+                        p99_ms: r.quantile_ms(0.99),
+                        p999_ms: r.quantile_ms(0.999),
+                        errors: 0,
+                        cpu_seconds: 0.0,
+                        peak_rss_mb: 0.0,
+                        leader_entries_per_write: 1.0,
+                        follower_entries_per_write: 0.0,
+                    })
+                }
+                Err(e) => eprintln!("    baseline failed: {e}"),
+            }
+        }
+    }
     for (i, (s, t, n, c)) in combos.iter().enumerate() {
         eprintln!(
             "[{}/{}] storage={s} transport={t} nodes={n} clients={c} for {:?} ...",
@@ -268,7 +335,7 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
         );
     } else {
         println!(
-            "{:<8} {:<9} {:>5} {:>7} {:>12} {:>9} {:>9} {:>9} {:>8} {:>9}",
+            "{:<8} {:<9} {:>5} {:>7} {:>12} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8}",
             "storage",
             "transport",
             "nodes",
@@ -278,11 +345,21 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
             "p99 ms",
             "p99.9 ms",
             "cpu s",
-            "peak MB"
+            "peak MB",
+            "ent/wr L",
+            "ent/wr F",
+            "p50/disk"
         );
         for r in &rows {
+            // A durable row's p50 against the disk's, measured in the same run.
+            let vs_disk = match baselines.get(&r.nodes) {
+                Some(&disk) if r.storage != "mem" && r.storage != "disk" && disk > 0.0 => {
+                    format!("{:.2}x", r.p50_ms / disk)
+                }
+                _ => "-".into(),
+            };
             println!(
-                "{:<8} {:<9} {:>5} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>9.1}",
+                "{:<8} {:<9} {:>5} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8}",
                 r.storage,
                 r.transport,
                 r.nodes,
@@ -292,7 +369,10 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 r.p99_ms,
                 r.p999_ms,
                 r.cpu_seconds,
-                r.peak_rss_mb
+                r.peak_rss_mb,
+                r.leader_entries_per_write,
+                r.follower_entries_per_write,
+                vs_disk
             );
         }
     }

@@ -26,11 +26,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use raft_core::{
-    Config, Entry, LogIndex, LogStore, Membership, NodeId, RaftError, RaftNode, Role, Seams,
-    SnapshotMeta, SnapshotStore, StateMachine, StateMachineError, StorageError, Transport,
+    Config, Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, Membership, NodeId,
+    RaftError, RaftNode, Role, Seams, SnapshotMeta, SnapshotStore, StateMachine, StateMachineError,
+    StorageError, Term, Transport,
 };
 use raft_storage::{MemLogStore, MemSnapshotStore};
 use raft_transport::{MemNetwork, TcpConfig, TcpTransport};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A node's stores.
 pub struct Stores {
@@ -134,10 +136,96 @@ impl StateMachine for CountingStateMachine {
     }
 }
 
+/// How a node used its log store: durable writes (one per call that must be durable on
+/// return) and entries appended. Their ratio is how well group commit groups.
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    /// Durable write calls (`append`, `truncate`, `save_hard_state`, `purge`,
+    /// `write_batch`).
+    pub writes: AtomicU64,
+    /// Entries appended.
+    pub entries: AtomicU64,
+}
+
+impl LogCounters {
+    /// (writes, entries) so far.
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A log store that counts its durable writes and the entries they carry, and otherwise
+/// is the store it wraps.
+struct CountingLog {
+    inner: Arc<dyn LogStore>,
+    counters: Arc<LogCounters>,
+}
+
+impl CountingLog {
+    fn wrote(&self, entries: usize) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .entries
+            .fetch_add(entries as u64, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl LogStore for CountingLog {
+    async fn hard_state(&self) -> Result<HardState, StorageError> {
+        self.inner.hard_state().await
+    }
+    async fn save_hard_state(&self, h: &HardState) -> Result<(), StorageError> {
+        self.wrote(0);
+        self.inner.save_hard_state(h).await
+    }
+    async fn log_state(&self) -> Result<LogState, StorageError> {
+        self.inner.log_state().await
+    }
+    async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.wrote(entries.len());
+        self.inner.append(entries).await
+    }
+    async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
+        self.wrote(0);
+        self.inner.truncate(from).await
+    }
+    async fn purge(&self, upto: LogId) -> Result<(), StorageError> {
+        self.wrote(0);
+        self.inner.purge(upto).await
+    }
+    async fn entries(
+        &self,
+        range: std::ops::Range<LogIndex>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(range, max_bytes).await
+    }
+    async fn term(&self, index: LogIndex) -> Result<Option<Term>, StorageError> {
+        self.inner.term(index).await
+    }
+    async fn write_batch(&self, ops: Vec<LogWrite>) -> Result<(), StorageError> {
+        let entries = ops
+            .iter()
+            .map(|op| match op {
+                LogWrite::Append(e) => e.len(),
+                _ => 0,
+            })
+            .sum();
+        self.wrote(entries);
+        self.inner.write_batch(ops).await
+    }
+}
+
 /// An in-process cluster built from one storage and one transport choice.
 pub struct BenchCluster {
     /// Every node.
     pub nodes: Vec<RaftNode>,
+    /// Each node's log writes, in the order of `nodes`.
+    pub logs: Vec<Arc<LogCounters>>,
     tcp: Vec<TcpTransport>,
     _dir: tempfile::TempDir,
 }
@@ -185,6 +273,7 @@ impl BenchCluster {
             }
         }
         let mut nodes = Vec::new();
+        let mut logs = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
             let stores = storage(dir.path().join(format!("node-{}", id.0)))
                 .await
@@ -193,8 +282,13 @@ impl BenchCluster {
                 TransportKind::Mem => net.transport(id),
                 TransportKind::Tcp => Arc::new(tcp[i].clone()),
             };
+            let counters = Arc::new(LogCounters::default());
+            logs.push(counters.clone());
             let seams = Seams {
-                log: stores.log,
+                log: Arc::new(CountingLog {
+                    inner: stores.log,
+                    counters,
+                }),
                 snapshots: stores.snapshots,
                 state_machine: Box::new(CountingStateMachine::default()),
                 transport: t,
@@ -210,6 +304,7 @@ impl BenchCluster {
         }
         let c = BenchCluster {
             nodes,
+            logs,
             tcp,
             _dir: dir,
         };
@@ -360,6 +455,50 @@ pub fn bench_dir() -> PathBuf {
 
 /// The `raft-bench` command line, callable from other crates with their own stores.
 pub mod cli;
+
+/// The disk alone, for a durable row to be compared with: `writers` threads, as many as a
+/// cluster's nodes on one machine, each appending `payload`-byte records to its own file in
+/// `dir` with write + fdatasync, for `duration`, all at once. Latencies are per record.
+pub fn disk_baseline(
+    dir: &std::path::Path,
+    writers: usize,
+    payload: usize,
+    duration: Duration,
+) -> std::io::Result<LoadResult> {
+    use std::io::Write;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|i| {
+            let path = dir.join(format!("baseline-{i}"));
+            std::thread::spawn(move || -> std::io::Result<LoadResult> {
+                let mut f = std::fs::File::create(&path)?;
+                let record = vec![0x5a_u8; payload];
+                let mut r = LoadResult::default();
+                let begun = Instant::now();
+                while begun.elapsed() < duration {
+                    let t = Instant::now();
+                    f.write_all(&record)?;
+                    f.sync_data()?;
+                    let _ = r.latencies_us.record(t.elapsed().as_micros() as u64);
+                    r.ops += 1;
+                }
+                drop(f);
+                let _ = std::fs::remove_file(&path);
+                Ok(r)
+            })
+        })
+        .collect();
+    let mut total = LoadResult::default();
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| std::io::Error::other("a baseline writer panicked"))??;
+        total.ops += r.ops;
+        let _ = total.latencies_us.add(&r.latencies_us);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
 
 /// The sans-IO core alone: three cores wired to each other in memory, with writes made
 /// durable at once. Measures the algorithm's own cost per committed entry.
