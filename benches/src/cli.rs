@@ -335,7 +335,7 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
         );
     } else {
         println!(
-            "{:<8} {:<9} {:>5} {:>7} {:>12} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "{:<8} {:<9} {:>5} {:>7} {:>12} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>8} {:>14}",
             "storage",
             "transport",
             "nodes",
@@ -348,7 +348,8 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
             "peak MB",
             "ent/wr L",
             "ent/wr F",
-            "p50/disk"
+            "p50/disk",
+            "cpu us/op/node"
         );
         for r in &rows {
             // A durable row's p50 against the disk's, measured in the same run.
@@ -359,7 +360,7 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 _ => "-".into(),
             };
             println!(
-                "{:<8} {:<9} {:>5} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8}",
+                "{:<8} {:<9} {:>5} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8} {:>14.1}",
                 r.storage,
                 r.transport,
                 r.nodes,
@@ -372,7 +373,14 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 r.peak_rss_mb,
                 r.leader_entries_per_write,
                 r.follower_entries_per_write,
-                vs_disk
+                vs_disk,
+                // The whole process (every node and the load generator) per committed
+                // entry, shared out over the nodes.
+                if r.ops == 0 || r.storage == "disk" {
+                    0.0
+                } else {
+                    r.cpu_seconds * 1e6 / r.ops as f64 / r.nodes as f64
+                }
             );
         }
     }

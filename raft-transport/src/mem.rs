@@ -180,7 +180,10 @@ impl MemNetwork {
 
     /// Decides the fate of one message: the delays of each copy to deliver (none if lost).
     fn route(&self, msg: &Message) -> (Vec<Duration>, Option<Inbox>) {
-        let bytes = postcard::to_allocvec(msg).map_or(0, |v| v.len() as u64);
+        // Counted as on a real wire, without building the bytes.
+        let size = postcard::ser_flavors::Size::default();
+        let bytes =
+            postcard::serialize_with_flavor::<_, _, usize>(msg, size).map_or(0, |n| n as u64);
         let mut s = self.lock();
         let c = s.counters.entry(msg.from).or_default();
         c.sent_messages += 1;
