@@ -19,7 +19,11 @@
 //!    return, one change at a time, the byte budget of `entries`, index 0, purge and
 //!    retention, what may block. [`contract`] holds the argument checks every store shares
 //!    (append contiguity, truncating into the purged prefix, reads of purged indexes, the
-//!    byte [`contract::Budget`]): call them rather than restating the rules.
+//!    byte [`contract::Budget`]): call them rather than restating the rules. Then, if your
+//!    store can, override [`LogStore::write_batch`](raft_core::LogStore::write_batch): the
+//!    node hands each group commit (term change, truncation, appends) to it in one call,
+//!    and one transaction with one fsync is what makes group commit cheap; the default
+//!    calls the single-op methods, one fsync each.
 //! 2. Run [`conformance::run`] with a [`conformance::StoreHarness`] that makes fresh
 //!    stores, declares whether they are durable, and (for a durable store) reopens them.
 //!    A failed case names the rule and lists the operations that led to it.
