@@ -112,6 +112,36 @@ struct Row {
     follower_entries_per_write: f64,
 }
 
+impl Row {
+    /// A row of what `r` measured; the process-wide columns start at zero.
+    fn measured(
+        storage: &str,
+        transport: &str,
+        nodes: u64,
+        clients: usize,
+        payload: usize,
+        r: &crate::LoadResult,
+    ) -> Row {
+        Row {
+            storage: storage.into(),
+            transport: transport.into(),
+            nodes,
+            clients,
+            payload,
+            ops: r.ops,
+            ops_per_sec: r.ops_per_sec(),
+            p50_ms: r.quantile_ms(0.5),
+            p99_ms: r.quantile_ms(0.99),
+            p999_ms: r.quantile_ms(0.999),
+            errors: r.errors,
+            cpu_seconds: 0.0,
+            peak_rss_mb: 0.0,
+            leader_entries_per_write: 0.0,
+            follower_entries_per_write: 0.0,
+        }
+    }
+}
+
 /// User + system CPU seconds of this process (from /proc; clock ticks of 1/100 s).
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -172,21 +202,11 @@ async fn run_single(a: &Args, storages: &Storages<'_>) -> Result<Row, String> {
     let (leader_epw, follower_epw) = (per_write(true), per_write(false));
     cluster.shutdown().await;
     Ok(Row {
-        storage: s.clone(),
-        transport: t.clone(),
-        nodes: n,
-        clients: c,
-        payload: a.payload,
-        ops: r.ops,
-        ops_per_sec: r.ops_per_sec(),
-        p50_ms: r.quantile_ms(0.5),
-        p99_ms: r.quantile_ms(0.99),
-        p999_ms: r.quantile_ms(0.999),
-        errors: r.errors,
         cpu_seconds: cpu,
         peak_rss_mb: peak_rss_mb(),
         leader_entries_per_write: leader_epw,
         follower_entries_per_write: follower_epw,
+        ..Row::measured(s, t, n, c, a.payload, &r)
     })
 }
 
@@ -292,21 +312,8 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 Ok(r) => {
                     baselines.insert(n, r.quantile_ms(0.5));
                     rows.push(Row {
-                        storage: "disk".into(),
-                        transport: "-".into(),
-                        nodes: n,
-                        clients: n as usize,
-                        payload: a.payload,
-                        ops: r.ops,
-                        ops_per_sec: r.ops_per_sec(),
-                        p50_ms: r.quantile_ms(0.5),
-                        p99_ms: r.quantile_ms(0.99),
-                        p999_ms: r.quantile_ms(0.999),
-                        errors: 0,
-                        cpu_seconds: 0.0,
-                        peak_rss_mb: 0.0,
                         leader_entries_per_write: 1.0,
-                        follower_entries_per_write: 0.0,
+                        ..Row::measured("disk", "-", n, n as usize, a.payload, &r)
                     })
                 }
                 Err(e) => eprintln!("    baseline failed: {e}"),
