@@ -1,6 +1,6 @@
 //! A crash harness for any `LogStore`: the store runs in a child process (the caller's own
-//! test binary, run again) that appends entries and saves hard states, printing each one
-//! its store acknowledged; the parent kills it with SIGKILL at seeded random moments,
+//! test binary, run again) that appends entries, saves hard states and writes both in one
+//! `write_batch`, printing each one its store acknowledged; the parent kills it with SIGKILL at seeded random moments,
 //! reopens the store and checks that everything acknowledged is there, intact, the log
 //! contiguous, and the hard state at least the last one acknowledged.
 //!
@@ -49,7 +49,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, StorageError, Term};
+use raft_core::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, LogWrite, StorageError, Term,
+};
 
 /// Opens the store under test in a directory; called in the child before each run and in
 /// the parent after each kill.
@@ -132,8 +134,22 @@ pub async fn child(open: Opener) {
                 payload: EntryPayload::Command(payload(i)),
             })
             .collect();
-        log.append(&batch).await.expect("append");
         next += batch.len() as u64;
+        if next % 4 == 1 {
+            // A group commit as the node writes one: a term change and entries together.
+            term += 1;
+            let hs = HardState {
+                term: Term(term),
+                voted_for: None,
+            };
+            let ops = vec![LogWrite::HardState(hs), LogWrite::Append(batch)];
+            log.write_batch(ops).await.expect("write_batch");
+            // One durable call: one line (the sync audit counts lines against syncs).
+            println!("BATCH {} {term}", next - 1);
+            calls += 1;
+            continue;
+        }
+        log.append(&batch).await.expect("append");
         println!("ACK {}", next - 1);
         calls += 1;
         if next % 3 == 0 {
@@ -190,6 +206,15 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
                 }
             } else if let Some(t) = line.strip_prefix("TERM ") {
                 term = term.max(t.trim().parse().map_err(|_| "bad TERM line")?);
+            } else if let Some(b) = line.strip_prefix("BATCH ") {
+                let bad = || "bad BATCH line";
+                let (n, t) = b.trim().split_once(' ').ok_or_else(bad)?;
+                acked = acked.max(n.parse().map_err(|_| bad())?);
+                term = term.max(t.parse().map_err(|_| bad())?);
+                seen += 1;
+                if seen >= kill_after {
+                    break;
+                }
             }
         }
         child.kill().map_err(|e| format!("SIGKILL: {e}"))?;
@@ -270,7 +295,7 @@ pub fn audit_syncs(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let acknowledged = stdout
         .lines()
-        .filter(|l| l.starts_with("ACK ") || l.starts_with("TERM "))
+        .filter(|l| l.starts_with("ACK ") || l.starts_with("TERM ") || l.starts_with("BATCH "))
         .count() as u64;
     let log = std::fs::read_to_string(&trace).map_err(|e| format!("{}: {e}", trace.display()))?;
     // A call split by another thread's shows as "<unfinished ...>" then "resumed ... = 0".
