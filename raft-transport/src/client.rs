@@ -96,14 +96,20 @@ const MAX_IN_FLIGHT: usize = 256;
 const MAX_IN_FLIGHT_BYTES: usize = 32 << 20;
 
 /// Serves one client connection after its `ClientHello` was accepted.
-pub(crate) async fn serve_client(stream: TcpStream, node: RaftNode, max_frame: usize) {
-    let (mut read, mut write) = stream.into_split();
+pub(crate) async fn serve_client<R, W>(mut read: R, mut write: W, node: RaftNode, max_frame: usize)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = mpsc::channel::<Frame>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
         let mut out = Vec::new();
         while let Some(f) = rx.recv().await {
             out.clear();
-            if frame::encode(&f, &mut out).is_err() || write.write_all(&out).await.is_err() {
+            if frame::encode(&f, &mut out).is_err()
+                || write.write_all(&out).await.is_err()
+                || write.flush().await.is_err()
+            {
                 return;
             }
         }

@@ -6,6 +6,7 @@
 //! - [`tcp`]: TCP on tokio, with length-prefixed checksummed postcard [`frame`]s, a
 //!   cluster-id handshake, bounded per-peer queues, write coalescing and reconnection
 //!   with backoff;
+//! - [`tls`]: mutual TLS for the TCP transport, each member's certificate naming its node id;
 //! - [`start`]: one call to run a node on TCP ([`TcpNode::start`]), its peers taken from
 //!   the membership's addresses;
 //! - [`client`]: clients on the same port: [`client::RaftClient`] finds the leader and
@@ -14,9 +15,11 @@
 
 pub mod client;
 pub mod frame;
+mod link;
 pub mod mem;
 pub mod start;
 pub mod tcp;
+pub mod tls;
 
 pub use mem::{LinkFaults, MemNetwork, MemTransport};
 pub use start::{StartError, Stores, TcpNode};

@@ -19,8 +19,15 @@
 //! The same port serves clients (see [`crate::client`]) once a node is attached with
 //! [`TcpTransport::serve_node`]: at most [`MAX_CLIENT_CONNECTIONS`] at once, each with a
 //! bounded number and size of requests in flight. Clients are told apart from peers by
-//! their first frame; any client that knows the cluster id is served (no authentication
-//! yet).
+//! their first frame.
+//!
+//! With [`TcpConfig::tls`] set, every connection is mutual TLS (see [`crate::tls`]): a peer
+//! must present a certificate from the cluster's CA that names the member it claims to be,
+//! and a client one from the same CA. Without it, plain TCP authenticates nobody: any
+//! process that reaches the port and knows the cluster id is served, so use it on trusted
+//! networks only. Either way, connections that have not finished their handshake are
+//! bounded ([`MAX_PENDING_HANDSHAKES`]) and timed out (`connect_timeout`), so a flood of
+//! half-open connections cannot starve the members' links.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +44,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::frame::{self, Frame, FrameError, HEADER_LEN, MAGIC, VERSION};
+use crate::link::Link;
+use crate::tls::{self, TlsIdentity};
 
 /// Settings of a TCP transport.
 #[derive(Clone, Debug)]
@@ -53,8 +62,11 @@ pub struct TcpConfig {
     pub backoff_min: Duration,
     /// Longest reconnection delay.
     pub backoff_max: Duration,
-    /// How long to wait for a connection or a handshake.
+    /// How long to wait for a connection or a handshake (TLS and hello together).
     pub connect_timeout: Duration,
+    /// Mutual TLS between members (and for clients): this member's identity. `None` is
+    /// plain TCP, for trusted networks.
+    pub tls: Option<Arc<TlsIdentity>>,
 }
 
 impl Default for TcpConfig {
@@ -67,6 +79,7 @@ impl Default for TcpConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -89,6 +102,8 @@ pub struct TcpStats {
     pub oversized: AtomicU64,
     /// Write system calls (each carries one or more coalesced frames).
     pub writes: AtomicU64,
+    /// Connections closed on arrival because [`MAX_PENDING_HANDSHAKES`] were pending.
+    pub over_handshake_limit: AtomicU64,
 }
 
 struct Peer {
@@ -104,6 +119,8 @@ struct Shared {
     node: Mutex<Option<RaftNode>>,
     /// Client connections open at once, at most [`MAX_CLIENT_CONNECTIONS`].
     client_slots: Arc<tokio::sync::Semaphore>,
+    /// Connections still in their handshake, at most [`MAX_PENDING_HANDSHAKES`].
+    handshake_slots: Arc<tokio::sync::Semaphore>,
     /// Whether anything serves this transport's listener (warned about once if not).
     served: std::sync::atomic::AtomicBool,
     warned_unserved: std::sync::atomic::AtomicBool,
@@ -150,6 +167,7 @@ impl TcpTransport {
                 cfg,
                 node: Mutex::new(None),
                 client_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
+                handshake_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
                 served: std::sync::atomic::AtomicBool::new(false),
                 warned_unserved: std::sync::atomic::AtomicBool::new(false),
                 addrs: Mutex::new(BTreeMap::new()),
@@ -315,6 +333,10 @@ impl Transport for TcpTransport {
 /// Most client connections one node serves at once; more are refused at the handshake.
 pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 
+/// Most accepted connections still in their handshake (TLS and hello) at once; more are
+/// closed on arrival, so connections that never finish cannot pile up.
+pub const MAX_PENDING_HANDSHAKES: usize = 128;
+
 /// Bytes a frame body adds to the message it carries (the enum tag, with room to spare).
 const FRAME_TAG_BYTES: usize = 16;
 
@@ -377,7 +399,7 @@ async fn sender_loop(
                     next = rx.try_recv().ok();
                 }
             }
-            if let Err(e) = stream.write_all(&buf).await {
+            if let Err(e) = write_batch(&mut stream, &buf).await {
                 tracing::debug!(node = %shared.id, peer = %to, error = %e, "write failed; reconnecting");
                 shared.stats.dropped.fetch_add(count, Ordering::Relaxed);
                 continue 'connect;
@@ -406,12 +428,34 @@ enum ConnError {
     Protocol(String),
 }
 
-async fn dial(shared: &Shared, to: NodeId, addr: SocketAddr) -> Result<TcpStream, ConnError> {
+/// Writes a batch of frames and pushes it to the socket (TLS buffers records until flushed).
+async fn write_batch(stream: &mut Link, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
+}
+
+async fn dial(shared: &Shared, to: NodeId, addr: SocketAddr) -> Result<Link, ConnError> {
     let cfg = &shared.cfg;
-    let mut stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
+    tokio::time::timeout(cfg.connect_timeout, dial_and_greet(shared, to, addr))
         .await
-        .map_err(|_| ConnError::Timeout)??;
-    stream.set_nodelay(true)?;
+        .map_err(|_| ConnError::Timeout)?
+}
+
+/// Connects (TLS asking for member `to`'s certificate, when configured) and exchanges
+/// the hello.
+async fn dial_and_greet(shared: &Shared, to: NodeId, addr: SocketAddr) -> Result<Link, ConnError> {
+    let cfg = &shared.cfg;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match &cfg.tls {
+        None => Link::Plain(tcp),
+        Some(identity) => Link::Dialed(Box::new(
+            identity
+                .connector()
+                .connect(tls::server_name(to), tcp)
+                .await?,
+        )),
+    };
     let hello = Frame::Hello {
         magic: MAGIC,
         version: VERSION,
@@ -421,11 +465,8 @@ async fn dial(shared: &Shared, to: NodeId, addr: SocketAddr) -> Result<TcpStream
     };
     let mut buf = Vec::new();
     frame::encode(&hello, &mut buf)?;
-    stream.write_all(&buf).await?;
-    let reply = tokio::time::timeout(cfg.connect_timeout, read_frame(&mut stream, 64 * 1024))
-        .await
-        .map_err(|_| ConnError::Timeout)??;
-    match reply {
+    write_batch(&mut stream, &buf).await?;
+    match read_frame(&mut stream, 64 * 1024).await? {
         Frame::Welcome => Ok(stream),
         Frame::Refused(reason) => Err(ConnError::Refused(reason)),
         other => Err(ConnError::Protocol(format!(
@@ -440,11 +481,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                let Ok(pending) = shared.handshake_slots.clone().try_acquire_owned() else {
+                    // Too many connections have not finished their handshake: this one is
+                    // closed unread, so they cannot crowd out the members' links.
+                    let stats = &shared.stats;
+                    stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    stats.over_handshake_limit.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(node = %shared.id, %remote, "too many pending handshakes; closed");
+                    continue;
+                };
                 let conn_shared = shared.clone();
                 let inbox = inbox.clone();
                 let task = tokio::spawn(async move {
                     let shared = conn_shared;
-                    if let Err(e) = serve_connection(stream, &shared, &inbox).await {
+                    if let Err(e) = serve_connection(stream, pending, &shared, &inbox).await {
                         shared
                             .stats
                             .rejected_connections
@@ -465,8 +515,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
     }
 }
 
-/// Checks a dialer's `Hello`: same cluster, addressed to us, from a known peer.
-fn check_hello(shared: &Shared, hello: &Frame) -> Result<NodeId, String> {
+/// Checks a dialer's `Hello`: same cluster, addressed to us, from a known peer that (on
+/// TLS) holds that peer's certificate.
+fn check_hello(shared: &Shared, stream: &Link, hello: &Frame) -> Result<NodeId, String> {
     let Frame::Hello {
         magic,
         version,
@@ -494,22 +545,48 @@ fn check_hello(shared: &Shared, hello: &Frame) -> Result<NodeId, String> {
     if *from == shared.id || !lock(&shared.addrs).contains_key(from) {
         return Err(format!("{from} is not a peer of {}", shared.id));
     }
-    Ok(*from)
+    // Authentication: on TLS, the certificate must name the member the hello claims.
+    match stream {
+        Link::Accepted(tls) if !tls::peer_is(tls.get_ref().1, *from) => Err(format!(
+            "the certificate presented does not name {from} ({})",
+            tls::member_name(*from)
+        )),
+        _ => Ok(*from),
+    }
+}
+
+/// Accepts the TLS session, when configured, and reads the first frame.
+async fn handshake(stream: TcpStream, shared: &Shared) -> Result<(Link, Frame), ConnError> {
+    stream.set_nodelay(true)?;
+    let mut link = match &shared.cfg.tls {
+        None => Link::Plain(stream),
+        Some(identity) => {
+            Link::Accepted(Box::new(identity.mutual_acceptor().accept(stream).await?))
+        }
+    };
+    let first = read_frame(&mut link, 64 * 1024).await?;
+    Ok((link, first))
+}
+
+async fn refuse(stream: &mut Link, reason: String) -> ConnError {
+    let mut out = Vec::new();
+    if frame::encode(&Frame::Refused(reason.clone()), &mut out).is_ok() {
+        let _ = write_batch(stream, &out).await;
+    }
+    ConnError::Refused(reason)
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    pending: tokio::sync::OwnedSemaphorePermit,
     shared: &Shared,
     inbox: &Inbox,
 ) -> Result<(), ConnError> {
-    stream.set_nodelay(true)?;
-    let hello = tokio::time::timeout(
-        shared.cfg.connect_timeout,
-        read_frame(&mut stream, 64 * 1024),
-    )
-    .await
-    .map_err(|_| ConnError::Timeout)??;
-    let mut out = Vec::new();
+    let (mut stream, hello) =
+        tokio::time::timeout(shared.cfg.connect_timeout, handshake(stream, shared))
+            .await
+            .map_err(|_| ConnError::Timeout)??;
+    drop(pending);
     if let Frame::ClientHello {
         magic,
         version,
@@ -518,18 +595,15 @@ async fn serve_connection(
     {
         return serve_client_hello(stream, shared, (magic, version, cluster_id)).await;
     }
-    let from = match check_hello(shared, &hello) {
+    let from = match check_hello(shared, &stream, &hello) {
         Ok(from) => from,
-        Err(reason) => {
-            frame::encode(&Frame::Refused(reason.clone()), &mut out)?;
-            let _ = stream.write_all(&out).await;
-            return Err(ConnError::Refused(reason));
-        }
+        Err(reason) => return Err(refuse(&mut stream, reason).await),
     };
+    let mut out = Vec::new();
     frame::encode(&Frame::Welcome, &mut out)?;
-    stream.write_all(&out).await?;
-    let (read, _write) = stream.into_split();
-    let mut read = tokio::io::BufReader::with_capacity(64 * 1024, read);
+    write_batch(&mut stream, &out).await?;
+    // Only reads from here on; the write half stays open with the connection.
+    let mut read = tokio::io::BufReader::with_capacity(64 * 1024, stream);
     loop {
         let msg = match read_frame(&mut read, shared.cfg.max_frame).await {
             Ok(Frame::Raft(msg)) => msg,
@@ -560,7 +634,7 @@ async fn serve_connection(
 
 /// Answers a client's hello and serves the client, or refuses it.
 async fn serve_client_hello(
-    mut stream: TcpStream,
+    mut stream: Link,
     shared: &Shared,
     (magic, version, cluster_id): (u32, u16, u64),
 ) -> Result<(), ConnError> {
@@ -587,16 +661,24 @@ async fn serve_client_hello(
     } else {
         None
     };
-    let mut out = Vec::new();
     if let Some(reason) = refusal {
-        frame::encode(&Frame::Refused(reason.clone()), &mut out)?;
-        let _ = stream.write_all(&out).await;
-        return Err(ConnError::Refused(reason));
+        return Err(refuse(&mut stream, reason).await);
     }
+    let mut out = Vec::new();
     frame::encode(&Frame::Welcome, &mut out)?;
-    stream.write_all(&out).await?;
+    write_batch(&mut stream, &out).await?;
     if let (Some(node), Ok(_slot)) = (node, slot) {
-        crate::client::serve_client(stream, node, shared.cfg.max_frame).await;
+        let max = shared.cfg.max_frame;
+        match stream {
+            Link::Plain(tcp) => {
+                let (read, write) = tcp.into_split();
+                crate::client::serve_client(read, write, node, max).await;
+            }
+            tls => {
+                let (read, write) = tokio::io::split(tls);
+                crate::client::serve_client(read, write, node, max).await;
+            }
+        }
     }
     Ok(())
 }

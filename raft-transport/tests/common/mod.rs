@@ -102,9 +102,24 @@ struct Slot {
 pub struct TcpNet {
     pub addrs: BTreeMap<NodeId, std::net::SocketAddr>,
     pub transports: BTreeMap<NodeId, TcpTransport>,
+    /// Where member certificates are (`raft-node-<id>.pem` ...), when links are TLS.
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl TcpNet {
+    /// Node `id`'s transport settings: TLS with its own certificate when the net has them.
+    pub fn config(&self, id: NodeId) -> TcpConfig {
+        let tls = self.tls_dir.as_ref().map(|dir| {
+            let files =
+                raft_transport::tls::TlsFiles::in_dir(dir, &raft_transport::tls::member_name(id));
+            raft_transport::tls::TlsIdentity::load_member(id, files).expect("member certificate")
+        });
+        TcpConfig {
+            tls,
+            ..tcp_config()
+        }
+    }
+
     /// The transport of `id`: the one bound at build time, or a new one on the address it
     /// had (after a crash closed it), knowing every address bound so far.
     async fn transport(&mut self, id: NodeId) -> TcpTransport {
@@ -116,7 +131,7 @@ impl TcpNet {
                     .get(&id)
                     .copied()
                     .unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
-                let t = TcpTransport::bind(id, at, tcp_config())
+                let t = TcpTransport::bind(id, at, self.config(id))
                     .await
                     .expect("bind 127.0.0.1");
                 self.addrs.insert(id, t.local_addr());
@@ -182,12 +197,35 @@ impl Cluster {
         Self::build(n, seed, cfg, true).await
     }
 
+    /// `n` nodes talking over mutual TLS on 127.0.0.1, with the member certificates in
+    /// `dir` (see `raft_transport::tls::pki`).
+    pub async fn tls(n: u64, seed: u64, dir: &std::path::Path) -> Cluster {
+        let cfg = Config {
+            tick_interval: Duration::from_millis(10),
+            ..test_config()
+        };
+        Self::build_with(
+            n,
+            seed,
+            cfg,
+            Some(TcpNet {
+                tls_dir: Some(dir.to_owned()),
+                ..TcpNet::default()
+            }),
+        )
+        .await
+    }
+
     async fn build(n: u64, seed: u64, cfg: Config, tcp: bool) -> Cluster {
+        Self::build_with(n, seed, cfg, tcp.then(TcpNet::default)).await
+    }
+
+    async fn build_with(n: u64, seed: u64, cfg: Config, tcp: Option<TcpNet>) -> Cluster {
         println!("cluster seed {seed} (rerun with this seed to replay)");
         let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut c = Cluster {
             net: MemNetwork::new(seed),
-            tcp: tcp.then(TcpNet::default),
+            tcp,
             cfg,
             seed,
             membership: Membership::new(ids.iter().copied()),
@@ -200,9 +238,10 @@ impl Cluster {
         }
         if let Some(net) = &mut c.tcp {
             for &id in &ids {
-                let t = TcpTransport::bind(id, "127.0.0.1:0".parse().expect("addr"), tcp_config())
-                    .await
-                    .expect("bind 127.0.0.1");
+                let t =
+                    TcpTransport::bind(id, "127.0.0.1:0".parse().expect("addr"), net.config(id))
+                        .await
+                        .expect("bind 127.0.0.1");
                 net.addrs.insert(id, t.local_addr());
                 net.transports.insert(id, t);
             }
