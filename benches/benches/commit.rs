@@ -20,7 +20,7 @@ fn commit(c: &mut Criterion) {
         .sample_size(10)
         .throughput(Throughput::Elements(1));
     for (storage_name, storage) in STORAGES {
-        for transport in [TransportKind::Mem, TransportKind::Tcp] {
+        for transport in [TransportKind::Mem, TransportKind::Tcp, TransportKind::Tls] {
             let cluster = rt
                 .block_on(BenchCluster::start(3, *storage, transport))
                 .expect("cluster");

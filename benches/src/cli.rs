@@ -48,7 +48,7 @@ struct Args {
     /// Storage choices, comma-separated (built in: mem, redb; plus any the binary adds).
     #[arg(long, default_value = "mem,redb", value_delimiter = ',')]
     storage: Vec<String>,
-    /// Transport choices, comma-separated: mem, tcp.
+    /// Transport choices, comma-separated: mem, tcp, tls.
     #[arg(long, default_value = "mem,tcp", value_delimiter = ',')]
     transport: Vec<String>,
     /// Cluster sizes, comma-separated.
@@ -285,7 +285,7 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
     }
     for t in &a.transport {
         if TransportKind::parse(t).is_none() {
-            eprintln!("raft-bench: unknown transport '{t}'; known: mem, tcp");
+            eprintln!("raft-bench: unknown transport '{t}'; known: mem, tcp, tls");
             return ExitCode::FAILURE;
         }
     }

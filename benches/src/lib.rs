@@ -31,6 +31,7 @@ use raft_core::{
     StorageError, Term, Transport,
 };
 use raft_storage::{MemLogStore, MemSnapshotStore};
+use raft_transport::tls::{pki::Pki, TlsIdentity};
 use raft_transport::{MemNetwork, TcpConfig, TcpTransport};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,14 +83,17 @@ pub enum TransportKind {
     Mem,
     /// TCP on 127.0.0.1.
     Tcp,
+    /// Mutual TLS over TCP on 127.0.0.1 (certificates from a private CA made per run).
+    Tls,
 }
 
 impl TransportKind {
-    /// Parses "mem" or "tcp".
+    /// Parses "mem", "tcp" or "tls".
     pub fn parse(s: &str) -> Option<TransportKind> {
         match s {
             "mem" => Some(TransportKind::Mem),
             "tcp" => Some(TransportKind::Tcp),
+            "tls" => Some(TransportKind::Tls),
             _ => None,
         }
     }
@@ -99,6 +103,7 @@ impl TransportKind {
         match self {
             TransportKind::Mem => "mem",
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
         }
     }
 }
@@ -255,12 +260,28 @@ impl BenchCluster {
         let membership = Membership::new(ids.iter().copied());
         let net = MemNetwork::new(1);
         let mut tcp = Vec::new();
-        if transport == TransportKind::Tcp {
+        if transport != TransportKind::Mem {
+            let pki = (transport == TransportKind::Tls)
+                .then(|| Pki::generate("raft-bench CA"))
+                .transpose()
+                .map_err(|e| e.to_string())?;
             for &id in &ids {
+                let tls = match &pki {
+                    Some(pki) => {
+                        let files = pki
+                            .write_member(&dir.path().join("tls"), id, &[])
+                            .map_err(|e| e.to_string())?;
+                        Some(TlsIdentity::load_member(id, files).map_err(|e| e.to_string())?)
+                    }
+                    None => None,
+                };
                 let t = TcpTransport::bind(
                     id,
                     "127.0.0.1:0".parse().expect("addr"),
-                    TcpConfig::default(),
+                    TcpConfig {
+                        tls,
+                        ..TcpConfig::default()
+                    },
                 )
                 .await
                 .map_err(|e| format!("bind: {e}"))?;
@@ -280,7 +301,7 @@ impl BenchCluster {
                 .map_err(|e| format!("storage: {e}"))?;
             let t: Arc<dyn Transport> = match transport {
                 TransportKind::Mem => net.transport(id),
-                TransportKind::Tcp => Arc::new(tcp[i].clone()),
+                TransportKind::Tcp | TransportKind::Tls => Arc::new(tcp[i].clone()),
             };
             let counters = Arc::new(LogCounters::default());
             logs.push(counters.clone());
@@ -298,7 +319,7 @@ impl BenchCluster {
                 .map_err(|e| format!("start: {e}"))?;
             match transport {
                 TransportKind::Mem => net.register(id, node.inbox()),
-                TransportKind::Tcp => tcp[i].serve(node.inbox()),
+                TransportKind::Tcp | TransportKind::Tls => tcp[i].serve(node.inbox()),
             }
             nodes.push(node);
         }

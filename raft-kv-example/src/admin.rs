@@ -174,8 +174,12 @@ impl AdminCommand {
 
 /// Sends `command` to the cluster through any of `endpoints` (client addresses) and waits
 /// for it to be carried out; retried on another node while the leader changes.
-pub async fn send(endpoints: Vec<SocketAddr>, command: &AdminCommand) -> Result<(), ClientError> {
-    let mut client = KvClient::new(endpoints);
+pub async fn send(
+    endpoints: Vec<SocketAddr>,
+    command: &AdminCommand,
+    auth: &crate::security::ClientAuth,
+) -> Result<(), ClientError> {
+    let mut client = KvClient::with_auth(endpoints, auth.clone());
     // A promotion first waits for the learner to catch up.
     client.attempt_timeout = PROMOTE_WAIT + std::time::Duration::from_secs(5);
     let args = command.to_args().into_iter().map(Bytes::from).collect();

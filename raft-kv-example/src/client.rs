@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use raft_transport::link::Link;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::resp::{self, Value};
+use crate::security::ClientAuth;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +33,8 @@ pub enum ClientError {
 pub struct KvClient {
     addrs: Vec<SocketAddr>,
     current: usize,
-    conn: Option<(TcpStream, BytesMut)>,
+    conn: Option<(Link, BytesMut)>,
+    auth: ClientAuth,
     client_id: u64,
     seq: u64,
     /// How often a call is retried across nodes before giving up.
@@ -45,10 +47,17 @@ impl KvClient {
     /// A client for the nodes at `addrs` (any of them may be contacted), with a fresh
     /// random session id.
     pub fn new(addrs: Vec<SocketAddr>) -> KvClient {
+        Self::with_auth(addrs, ClientAuth::default())
+    }
+
+    /// A client as [`new`](KvClient::new) makes, connecting to a protected cluster with
+    /// `auth` (TLS, password).
+    pub fn with_auth(addrs: Vec<SocketAddr>, auth: ClientAuth) -> KvClient {
         KvClient {
             addrs,
             current: 0,
             conn: None,
+            auth,
             client_id: rand::random::<u64>() >> 1,
             seq: 0,
             max_attempts: 50,
@@ -134,9 +143,19 @@ impl KvClient {
                 .addrs
                 .get(self.current)
                 .ok_or_else(|| std::io::Error::other("no addresses"))?;
-            let s = TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            self.conn = Some((s, BytesMut::new()));
+            let mut link = self.auth.connect(addr).await?;
+            let mut buf = BytesMut::new();
+            if let Some(password) = &self.auth.password {
+                let mut out = BytesMut::new();
+                let auth = [Bytes::from_static(b"AUTH"), Bytes::from(password.clone())];
+                resp::encode_request(&auth, &mut out);
+                link.write_all(&out).await?;
+                link.flush().await?;
+                if let Value::Error(e) = resp::read_value(&mut link, &mut buf).await? {
+                    return Ok(Value::Error(e));
+                }
+            }
+            self.conn = Some((link, buf));
         }
         let (stream, buf) = self
             .conn
@@ -145,6 +164,7 @@ impl KvClient {
         let mut out = BytesMut::new();
         resp::encode_request(args, &mut out);
         stream.write_all(&out).await?;
+        stream.flush().await?;
         resp::read_value(stream, buf).await
     }
 }

@@ -113,6 +113,8 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         trailing: 10,
         ..runner::Tuning::default()
     };
+    // The demo runs on plain TCP, without a password (see `raft-kv cluster --tls`).
+    let open = runner::LocalSecurity::default();
 
     step(
         1,
@@ -124,7 +126,7 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
             &exe,
             n,
             &layout,
-            snapshots,
+            (snapshots, &open),
             Some(&log(i)),
         )?));
         println!(
@@ -244,7 +246,7 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         &exe,
         &layout[leader],
         &layout,
-        snapshots,
+        (snapshots, &open),
         Some(&log(leader)),
     )?);
     let target = info(survivors[new_leader].client)

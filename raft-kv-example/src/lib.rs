@@ -25,6 +25,7 @@ pub mod identity;
 pub mod kv;
 pub mod resp;
 pub mod runner;
+pub mod security;
 pub mod server;
 
 pub use client::KvClient;

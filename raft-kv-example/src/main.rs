@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use raft_core::{Config, NodeId, RaftError, ReadPolicy};
 use raft_kv_example::admin::{AdminCommand, MemberAddr};
 use raft_kv_example::identity;
-use raft_kv_example::runner::{self, NodeOptions, RunError, Tuning};
+use raft_kv_example::runner::{self, LocalSecurity, NodeOptions, RunError, Tuning};
+use raft_kv_example::security::ClientAuth;
+use raft_transport::tls::TlsFiles;
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
@@ -107,6 +109,20 @@ enum Cmd {
         /// node takes part once a member adds it (`raft-kv admin add-learner`).
         #[arg(long)]
         join: bool,
+        /// This member's certificate (PEM), which must name it as DNS `raft-node-<id>`:
+        /// mutual TLS with the other members on the Raft port, TLS for clients. Needs
+        /// --tls-key and --tls-ca. SIGHUP reloads the three files.
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// This member's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA certificate(s) (PEM) that sign every member's certificate.
+        #[arg(long, requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
+        /// Clients must AUTH with this password (Redis's requirepass).
+        #[arg(long, env = runner::PASSWORD_ENV, hide_env_values = true)]
+        requirepass: Option<String>,
     },
     /// Change a running cluster's membership through any of its nodes (sent as the RESP
     /// commands RAFT.ADDLEARNER, RAFT.PROMOTE, RAFT.REMOVE and RAFT.TRANSFER).
@@ -114,6 +130,12 @@ enum Cmd {
         /// A node's client address, e.g. 127.0.0.1:6380 (followers forward to the leader).
         #[arg(long)]
         endpoint: std::net::SocketAddr,
+        /// Connect over TLS, checking the node's certificate against this CA (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// The cluster's password (AUTH).
+        #[arg(long, env = runner::PASSWORD_ENV, hide_env_values = true)]
+        password: Option<String>,
         #[command(subcommand)]
         action: AdminAction,
     },
@@ -137,6 +159,13 @@ enum Cmd {
         /// How reads are made linearizable: index, lease or stale (see `raft-kv node --help`).
         #[arg(long, default_value = "index", value_parser = runner::parse_read_policy)]
         read_policy: ReadPolicy,
+        /// Mutual TLS between the nodes and TLS for clients, with a private CA and node
+        /// certificates made in DIR/tls on first use.
+        #[arg(long)]
+        tls: bool,
+        /// Clients must AUTH with this password.
+        #[arg(long, env = runner::PASSWORD_ENV, hide_env_values = true)]
+        requirepass: Option<String>,
     },
     /// Start a 3-node cluster in a temporary directory, write, kill the leader, show the
     /// failover and the old leader catching up, and explain each step.
@@ -173,6 +202,10 @@ async fn main() -> ExitCode {
             snapshot_trailing,
             read_policy,
             join,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            requirepass,
         } => {
             let raft = Config {
                 tick_interval: Duration::from_millis(tick_ms),
@@ -199,6 +232,11 @@ async fn main() -> ExitCode {
                         raft,
                         cluster_id,
                         join,
+                        tls: match (tls_cert, tls_key, tls_ca) {
+                            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+                            _ => None,
+                        },
+                        password: requirepass,
                     };
                     run_node(opts).await
                 }
@@ -212,16 +250,30 @@ async fn main() -> ExitCode {
             snapshot_threshold,
             snapshot_trailing,
             read_policy,
+            tls,
+            requirepass,
         } => {
             let tuning = Tuning {
                 threshold: snapshot_threshold,
                 trailing: snapshot_trailing,
                 read_policy,
             };
-            run_cluster(nodes, data_dir, base_port, tuning).await
+            let security = LocalSecurity {
+                tls_dir: tls.then(|| data_dir.join("tls")),
+                password: requirepass,
+            };
+            run_cluster(nodes, data_dir, base_port, (tuning, security)).await
         }
         Cmd::Demo => demo::run().await,
-        Cmd::Admin { endpoint, action } => admin(endpoint, action).await,
+        Cmd::Admin {
+            endpoint,
+            tls_ca,
+            password,
+            action,
+        } => match ClientAuth::new(tls_ca.as_deref(), password) {
+            Ok(auth) => admin(endpoint, &auth, action).await,
+            Err(e) => Err(RunError::Usage(e.to_string())),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,7 +285,11 @@ async fn main() -> ExitCode {
 }
 
 /// Sends one membership command and prints the answer.
-async fn admin(endpoint: std::net::SocketAddr, action: AdminAction) -> Result<(), RunError> {
+async fn admin(
+    endpoint: std::net::SocketAddr,
+    auth: &ClientAuth,
+    action: AdminAction,
+) -> Result<(), RunError> {
     let command = match action {
         AdminAction::AddLearner {
             id,
@@ -250,7 +306,7 @@ async fn admin(endpoint: std::net::SocketAddr, action: AdminAction) -> Result<()
         AdminAction::Remove { id } => AdminCommand::Remove(NodeId(id)),
         AdminAction::Transfer { id } => AdminCommand::Transfer(NodeId(id)),
     };
-    match raft_kv_example::admin::send(vec![endpoint], &command).await {
+    match raft_kv_example::admin::send(vec![endpoint], &command, auth).await {
         Ok(()) => {
             println!("OK");
             Ok(())
@@ -293,7 +349,7 @@ async fn run_cluster(
     nodes: u64,
     data_dir: PathBuf,
     base_port: u16,
-    tuning: Tuning,
+    (tuning, security): (Tuning, LocalSecurity),
 ) -> Result<(), RunError> {
     if nodes == 0 {
         return Err(RunError::Usage("--nodes must be at least 1".into()));
@@ -305,7 +361,13 @@ async fn run_cluster(
     let layout = runner::local_layout(nodes, base_port, &data_dir);
     let mut children = Vec::new();
     for n in &layout {
-        children.push(runner::spawn_node(&exe, n, &layout, tuning, None)?);
+        children.push(runner::spawn_node(
+            &exe,
+            n,
+            &layout,
+            (tuning, &security),
+            None,
+        )?);
     }
     println!(
         "local cluster of {nodes} nodes, data in {}",
@@ -321,13 +383,19 @@ async fn run_cluster(
         );
     }
     let first = &layout[0].client;
+    let mut redis_cli = format!("redis-cli -p {}", first.port());
+    if let Some(dir) = &security.tls_dir {
+        redis_cli += &format!(" --tls --cacert {}", dir.join("ca.pem").display());
+    }
+    if security.password.is_some() {
+        redis_cli += " --askpass";
+    }
+    println!("connect with:  {redis_cli}   (any node; followers forward to the leader)");
     println!(
-        "connect with:  redis-cli -p {}   (any node; followers forward to the leader)",
-        first.port()
-    );
-    println!(
-        "benchmark:     redis-benchmark -p {} -t set,get -n 100000 -c 32 -P 16 -q",
-        first.port()
+        "benchmark:     {} -t set,get -n 100000 -c 32 -P 16 -q",
+        redis_cli
+            .replacen("redis-cli", "redis-benchmark", 1)
+            .replace(" --askpass", " -a PASSWORD")
     );
     println!("Type 'add' and Enter to grow the cluster by one node (it joins, catches up and becomes a voter).");
     println!("Ctrl-C stops the cluster; the data stays for the next run.");
@@ -340,7 +408,7 @@ async fn run_cluster(
             line = stdin.next_line(), if reading => match line {
                 Ok(Some(l)) if l.trim() == "add" => {
                     let started = std::time::Instant::now();
-                    match runner::grow(&exe, &layout, base_port, &data_dir, tuning).await {
+                    match runner::grow(&exe, &layout, base_port, &data_dir, (tuning, &security)).await {
                         Ok((n, child)) => {
                             println!(
                                 "  node {} joined as a voter in {:.1} s: clients {}  raft {}  data {}",

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft_core::{Config, Membership, NodeId, RaftError, RaftNode, ReadPolicy, Seams};
+use raft_transport::tls::{TlsFiles, TlsIdentity};
 use raft_transport::{TcpConfig, TcpTransport};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -14,7 +15,9 @@ use tokio::process::{Child, Command};
 use crate::admin::{AdminCommand, ClientAddrs, KvTransport, MemberAddr};
 use crate::identity;
 use crate::kv::KvStateMachine;
+use crate::security::{ClientAuth, Security};
 use crate::server::KvServer;
+use raft_transport::tls::pki::Pki;
 
 /// Why a node or cluster could not run.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,11 @@ pub struct NodeOptions {
     /// Join a running cluster: `peers` lists its members (not this node), and this node
     /// takes part once a member adds it (`RAFT.ADDLEARNER`).
     pub join: bool,
+    /// This member's certificate, key and the cluster's CA: mutual TLS on the Raft port,
+    /// TLS on the client port and on forwarding links. `None`: plain TCP (trusted networks).
+    pub tls: Option<TlsFiles>,
+    /// Clients must `AUTH` with this password (Redis's `requirepass`).
+    pub password: Option<String>,
 }
 
 /// A node running in this process.
@@ -131,8 +139,19 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
     }
     let (log, snapshots) = raft_storage::open_data_dir(&opts.data_dir, 2).await?;
     identity::check(&opts.data_dir, opts.cluster_id, opts.id)?;
+    let tls = opts
+        .tls
+        .clone()
+        .map(|files| TlsIdentity::load_member(opts.id, files))
+        .transpose()
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    let security = Security {
+        tls: tls.clone(),
+        password: opts.password.as_deref().map(Arc::from),
+    };
     let tcp = TcpConfig {
         cluster_id: opts.cluster_id,
+        tls,
         ..TcpConfig::default()
     };
     let transport = TcpTransport::bind(opts.id, opts.raft_addr, tcp)
@@ -165,7 +184,10 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
     let membership = Membership::new(opts.peers.keys().copied());
     let node = RaftNode::start(opts.id, opts.raft.clone(), membership, seams, None).await?;
     transport.serve(node.inbox());
-    let server = KvServer::new(node.clone(), clients);
+    if let Some(identity) = security.tls.clone() {
+        tokio::spawn(reload_on_hangup(identity));
+    }
+    let server = KvServer::with_security(node.clone(), clients, security);
     let server = tokio::spawn(server.serve(listener));
     Ok(RunningNode {
         node,
@@ -173,6 +195,23 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
         server,
         client_addr,
     })
+}
+
+/// Reads the TLS files again on every SIGHUP (certificate rotation without a restart); new
+/// connections use them, open ones keep theirs.
+async fn reload_on_hangup(identity: Arc<TlsIdentity>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match identity.reload() {
+            Ok(()) => tracing::info!(files = ?identity.files(), "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate")
+            }
+        }
+    }
 }
 
 /// Resolves once `node` learns that it was removed from the cluster (a committed
@@ -295,15 +334,83 @@ pub fn parse_read_policy(s: &str) -> Result<ReadPolicy, String> {
     }
 }
 
+/// How `raft-kv cluster` protects the nodes it starts: TLS with a private CA kept in
+/// `tls_dir` (made on first use), and a password for clients.
+#[derive(Clone, Debug, Default)]
+pub struct LocalSecurity {
+    /// Where the CA and the members' certificates live; `None` runs plain TCP.
+    pub tls_dir: Option<PathBuf>,
+    /// `--requirepass` for every node (passed in the environment, not on the command line).
+    pub password: Option<String>,
+}
+
+/// The name of a local cluster's CA.
+const LOCAL_CA: &str = "raft-kv local cluster CA";
+
+impl LocalSecurity {
+    /// Makes sure the CA exists and `node` has a certificate naming it, 127.0.0.1 and
+    /// localhost (kept across runs; made once).
+    pub fn prepare(&self, node: &LocalNode) -> Result<(), RunError> {
+        let Some(dir) = &self.tls_dir else {
+            return Ok(());
+        };
+        let tls = |e: raft_transport::tls::TlsError| RunError::Usage(e.to_string());
+        let pki = if dir.join("ca-key.pem").exists() {
+            Pki::load(dir, LOCAL_CA).map_err(tls)?
+        } else {
+            std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+            let pki = Pki::generate(LOCAL_CA).map_err(tls)?;
+            pki.write_ca(dir).map_err(tls)?;
+            pki
+        };
+        let files = self.files(node.id).expect("invariant: tls_dir is set");
+        if !files.cert.exists() {
+            let ips = [node.client.ip(), node.raft.ip()];
+            pki.write_member(dir, node.id, &ips).map_err(tls)?;
+        }
+        Ok(())
+    }
+
+    /// Node `id`'s TLS files, when TLS is on.
+    pub fn files(&self, id: NodeId) -> Option<TlsFiles> {
+        let dir = self.tls_dir.as_ref()?;
+        Some(TlsFiles::in_dir(dir, &raft_transport::tls::member_name(id)))
+    }
+
+    /// How a client of this cluster connects (checking the CA, sending the password).
+    pub fn client_auth(&self) -> Result<ClientAuth, RunError> {
+        let ca = self.tls_dir.as_ref().map(|d| d.join("ca.pem"));
+        ClientAuth::new(ca.as_deref(), self.password.clone())
+            .map_err(|e| RunError::Usage(e.to_string()))
+    }
+
+    fn apply(&self, id: NodeId, cmd: &mut Command) {
+        if let Some(files) = self.files(id) {
+            cmd.arg("--tls-cert")
+                .arg(files.cert)
+                .arg("--tls-key")
+                .arg(files.key)
+                .arg("--tls-ca")
+                .arg(files.ca);
+        }
+        if let Some(password) = &self.password {
+            cmd.env(PASSWORD_ENV, password);
+        }
+    }
+}
+
+/// The environment variable `raft-kv node` reads its `--requirepass` from, when not given.
+pub const PASSWORD_ENV: &str = "RAFT_KV_REQUIREPASS";
+
 /// Spawns `raft-kv node` for `node` of `all`, as a child process of `exe`.
 pub fn spawn_node(
     exe: &Path,
     node: &LocalNode,
     all: &[LocalNode],
-    tuning: Tuning,
+    (tuning, security): (Tuning, &LocalSecurity),
     log: Option<&Path>,
 ) -> Result<Child, RunError> {
-    spawn(exe, node_command(exe, node, all, tuning), log)
+    spawn(exe, node_command(exe, node, all, tuning, security)?, log)
 }
 
 /// Spawns `raft-kv node --join` for `node`, a new node for the cluster of `members`.
@@ -311,15 +418,22 @@ pub fn spawn_joining_node(
     exe: &Path,
     node: &LocalNode,
     members: &[LocalNode],
-    tuning: Tuning,
+    (tuning, security): (Tuning, &LocalSecurity),
     log: Option<&Path>,
 ) -> Result<Child, RunError> {
-    let mut cmd = node_command(exe, node, members, tuning);
+    let mut cmd = node_command(exe, node, members, tuning, security)?;
     cmd.arg("--join");
     spawn(exe, cmd, log)
 }
 
-fn node_command(exe: &Path, node: &LocalNode, peers: &[LocalNode], tuning: Tuning) -> Command {
+fn node_command(
+    exe: &Path,
+    node: &LocalNode,
+    peers: &[LocalNode],
+    tuning: Tuning,
+    security: &LocalSecurity,
+) -> Result<Command, RunError> {
+    security.prepare(node)?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .arg("--id")
@@ -341,7 +455,8 @@ fn node_command(exe: &Path, node: &LocalNode, peers: &[LocalNode], tuning: Tunin
         .arg("--read-policy")
         .arg(read_policy_arg(tuning.read_policy))
         .kill_on_drop(true);
-    cmd
+    security.apply(node.id, &mut cmd);
+    Ok(cmd)
 }
 
 fn spawn(exe: &Path, mut cmd: Command, log: Option<&Path>) -> Result<Child, RunError> {
@@ -363,13 +478,14 @@ pub async fn grow(
     members: &[LocalNode],
     base_port: u16,
     data_dir: &Path,
-    tuning: Tuning,
+    (tuning, security): (Tuning, &LocalSecurity),
 ) -> Result<(LocalNode, Child), RunError> {
     let n = members.iter().map(|m| m.id.0).max().unwrap_or(0) + 1;
     let node = local_layout(n, base_port, data_dir)
         .pop()
         .expect("invariant: a layout of n >= 1 nodes has a last one");
-    let child = spawn_joining_node(exe, &node, members, tuning, None)?;
+    let child = spawn_joining_node(exe, &node, members, (tuning, security), None)?;
+    let auth = security.client_auth()?;
     let endpoints: Vec<SocketAddr> = members.iter().map(|m| m.client).collect();
     let addr = MemberAddr {
         raft: node.raft,
@@ -379,7 +495,7 @@ pub async fn grow(
         AdminCommand::AddLearner(node.id, addr),
         AdminCommand::Promote(node.id),
     ] {
-        crate::admin::send(endpoints.clone(), &command)
+        crate::admin::send(endpoints.clone(), &command, &auth)
             .await
             .map_err(|e| RunError::Refused(format!("{}: {e}", command.to_args()[0])))?;
     }

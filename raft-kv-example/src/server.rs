@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use raft_core::{NodeId, NotLeader, RaftError, RaftNode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use raft_transport::link::Link;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
@@ -17,6 +18,7 @@ use crate::commands::{self, Change, Cmd, Kind, Queued, Reply, Transaction};
 use crate::db::Millis;
 use crate::kv::{encode_query, encode_write, Query, Session, Write};
 use crate::resp::{self, Limits, Protocol, Value};
+use crate::security::Security;
 
 /// A parsed client request.
 #[derive(Debug)]
@@ -39,6 +41,8 @@ enum Request {
     Hello(Vec<Bytes>),
     /// CLIENT subcommand ...
     Client(Vec<Bytes>),
+    /// `AUTH [user] password`
+    Auth(Vec<Bytes>),
 }
 
 /// The transaction commands.
@@ -138,6 +142,7 @@ fn classify(args: &[Bytes], forwarded: bool) -> Request {
             _ => local_err("ERR DB index is out of range"),
         },
         "HELLO" => Request::Hello(rest.to_vec()),
+        "AUTH" => Request::Auth(rest.to_vec()),
         "CLIENT" => Request::Client(rest.to_vec()),
         "MULTI" => Request::Transaction(TxnVerb::Multi),
         "EXEC" => Request::Transaction(TxnVerb::Exec),
@@ -256,16 +261,23 @@ fn error_reply(e: &RaftError) -> Value {
     }
 }
 
-/// A pipelined connection to another node's client port, for forwarding.
+/// A pipelined connection to another node's client port, for forwarding. It is this
+/// member's own link: on TLS it proves this member's identity with its certificate, and
+/// with a password (and no TLS) it authenticates with the cluster's password, never with
+/// the client's.
 struct Forwarder {
+    to: NodeId,
     addr: SocketAddr,
-    conn: Mutex<Option<(TcpStream, BytesMut)>>,
+    security: Security,
+    conn: Mutex<Option<(Link, BytesMut)>>,
 }
 
 impl Forwarder {
-    fn new(addr: SocketAddr) -> Forwarder {
+    fn new(to: NodeId, addr: SocketAddr, security: Security) -> Forwarder {
         Forwarder {
+            to,
             addr,
+            security,
             conn: Mutex::new(None),
         }
     }
@@ -279,7 +291,7 @@ impl Forwarder {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
             if conn.is_none() {
-                match open_link(self.addr).await {
+                match open_link(&self.security, self.to, self.addr).await {
                     Ok(link) => *conn = Some(link),
                     Err(_) => break,
                 }
@@ -329,18 +341,28 @@ const PEER_REPLY_LIMITS: Limits = Limits {
     max_line: 1 << 20,
 };
 
-/// Opens a link to another node's client port, speaking RESP3 so that replies keep their
+/// Opens a link to member `to`'s client port, speaking RESP3 so that replies keep their
 /// types (maps, nulls) on the way back to a RESP3 client.
-async fn open_link(addr: SocketAddr) -> std::io::Result<(TcpStream, BytesMut)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+async fn open_link(
+    security: &Security,
+    to: NodeId,
+    addr: SocketAddr,
+) -> std::io::Result<(Link, BytesMut)> {
+    let mut stream = crate::security::dial_member(security, to, addr).await?;
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
-    resp::encode_request(
-        &[Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")],
-        &mut out,
-    );
+    let mut hello = vec![Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")];
+    // On TLS the certificate authenticates this member; otherwise the cluster's password.
+    if let (None, Some(password)) = (&security.tls, &security.password) {
+        hello.extend([
+            Bytes::from_static(b"AUTH"),
+            Bytes::from_static(b"default"),
+            Bytes::copy_from_slice(password.as_bytes()),
+        ]);
+    }
+    resp::encode_request(&hello, &mut out);
     stream.write_all(&out).await?;
+    stream.flush().await?;
     match resp::read_value(&mut stream, &mut buf).await? {
         Value::Error(e) => Err(std::io::Error::other(e)),
         _ => Ok((stream, buf)),
@@ -349,7 +371,7 @@ async fn open_link(addr: SocketAddr) -> std::io::Result<(TcpStream, BytesMut)> {
 
 /// Sends `requests` pipelined (each marked as forwarded) and reads one reply for each.
 async fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut Link,
     buf: &mut BytesMut,
     requests: &[Vec<Bytes>],
 ) -> Result<Vec<Value>, Exchange> {
@@ -361,6 +383,7 @@ async fn exchange(
         resp::encode_request(&args, &mut out);
     }
     stream.write_all(&out).await.map_err(Exchange::NotSent)?;
+    stream.flush().await.map_err(Exchange::NotSent)?;
     let mut replies = Vec::with_capacity(requests.len());
     while replies.len() < requests.len() {
         let reply = resp::read_value_with(stream, buf, &PEER_REPLY_LIMITS).await;
@@ -457,6 +480,10 @@ struct ConnState {
     multi: Option<Queue>,
     /// The applied index WATCH read at, and the keys watched since.
     watch: Option<(u64, Vec<Bytes>)>,
+    /// Whether the client authenticated (by password, or as a member), or needs not.
+    authenticated: bool,
+    /// Whether the client proved with its certificate to be a member (a forwarding link).
+    member: bool,
 }
 
 impl ConnState {
@@ -494,9 +521,42 @@ impl ConnState {
         Ok((args, write))
     }
 
+    /// Authenticates as `user` with `password`; the error reply if that fails.
+    fn authenticate(
+        &mut self,
+        security: &Security,
+        user: &[u8],
+        password: &[u8],
+    ) -> Result<(), Value> {
+        // Like Redis's default user without a password: any credentials are accepted.
+        if security.password.is_none() {
+            return Ok(());
+        }
+        // Only the default user exists; a wrong user name fails as a wrong password does,
+        // so names cannot be probed.
+        if user == b"default" && security.password_matches(password) {
+            self.authenticated = true;
+            return Ok(());
+        }
+        Err(Value::err(
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        ))
+    }
+
+    /// `AUTH password` or `AUTH user password`.
+    fn auth(&mut self, args: &[Bytes], security: &Security) -> Value {
+        let result = match args {
+            [_] if security.password.is_none() => Err(Value::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+            [password] => self.authenticate(security, b"default", password),
+            [user, password] => self.authenticate(security, user, password),
+            _ => Err(Value::err("ERR syntax error")),
+        };
+        result.map_or_else(|e| e, |()| Value::ok())
+    }
+
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the protocol and answers
     /// with the server's description.
-    fn hello(&mut self, args: &[Bytes]) -> Value {
+    fn hello(&mut self, args: &[Bytes], security: &Security) -> Value {
         let mut proto = self.proto;
         if let Some(v) = args.first() {
             proto = match commands::int(v) {
@@ -512,15 +572,21 @@ impl ConnState {
         let mut name = None;
         while i < args.len() {
             match (upper(&args[i]).as_str(), args.len() - i) {
-                // No passwords yet: any credentials are accepted, as Redis does for a
-                // default user without a password.
-                ("AUTH", 3..) => i += 3,
+                ("AUTH", 3..) => {
+                    if let Err(refused) = self.authenticate(security, &args[i + 1], &args[i + 2]) {
+                        return refused;
+                    }
+                    i += 3
+                }
                 ("SETNAME", 2..) => {
                     name = Some(args[i + 1].clone());
                     i += 2
                 }
                 (opt, _) => return Value::err(format!("ERR Syntax error in HELLO option '{opt}'")),
             }
+        }
+        if !self.authenticated {
+            return Value::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
         }
         self.proto = proto;
         if name.is_some() {
@@ -570,20 +636,32 @@ pub struct KvServer {
     node: RaftNode,
     peer_clients: ClientAddrs,
     limits: Limits,
+    security: Security,
+    /// Client connections open at once, at most [`MAX_CLIENTS`].
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most client connections served at once (Redis's `maxclients` default); more are told so
+/// and closed.
+pub const MAX_CLIENTS: usize = 10_000;
+
+/// How long a client has to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One client connection's links to other nodes, opened on first use: each client
 /// connection forwards over its own, so clients never queue behind each other. Members'
 /// client addresses come from the shared table, which follows membership changes.
 struct Forwarders {
     clients: ClientAddrs,
+    security: Security,
     open: std::sync::Mutex<BTreeMap<NodeId, Arc<Forwarder>>>,
 }
 
 impl Forwarders {
-    fn new(clients: ClientAddrs) -> Forwarders {
+    fn new(clients: ClientAddrs, security: Security) -> Forwarders {
         Forwarders {
             clients,
+            security,
             open: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -602,11 +680,10 @@ impl Forwarders {
     fn get(&self, id: NodeId) -> Option<Arc<Forwarder>> {
         let addr = self.address(id)?;
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let link = open
-            .entry(id)
-            .or_insert_with(|| Arc::new(Forwarder::new(addr)));
+        let fresh = || Arc::new(Forwarder::new(id, addr, self.security.clone()));
+        let link = open.entry(id).or_insert_with(fresh);
         if link.addr != addr {
-            *link = Arc::new(Forwarder::new(addr));
+            *link = fresh();
         }
         Some(link.clone())
     }
@@ -617,10 +694,22 @@ impl KvServer {
     /// requests reaching a follower are forwarded to the leader. The table may change while
     /// the server runs (see [`KvTransport`](crate::admin::KvTransport)).
     pub fn new(node: RaftNode, peer_clients: ClientAddrs) -> Arc<KvServer> {
+        Self::with_security(node, peer_clients, Security::default())
+    }
+
+    /// A server as [`new`](KvServer::new) makes, protected by `security`: TLS on the
+    /// client port and on forwarding links, a password for clients.
+    pub fn with_security(
+        node: RaftNode,
+        peer_clients: ClientAddrs,
+        security: Security,
+    ) -> Arc<KvServer> {
         Arc::new(KvServer {
             node,
             peer_clients,
             limits: Limits::default(),
+            security,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS)),
         })
     }
 
@@ -631,7 +720,7 @@ impl KvServer {
                 Ok((stream, peer)) => {
                     let server = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = server.connection(stream).await {
+                        if let Err(e) = server.accepted(stream).await {
                             tracing::debug!(%peer, error = %e, "client connection closed");
                         }
                     });
@@ -644,12 +733,53 @@ impl KvServer {
         }
     }
 
-    async fn connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
+    /// Admits a new connection (within [`MAX_CLIENTS`], after its TLS handshake) and serves
+    /// it.
+    async fn accepted(&self, mut stream: TcpStream) -> std::io::Result<()> {
         stream.set_nodelay(true)?;
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            if self.security.tls.is_none() {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            }
+            return Ok(());
+        };
+        let Some(identity) = &self.security.tls else {
+            return self.connection(stream, false).await;
+        };
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            identity.optional_acceptor().accept(stream),
+        )
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
+        // A certificate naming a member (checked against the CA in the handshake) marks
+        // another member's forwarding link.
+        let member = {
+            let members = self.peer_clients.read().unwrap_or_else(|e| e.into_inner());
+            members
+                .keys()
+                .any(|&id| raft_transport::tls::peer_is(tls.get_ref().1, id))
+        };
+        self.connection(tls, member).await
+    }
+
+    async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        member: bool,
+    ) -> std::io::Result<()> {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
-        let fwd = Forwarders::new(self.peer_clients.clone());
-        let mut conn = ConnState::default();
+        let fwd = Forwarders::new(self.peer_clients.clone(), self.security.clone());
+        let mut conn = ConnState {
+            authenticated: self.security.password.is_none() || member,
+            member,
+            ..ConnState::default()
+        };
         loop {
             if stream.read_buf(&mut buf).await? == 0 {
                 return Ok(());
@@ -681,6 +811,7 @@ impl KvServer {
                 Value::err(format!("ERR {e}")).encode_as(conn.proto, &mut out);
             }
             stream.write_all(&out).await?;
+            stream.flush().await?;
             if quit || fatal.is_some() {
                 return Ok(());
             }
@@ -702,17 +833,24 @@ impl KvServer {
         let mut quit = false;
         // A forwarded pipeline comes from another node and holds only forwarded commands;
         // they are never forwarded again, which rules out forwarding loops.
-        let forwarded = batch
-            .first()
-            .and_then(|a| a.first())
-            .is_some_and(|a| a.eq_ignore_ascii_case(FORWARDED));
+        let is_forwarded = |args: &[Bytes]| {
+            args.first()
+                .is_some_and(|a| a.eq_ignore_ascii_case(FORWARDED))
+        };
+        let forwarded = batch.first().is_some_and(|a| is_forwarded(a)) && self.may_forward(conn);
         for args in batch {
-            let args = match args.first() {
-                Some(a) if a.eq_ignore_ascii_case(FORWARDED) => args[1..].to_vec(),
-                _ => args,
+            let marked = is_forwarded(&args);
+            let args = if marked { args[1..].to_vec() } else { args };
+            let Some(first) = args.first() else {
+                replies.push((conn.proto, Value::err("ERR empty command")));
+                continue;
             };
+            let name = upper(first);
+            if let Some(refusal) = self.refusal(conn, &name, marked) {
+                replies.push((conn.proto, refusal));
+                continue;
+            }
             // Between MULTI and EXEC, commands are queued, not run.
-            let name = upper(&args[0]);
             let request = match conn.multi.as_mut() {
                 Some(queue) if name == "WATCH" => {
                     queue.failed = true;
@@ -789,7 +927,8 @@ impl KvServer {
                             r.pop().unwrap_or_else(|| Value::err("ERR no reply"))
                         }
                         Request::Transaction(verb) => self.transaction(conn, verb).await,
-                        Request::Hello(args) => conn.hello(&args),
+                        Request::Hello(args) => conn.hello(&args, &self.security),
+                        Request::Auth(args) => conn.auth(&args, &self.security),
                         Request::Client(args) => conn.client(&args),
                         Request::Data(..) | Request::Exec(_) => unreachable!("handled above"),
                     };
@@ -804,6 +943,29 @@ impl KvServer {
         let done = self.flush_reads(reads, forwarded, fwd).await;
         replies.extend(done.into_iter().map(|v| (proto, v)));
         (replies, quit)
+    }
+
+    /// Whether this connection may send forwarded commands: on TLS only a member (proved by
+    /// its certificate); otherwise anyone authenticated (the password is the cluster's).
+    fn may_forward(&self, conn: &ConnState) -> bool {
+        match &self.security.tls {
+            Some(_) => conn.member,
+            None => conn.authenticated,
+        }
+    }
+
+    /// Why the command `name` may not run on this connection yet, if it may not.
+    fn refusal(&self, conn: &ConnState, name: &str, forwarded: bool) -> Option<Value> {
+        if forwarded && !self.may_forward(conn) {
+            return Some(Value::err(
+                "NOPERM forwarded commands are accepted from members only",
+            ));
+        }
+        // requirepass: until AUTH, only the commands that authenticate (and QUIT) run.
+        if conn.authenticated || matches!(name, "AUTH" | "HELLO" | "QUIT") {
+            return None;
+        }
+        Some(Value::err("NOAUTH Authentication required."))
     }
 
     /// MULTI, DISCARD, WATCH, UNWATCH, and EXEC outside a transaction.
@@ -1046,23 +1208,74 @@ mod tests {
 
     #[test]
     fn hello_switches_the_protocol_or_refuses_it() {
-        let mut conn = ConnState::default();
-        let Value::Map(m) = conn.hello(&args("3 SETNAME app")) else {
+        let open = Security::default();
+        let mut conn = ConnState {
+            authenticated: true,
+            ..ConnState::default()
+        };
+        let Value::Map(m) = conn.hello(&args("3 SETNAME app"), &open) else {
             panic!("HELLO answers with a map")
         };
         assert!(m.contains(&(Value::bulk("proto"), Value::Integer(3))));
         assert_eq!(conn.proto, Protocol::Resp3);
         assert_eq!(conn.name.as_deref(), Some(&b"app"[..]));
-        assert!(matches!(conn.hello(&args("4")), Value::Error(e) if e.starts_with("NOPROTO")));
+        assert!(
+            matches!(conn.hello(&args("4"), &open), Value::Error(e) if e.starts_with("NOPROTO"))
+        );
         assert_eq!(
             conn.proto,
             Protocol::Resp3,
             "a refused HELLO changes nothing"
         );
-        conn.hello(&args("2"));
+        conn.hello(&args("2"), &open);
         assert_eq!(conn.proto, Protocol::Resp2);
-        assert!(matches!(conn.hello(&args("3 BOGUS")), Value::Error(_)));
+        assert!(matches!(
+            conn.hello(&args("3 BOGUS"), &open),
+            Value::Error(_)
+        ));
         assert_eq!(conn.client(&args("SETINFO LIB-NAME redis-py")), Value::ok());
         assert!(matches!(conn.client(&args("TRACKING on")), Value::Error(_)));
+    }
+
+    fn error_of(v: Value) -> String {
+        match v {
+            Value::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_follows_redis_6_with_requirepass() {
+        let guarded = Security {
+            tls: None,
+            password: Some(Arc::from("s3cret")),
+        };
+        let mut conn = ConnState::default();
+        assert!(error_of(conn.hello(&args("3"), &guarded)).starts_with("NOAUTH HELLO"));
+        assert_eq!(
+            conn.proto,
+            Protocol::Resp2,
+            "a refused HELLO changes nothing"
+        );
+        assert!(error_of(conn.auth(&args("wrong"), &guarded)).starts_with("WRONGPASS"));
+        assert!(error_of(conn.auth(&args("admin s3cret"), &guarded)).starts_with("WRONGPASS"));
+        assert!(error_of(conn.auth(&args("s3cre"), &guarded)).starts_with("WRONGPASS"));
+        assert!(!conn.authenticated);
+        assert!(
+            error_of(conn.hello(&args("3 AUTH default nope"), &guarded)).starts_with("WRONGPASS")
+        );
+        assert!(matches!(
+            conn.hello(&args("3 AUTH default s3cret"), &guarded),
+            Value::Map(_)
+        ));
+        assert!(conn.authenticated);
+        let mut other = ConnState::default();
+        assert_eq!(other.auth(&args("default s3cret"), &guarded), Value::ok());
+        assert!(other.authenticated);
+        // Without a password configured, AUTH <password> is a configuration error, as in
+        // Redis.
+        let mut open = ConnState::default();
+        let e = error_of(open.auth(&args("x"), &Security::default()));
+        assert!(e.contains("without any password configured"), "{e}");
     }
 }

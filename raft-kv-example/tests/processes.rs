@@ -1101,3 +1101,255 @@ fn redis_py_works_with_its_defaults() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs a `raft-kv cluster` with `args` on free ports; its output lines arrive on the
+/// receiver. Returns the process, the lines and the base (first client) port.
+fn local_cluster(
+    nodes: u64,
+    args: &[&str],
+    dir: &std::path::Path,
+) -> (Child, std::sync::mpsc::Receiver<String>, u16) {
+    use std::io::BufRead;
+    // Client ports base.., raft ports base+1000..: pick a base whose ports are all free.
+    let n = nodes as u16 + 1; // room for one added node
+    let base = loop {
+        let p = free_port();
+        let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
+        if p < 60000 && (0..n).all(|i| free(p + i) && free(p + 1000 + i)) {
+            break p;
+        }
+    };
+    let mut cluster = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args([
+            "cluster",
+            "--nodes",
+            &nodes.to_string(),
+            "--base-port",
+            &base.to_string(),
+        ])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start raft-kv cluster");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = cluster.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (cluster, rx, base)
+}
+
+/// The next line from a local cluster's output that contains `what` (60 s at most).
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with '{what}': {e}"),
+        }
+    }
+}
+
+/// Sends `bytes` over TLS (checking the server against `ca`) and reads until the server
+/// closes the connection (or 5 s pass): what it answered, and whether it closed.
+fn tls_exchange(addr: SocketAddr, ca: &std::path::Path, bytes: &[u8]) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let auth = raft_kv_example::security::ClientAuth::new(Some(ca), None).unwrap();
+        let mut link = auth.connect(addr).await.expect("TLS connection");
+        link.write_all(bytes).await.unwrap();
+        link.flush().await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), link.read_to_end(&mut out)).await;
+        (out, read.is_ok())
+    })
+}
+
+#[test]
+fn a_tls_cluster_with_a_password_serves_redis_cli_and_refuses_the_rest() {
+    if Command::new("redis-cli").arg("--version").output().is_err() {
+        println!(
+            "redis-cli is not installed (apt-get install redis-tools); skipping the TLS check"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, rx, base) = local_cluster(3, &["--tls", "--requirepass", "pw-1"], tmp.path());
+    // Connect exactly as the cluster says, with the password given on the command line
+    // instead of typed at --askpass's prompt.
+    let how = wait_for_line(&rx, "connect with:");
+    let printed: Vec<String> = how
+        .split("connect with:")
+        .nth(1)
+        .unwrap()
+        .split("   (")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(printed[0], "redis-cli", "{how}");
+    assert!(printed.contains(&"--tls".to_string()), "{how}");
+    wait_for_line(&rx, "Type 'add'");
+    let ca = tmp.path().join("tls").join("ca.pem");
+    // The printed options but the port (each call picks a node) and --askpass.
+    let mut options = Vec::new();
+    let mut printed_args = printed[1..].iter();
+    while let Some(a) = printed_args.next() {
+        match a.as_str() {
+            "-p" => {
+                printed_args.next();
+            }
+            "--askpass" => {}
+            _ => options.push(a.clone()),
+        }
+    }
+    let cli = |port: u16, auth: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(&options)
+            .args(["-p", &port.to_string()])
+            .arg("--no-auth-warning");
+        if let Some(pw) = auth {
+            cmd.args(["-a", pw]);
+        }
+        let out = cmd.args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            + String::from_utf8_lossy(&out.stderr).trim()
+    };
+    // Retry until the cluster has a leader and answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli(base, Some("pw-1"), &["SET", "tls-key", "v1"]) != "OK" {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS cluster never accepted a write"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every node serves, followers forwarding over their own member links.
+    for i in 0..3 {
+        let port = base + i;
+        assert_eq!(
+            cli(port, Some("pw-1"), &["SET", &format!("k{i}"), "x"]),
+            "OK",
+            "node {}",
+            i + 1
+        );
+        assert_eq!(
+            cli(port, Some("pw-1"), &["GET", "tls-key"]),
+            "v1",
+            "node {}",
+            i + 1
+        );
+    }
+    // No password, a wrong one, HELLO without and with AUTH.
+    assert!(cli(base + 1, None, &["GET", "tls-key"]).starts_with("NOAUTH"));
+    assert!(cli(base + 1, Some("wrong"), &["GET", "tls-key"]).contains("WRONGPASS"));
+    assert!(cli(base, None, &["HELLO", "3"]).starts_with("NOAUTH HELLO"));
+    assert!(cli(base, None, &["HELLO", "3", "AUTH", "default", "pw-1"]).contains("proto"));
+    assert!(cli(base, None, &["HELLO", "3", "AUTH", "someone", "pw-1"]).contains("WRONGPASS"));
+    // A client may not pass its commands off as a member's forwarded ones.
+    assert!(
+        cli(base + 2, Some("pw-1"), &["FWD", "SET", "tls-key", "forged"]).starts_with("NOPERM")
+    );
+    // Plain TCP to the TLS port gets no answer, only a closed connection.
+    let plain = raw_exchange(
+        SocketAddr::from(([127, 0, 0, 1], base)),
+        b"*1\r\n$4\r\nPING\r\n",
+    );
+    assert!(
+        !String::from_utf8_lossy(&plain).contains("PONG"),
+        "{plain:?}"
+    );
+    // Garbage before AUTH, and after it: an error, the connection closed, nothing else.
+    let addr = SocketAddr::from(([127, 0, 0, 1], base + 1));
+    let (before, closed) = tls_exchange(addr, &ca, b"*1\r\n$999999999999\r\n");
+    assert!(closed && before.starts_with(b"-"), "{before:?}");
+    let (after, closed) = tls_exchange(
+        addr,
+        &ca,
+        b"*2\r\n$4\r\nAUTH\r\n$4\r\npw-1\r\n\x00\x01\xff garbage\r\n*-7\r\n",
+    );
+    assert!(
+        closed && after.starts_with(b"+OK\r\n-"),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+    let (unauthenticated, _) = tls_exchange(
+        addr,
+        &ca,
+        b"*3\r\n$3\r\nSET\r\n$7\r\ntls-key\r\n$1\r\nz\r\n",
+    );
+    assert!(
+        unauthenticated.starts_with(b"-NOAUTH"),
+        "{unauthenticated:?}"
+    );
+    // The cluster grows over TLS: the new node gets its certificate and joins.
+    writeln!(cluster.stdin.as_mut().unwrap(), "add").unwrap();
+    let joined = wait_for_line(&rx, "joined as a voter");
+    assert!(joined.contains("node 4"), "{joined}");
+    assert_eq!(cli(base + 3, Some("pw-1"), &["GET", "tls-key"]), "v1");
+    assert_eq!(cli(base + 3, Some("pw-1"), &["SET", "after", "all"]), "OK");
+    cluster.kill().unwrap();
+    cluster.wait().unwrap();
+}
+
+#[test]
+fn a_password_cluster_refuses_strangers_and_forwards_with_its_own_credentials() {
+    let mut c = ProcCluster::start_stopped(3);
+    c.extra = ["--requirepass", "pw-2"].map(String::from).to_vec();
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let open = |i: usize, url: String| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match redis::Client::open(url.clone()).and_then(|c| c.get_connection()) {
+                Ok(conn) => return conn,
+                Err(e) => assert!(Instant::now() < deadline, "node {}: {e}", i + 1),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for i in 0..3 {
+        let mut conn = open(i, format!("redis://:pw-2@{}/", c.nodes[i].client));
+        // Through every node, leader or follower (which forwards with the cluster's own
+        // password, not this client's connection).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match conn.set::<_, _, ()>(format!("pw-key-{i}"), i) {
+                Ok(()) => break,
+                Err(e) => assert!(Instant::now() < deadline, "node {}: {e}", i + 1),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(conn.get::<_, u64>(format!("pw-key-{i}")).unwrap(), i as u64);
+    }
+    let wrong = redis::Client::open(format!("redis://:nope@{}/", c.nodes[1].client))
+        .unwrap()
+        .get_connection();
+    assert!(wrong.is_err(), "a wrong password was accepted");
+    let wrong = raw_exchange(c.nodes[1].client, b"*2\r\n$4\r\nAUTH\r\n$4\r\nnope\r\n");
+    assert!(
+        wrong.starts_with(b"-WRONGPASS"),
+        "{}",
+        String::from_utf8_lossy(&wrong)
+    );
+    let stranger = raw_exchange(c.nodes[1].client, b"*2\r\n$3\r\nGET\r\n$8\r\npw-key-1\r\n");
+    assert!(
+        stranger.starts_with(b"-NOAUTH"),
+        "{}",
+        String::from_utf8_lossy(&stranger)
+    );
+}

@@ -6,6 +6,7 @@
 //! - [`tcp`]: TCP on tokio, with length-prefixed checksummed postcard [`frame`]s, a
 //!   cluster-id handshake, bounded per-peer queues, write coalescing and reconnection
 //!   with backoff;
+//! - [`link`]: one connection, plain TCP or TLS, as one stream type;
 //! - [`tls`]: mutual TLS for the TCP transport, each member's certificate naming its node id;
 //! - [`start`]: one call to run a node on TCP ([`TcpNode::start`]), its peers taken from
 //!   the membership's addresses;
@@ -15,7 +16,7 @@
 
 pub mod client;
 pub mod frame;
-mod link;
+pub mod link;
 pub mod mem;
 pub mod start;
 pub mod tcp;

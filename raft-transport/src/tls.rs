@@ -136,6 +136,18 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+fn read_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("CA certificate", ca)? {
+        roots.add(cert).map_err(|e| TlsError::Read {
+            what: "CA certificate",
+            path: ca.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -144,15 +156,7 @@ impl Configs {
     fn load(files: &TlsFiles) -> Result<Configs, TlsError> {
         let certs = read_certs("certificate", &files.cert)?;
         let key = read_key(&files.key)?;
-        let mut roots = RootCertStore::empty();
-        for ca in read_certs("CA certificate", &files.ca)? {
-            roots.add(ca).map_err(|e| TlsError::Read {
-                what: "CA certificate",
-                path: files.ca.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(read_roots(&files.ca)?);
         let server = |verifier| {
             ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -237,6 +241,18 @@ impl TlsIdentity {
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(self.current().client.clone())
     }
+}
+
+/// A connector for clients that check servers against the CA in `ca` (PEM) and present no
+/// certificate of their own (they authenticate otherwise, with a password say).
+pub fn anonymous_connector(ca: &Path) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let roots = read_roots(ca)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(setup)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// The name a dialer asks for when it means to reach member `id`.

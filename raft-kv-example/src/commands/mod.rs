@@ -294,6 +294,7 @@ pub const TABLE: &[Spec] = &[
     conn("WATCH", -2),
     conn("UNWATCH", 1),
     conn("SESSION", -4),
+    conn("AUTH", -2),
     conn("HELLO", -1),
     conn("CLIENT", -2),
     conn("SELECT", 2),
