@@ -821,43 +821,9 @@ fn a_data_dir_of_another_cluster_is_refused() {
 
 #[test]
 fn a_local_cluster_grows_by_one_node_on_a_typed_command() {
-    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
-    // Client ports base.., raft ports base+1000..: pick a base whose four ports are free.
-    let base = loop {
-        let p = free_port();
-        let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
-        if p < 60000 && [p, p + 1, p + 1000, p + 1001].into_iter().all(free) {
-            break p;
-        }
-    };
-    let mut cluster = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
-        .args(["cluster", "--nodes", "1", "--base-port", &base.to_string()])
-        .arg("--data-dir")
-        .arg(tmp.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start raft-kv cluster");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = cluster.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line with '{what}': {e}"),
-            }
-        }
-    };
+    let (mut cluster, rx, base) = local_cluster(1, &[], tmp.path());
+    let wait_for = |what: &str| wait_for_line(&rx, what);
     wait_for("Type 'add'");
     writeln!(cluster.stdin.as_mut().unwrap(), "add").unwrap();
     let joined = wait_for("joined as a voter");
