@@ -663,6 +663,8 @@ fn bad_input_never_takes_a_node_down() {
         b"*2\r\n$3\r\nGET\r\n$1\r\nkk\r\n",
         b"*-7\r\n",
         b"$5\r\nhello\r\n",
+        // The forwarding mark alone: nothing left to run.
+        b"*1\r\n$3\r\nFWD\r\n",
     ];
     for a in attacks {
         let reply = raw_exchange(addr, a);
