@@ -22,6 +22,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::frame::{self, Frame, HEADER_LEN, MAGIC, VERSION};
+use crate::link::Link;
+use crate::tls::TlsIdentity;
 
 /// What a client asks a member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,7 +238,7 @@ pub enum ClientError {
 /// A connection to one member.
 struct Conn {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Link,
     next_id: u64,
 }
 
@@ -259,6 +261,8 @@ pub struct RaftClient {
     /// Attempts beyond the first, over this client's life (redirects, failovers): how
     /// often it had to look for the leader again.
     pub retries: u64,
+    /// TLS to members that serve it (see [`with_tls`](RaftClient::with_tls)).
+    tls: Option<Arc<TlsIdentity>>,
 }
 
 impl RaftClient {
@@ -277,7 +281,17 @@ impl RaftClient {
             attempt_timeout: Duration::from_secs(12),
             max_frame: 64 << 20,
             retries: 0,
+            tls: None,
         }
+    }
+
+    /// Connects over TLS with `identity`, a certificate from the cluster's CA (members on
+    /// TLS accept clients only with one). A member is checked by the IP address dialed, so
+    /// its certificate must carry that address (as `tls::pki` certificates given their IPs
+    /// do).
+    pub fn with_tls(mut self, identity: Arc<TlsIdentity>) -> RaftClient {
+        self.tls = Some(identity);
+        self
     }
 
     /// Proposes `command`; retried only where it certainly did not apply.
@@ -390,10 +404,11 @@ impl RaftClient {
             .map_err(|e| Attempt::NotSent(e.to_string()))?;
         // From here on the request may have reached the member.
         let lost = |e: String| Attempt::Lost(format!("{addr}: {e}"));
-        conn.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
+        let sent = async {
+            conn.stream.write_all(&out).await?;
+            conn.stream.flush().await
+        };
+        sent.await.map_err(|e| lost(e.to_string()))?;
         let reply = tokio::time::timeout(self.attempt_timeout, read_frame(&mut conn.stream, max))
             .await
             .map_err(|_| lost("no reply in time".into()))?
@@ -404,10 +419,21 @@ impl RaftClient {
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, Attempt> {
+    async fn dial(&self, addr: SocketAddr) -> Result<Link, Attempt> {
         let io = |e: std::io::Error| Attempt::NotSent(format!("{addr}: {e}"));
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let mut stream = match &self.tls {
+            None => Link::Plain(tcp),
+            Some(identity) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = identity.connector().connect(name, tcp).await;
+                // A certificate refused either way will be refused by every member.
+                Link::Dialed(Box::new(tls.map_err(|e| {
+                    Attempt::Refused(format!("{addr}: TLS handshake failed: {e}"))
+                })?))
+            }
+        };
         let mut out = Vec::new();
         let hello = Frame::ClientHello {
             magic: MAGIC,
@@ -416,6 +442,7 @@ impl RaftClient {
         };
         frame::encode(&hello, &mut out).map_err(|e| Attempt::NotSent(e.to_string()))?;
         stream.write_all(&out).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
         match read_frame(&mut stream, 64 * 1024).await.map_err(io)? {
             Frame::Welcome => Ok(stream),
             // A member that stopped says so; another may serve.
@@ -457,6 +484,12 @@ impl<A: App> AppClient<A> {
             pending: None,
             _app: std::marker::PhantomData,
         }
+    }
+
+    /// Connects over TLS with `identity` (see [`RaftClient::with_tls`]).
+    pub fn with_tls(mut self, identity: Arc<TlsIdentity>) -> AppClient<A> {
+        self.raw = self.raw.with_tls(identity);
+        self
     }
 
     /// The untyped client underneath (timeouts, leader lookups).

@@ -65,18 +65,19 @@ fn membership(addrs: &[SocketAddr]) -> Membership {
 }
 
 async fn start_cluster(addrs: &[SocketAddr]) -> Vec<TcpNode> {
+    start_cluster_with(addrs, |_| TcpConfig::default()).await
+}
+
+async fn start_cluster_with(
+    addrs: &[SocketAddr],
+    tcp: impl Fn(NodeId) -> TcpConfig,
+) -> Vec<TcpNode> {
     let mut nodes = Vec::new();
     for i in 0..addrs.len() {
         let id = NodeId(i as u64 + 1);
-        let node = TcpNode::start(
-            id,
-            membership(addrs),
-            fast(),
-            TcpConfig::default(),
-            stores(),
-        )
-        .await
-        .expect("start");
+        let node = TcpNode::start(id, membership(addrs), fast(), tcp(id), stores())
+            .await
+            .expect("start");
         nodes.push(node);
     }
     nodes
@@ -272,4 +273,37 @@ async fn a_late_reply_is_never_taken_for_the_answer_to_the_next_request() {
         .await
         .unwrap();
     assert_eq!(&second[..], &[1u8]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_client_with_a_certificate_from_the_ca_is_served_over_tls_and_one_without_is_not() {
+    use raft_transport::tls::{pki::Pki, TlsIdentity};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate("app CA").unwrap();
+    let addrs = addresses(3);
+    let ips = [addrs[0].ip()];
+    let nodes = start_cluster_with(&addrs, |id| {
+        let files = pki.write_member(dir.path(), id, &ips).unwrap();
+        TcpConfig {
+            tls: Some(TlsIdentity::load_member(id, files).unwrap()),
+            ..TcpConfig::default()
+        }
+    })
+    .await;
+    let client_files = pki
+        .write_party(dir.path(), "app-client", &["app-client".into()], &[])
+        .unwrap();
+    let identity = TlsIdentity::load(client_files).unwrap();
+    let mut client = AppClient::<Counter>::new(addrs.clone(), 0).with_tls(identity);
+    assert_eq!(client.propose(5).await.unwrap(), Ok(5));
+    assert_eq!(client.propose(2).await.unwrap(), Ok(7));
+    assert_eq!(client.query(&()).await.unwrap(), 7);
+    // Plain TCP to a TLS member is refused, not served.
+    let mut plain = AppClient::<Counter>::new(addrs.clone(), 0);
+    plain.raw().timeout = Duration::from_secs(2);
+    assert!(plain.propose(1).await.is_err(), "served without TLS");
+    assert_eq!(client.query(&()).await.unwrap(), 7);
+    for n in &nodes {
+        n.shutdown().await;
+    }
 }
