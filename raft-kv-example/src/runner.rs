@@ -345,7 +345,7 @@ pub struct LocalSecurity {
 }
 
 /// The name of a local cluster's CA.
-const LOCAL_CA: &str = "raft-kv local cluster CA";
+pub const LOCAL_CA: &str = "raft-kv local cluster CA";
 
 impl LocalSecurity {
     /// Makes sure the CA exists and `node` has a certificate naming it, 127.0.0.1 and

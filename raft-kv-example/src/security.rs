@@ -23,11 +23,6 @@ pub struct Security {
 }
 
 impl Security {
-    /// Whether anything is protected.
-    pub fn is_open(&self) -> bool {
-        self.tls.is_none() && self.password.is_none()
-    }
-
     /// Whether `given` is the password, compared in constant time (no password configured
     /// accepts nothing: there is nothing to authenticate against).
     pub fn password_matches(&self, given: &[u8]) -> bool {

@@ -291,9 +291,13 @@ impl Forwarder {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
             if conn.is_none() {
-                match open_link(&self.security, self.to, self.addr).await {
-                    Ok(link) => *conn = Some(link),
-                    Err(_) => break,
+                let opened = tokio::time::timeout(
+                    FORWARD_CONNECT_TIMEOUT,
+                    open_link(&self.security, self.to, self.addr),
+                );
+                match opened.await {
+                    Ok(Ok(link)) => *conn = Some(link),
+                    _ => break,
                 }
             }
             let Some((stream, buf)) = conn.as_mut() else {
@@ -332,6 +336,13 @@ enum Exchange {
     /// They were written; no (complete) reply came back.
     NoReply(std::io::Error),
 }
+
+/// How long opening a forwarding link (connection, TLS, HELLO) may take.
+const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the leader may take to answer a forwarded request: longer than a proposal may
+/// take (`Config::request_timeout`, 10 s by default), so a slow answer still arrives.
+const FORWARD_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Limits on replies from another node: generous, since a member's reply is as trusted as
 /// the member (a large MGET or HGETALL must come back whole).
@@ -386,7 +397,10 @@ async fn exchange(
     stream.flush().await.map_err(Exchange::NotSent)?;
     let mut replies = Vec::with_capacity(requests.len());
     while replies.len() < requests.len() {
-        let reply = resp::read_value_with(stream, buf, &PEER_REPLY_LIMITS).await;
+        let read = resp::read_value_with(stream, buf, &PEER_REPLY_LIMITS);
+        let reply = tokio::time::timeout(FORWARD_REPLY_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
         replies.push(reply.map_err(Exchange::NoReply)?);
     }
     Ok(replies)
@@ -570,12 +584,11 @@ impl ConnState {
         }
         let mut i = 1;
         let mut name = None;
+        let mut credentials = None;
         while i < args.len() {
             match (upper(&args[i]).as_str(), args.len() - i) {
                 ("AUTH", 3..) => {
-                    if let Err(refused) = self.authenticate(security, &args[i + 1], &args[i + 2]) {
-                        return refused;
-                    }
+                    credentials = Some((&args[i + 1], &args[i + 2]));
                     i += 3
                 }
                 ("SETNAME", 2..) => {
@@ -583,6 +596,13 @@ impl ConnState {
                     i += 2
                 }
                 (opt, _) => return Value::err(format!("ERR Syntax error in HELLO option '{opt}'")),
+            }
+        }
+        // Authenticates only once every option was read: a HELLO refused for its syntax
+        // changes nothing.
+        if let Some((user, password)) = credentials {
+            if let Err(refused) = self.authenticate(security, user, password) {
+                return refused;
             }
         }
         if !self.authenticated {
@@ -639,14 +659,45 @@ pub struct KvServer {
     security: Security,
     /// Client connections open at once, at most [`MAX_CLIENTS`].
     slots: Arc<tokio::sync::Semaphore>,
+    /// TLS handshakes under way, at most [`MAX_PENDING_HANDSHAKES`].
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Most client connections served at once (Redis's `maxclients` default); more are told so
-/// and closed.
+/// and closed. Other members' forwarding links (on TLS) are not counted.
 pub const MAX_CLIENTS: usize = 10_000;
 
+/// Most connections in their TLS handshake at once; more are closed on arrival.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// How long a client has to authenticate when a password is required.
+pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Limits on requests before AUTH (as Redis: few arguments, small strings), so a client
+/// that has not authenticated cannot make the server buffer much.
+const UNAUTHENTICATED_LIMITS: Limits = Limits {
+    max_bulk: 16 << 10,
+    max_array: 10,
+    max_line: 16 << 10,
+};
+
+/// Whether `args` is a command that authenticates (`AUTH`, or `HELLO` with `AUTH`).
+fn authenticates(args: &[Bytes]) -> bool {
+    let name = args.iter().find(|a| !a.eq_ignore_ascii_case(FORWARDED));
+    name.is_some_and(|n| n.eq_ignore_ascii_case(b"AUTH") || n.eq_ignore_ascii_case(b"HELLO"))
+}
+
+/// Tells a client the server is full, and closes.
+async fn refuse_full<S: AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+    let _ = stream.flush().await;
+    Ok(())
+}
+
 /// How long a client has to finish its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One client connection's links to other nodes, opened on first use: each client
 /// connection forwards over its own, so clients never queue behind each other. Members'
@@ -710,6 +761,7 @@ impl KvServer {
             limits: Limits::default(),
             security,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS)),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
         })
     }
 
@@ -735,18 +787,17 @@ impl KvServer {
 
     /// Admits a new connection (within [`MAX_CLIENTS`], after its TLS handshake) and serves
     /// it.
-    async fn accepted(&self, mut stream: TcpStream) -> std::io::Result<()> {
+    async fn accepted(&self, stream: TcpStream) -> std::io::Result<()> {
         stream.set_nodelay(true)?;
-        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
-            if self.security.tls.is_none() {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            }
-            return Ok(());
-        };
         let Some(identity) = &self.security.tls else {
+            let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+                return refuse_full(stream).await;
+            };
             return self.connection(stream, false).await;
+        };
+        // Connections still in their TLS handshake are bounded and timed out.
+        let Ok(pending) = self.handshakes.clone().try_acquire_owned() else {
+            return Ok(());
         };
         let tls = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -756,6 +807,7 @@ impl KvServer {
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
         })??;
+        drop(pending);
         // A certificate naming a member (checked against the CA in the handshake) marks
         // another member's forwarding link.
         let member = {
@@ -764,6 +816,11 @@ impl KvServer {
                 .keys()
                 .any(|&id| raft_transport::tls::peer_is(tls.get_ref().1, id))
         };
+        // Members' links never wait for a client slot, so strangers cannot crowd them out.
+        let slot = self.slots.clone().try_acquire_owned();
+        if !member && slot.is_err() {
+            return refuse_full(tls).await;
+        }
         self.connection(tls, member).await
     }
 
@@ -780,19 +837,29 @@ impl KvServer {
             member,
             ..ConnState::default()
         };
+        let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
         loop {
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Ok(());
-            }
             // Every complete request in the buffer is one pipeline, answered in order.
+            // Until the client authenticates, requests are held to small limits (as in
+            // Redis), and a pipeline ends at AUTH so what follows it is read with the
+            // limits it earns.
+            let limits = if conn.authenticated {
+                self.limits
+            } else {
+                UNAUTHENTICATED_LIMITS
+            };
             let mut batch = Vec::new();
             let mut fatal = None;
             loop {
-                match resp::parse_request(&buf, &self.limits) {
+                match resp::parse_request(&buf, &limits) {
                     Ok(Some((args, used))) => {
                         buf.advance(used);
+                        let authenticates = !conn.authenticated && authenticates(&args);
                         if !args.is_empty() {
                             batch.push(args);
+                        }
+                        if authenticates {
+                            break;
                         }
                     }
                     Ok(None) => break,
@@ -801,6 +868,23 @@ impl KvServer {
                         break;
                     }
                 }
+            }
+            if batch.is_empty() && fatal.is_none() {
+                let read = stream.read_buf(&mut buf);
+                let read = if conn.authenticated {
+                    read.await?
+                } else {
+                    // A client that does not authenticate in time is let go.
+                    tokio::time::timeout_at(auth_deadline, read)
+                        .await
+                        .map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "no AUTH in time")
+                        })??
+                };
+                if read == 0 {
+                    return Ok(());
+                }
+                continue;
             }
             let (replies, quit) = self.run_pipeline(batch, &fwd, &mut conn).await;
             out.clear();
@@ -1277,5 +1361,33 @@ mod tests {
         let mut open = ConnState::default();
         let e = error_of(open.auth(&args("x"), &Security::default()));
         assert!(e.contains("without any password configured"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Every command name (and the internal ones), with arguments from a small alphabet
+        /// that hits numbers, options and nesting: parsing never panics.
+        #[test]
+        fn classifying_any_command_never_panics(
+            name in proptest::sample::select(
+                commands::TABLE.iter().map(|s| s.name).chain(["FWD", FORWARDED_EXEC, "NOPE"]).collect::<Vec<_>>()
+            ),
+            rest in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "", "0", "-1", "1", "9223372036854775808", "EX", "PX", "NX", "XX", "GET", "KEEPTTL",
+                    "SESSION", "SET", "FWD", "MATCH", "COUNT", "TYPE", "*", "AUTH", "default", "3",
+                ]),
+                0..8,
+            ),
+            forwarded in proptest::prelude::any::<bool>(),
+        ) {
+            let args: Vec<Bytes> = std::iter::once(name)
+                .chain(rest)
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect();
+            let _ = classify(&args, forwarded);
+            let _ = commands::queue(&args);
+        }
     }
 }

@@ -52,6 +52,21 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// How deep `v` nests (a scalar is 0).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(Some(items)) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Map(pairs) => {
+            1 + pairs
+                .iter()
+                .map(|(k, v)| depth(k).max(depth(v)))
+                .max()
+                .unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
 /// Applies byte edits (flip, insert, remove, cut) to `buf`.
 fn mutate(buf: &mut Vec<u8>, edits: &[(u8, usize, u8)]) {
     for &(op, at, byte) in edits {
@@ -129,8 +144,10 @@ proptest! {
         v.encode_as(if resp3 { Protocol::Resp3 } else { Protocol::Resp2 }, &mut out);
         let mut buf = out.to_vec();
         let big = Limits { max_bulk: 1 << 20, max_array: 1 << 20, max_line: 1 << 20 };
-        if let Ok(parsed) = resp::parse_value(&buf, &big) {
-            prop_assert_eq!(parsed.map(|(_, used)| used), Some(buf.len()));
+        // Replies nest at most eight deep; deeper ones are refused, never misread.
+        match resp::parse_value(&buf, &big) {
+            Ok(parsed) => prop_assert_eq!(parsed.map(|(_, used)| used), Some(buf.len())),
+            Err(_) => prop_assert!(depth(&v) > 8, "a reply {} deep was refused", depth(&v)),
         }
         mutate(&mut buf, &edits);
         check_value(&buf)?;

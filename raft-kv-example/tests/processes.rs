@@ -32,6 +32,12 @@ struct ProcCluster {
 /// on Linux) so that no client connection of a concurrent test can take it between this
 /// check and the node binding it; random, so concurrent tests rarely try the same one.
 fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive free ports (as [`free_port`]), none of which this process
+/// hands out again soon.
+fn free_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if NEXT.load(Ordering::Relaxed) == 0 {
@@ -39,9 +45,10 @@ fn free_port() -> u16 {
         let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
     }
     loop {
-        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = NEXT.fetch_add(n, Ordering::Relaxed);
         let port = 20_000 + (port - 20_000) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
+        if port <= 32_000 - n && (port..port + n).all(free) {
             return port;
         }
     }
@@ -1079,11 +1086,13 @@ fn local_cluster(
 ) -> (Child, std::sync::mpsc::Receiver<String>, u16) {
     use std::io::BufRead;
     // Client ports base.., raft ports base+1000..: pick a base whose ports are all free.
+    // Client ports from a block of their own; raft ports 1,000 above it (the shared
+    // counter reaches those only after a thousand more ports, more than a run takes).
     let n = nodes as u16 + 1; // room for one added node
     let base = loop {
-        let p = free_port();
+        let p = free_ports(n);
         let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
-        if p < 60000 && (0..n).all(|i| free(p + i) && free(p + 1000 + i)) {
+        if (0..n).all(|i| free(p + 1000 + i)) {
             break p;
         }
     };
@@ -1126,17 +1135,29 @@ fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
     }
 }
 
-/// Sends `bytes` over TLS (checking the server against `ca`) and reads until the server
-/// closes the connection (or 5 s pass): what it answered, and whether it closed.
-fn tls_exchange(addr: SocketAddr, ca: &std::path::Path, bytes: &[u8]) -> (Vec<u8>, bool) {
+/// Sends `bytes` over TLS with `connector` and reads until the server closes the connection
+/// (or 5 s pass): what it answered, and whether it closed (what went wrong, and false, if
+/// it could not connect).
+fn tls_exchange_with(
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    bytes: &[u8],
+) -> (Vec<u8>, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let auth = raft_kv_example::security::ClientAuth::new(Some(ca), None).unwrap();
-        let mut link = auth.connect(addr).await.expect("TLS connection");
+        let auth = raft_kv_example::security::ClientAuth {
+            tls: Some(connector),
+            password: None,
+        };
+        let mut link = match auth.connect(addr).await {
+            Ok(link) => link,
+            // Not listening yet, say: the caller sees no answer.
+            Err(e) => return (format!("(no connection: {e})").into_bytes(), false),
+        };
         link.write_all(bytes).await.unwrap();
         link.flush().await.unwrap();
         let mut out = Vec::new();
@@ -1145,130 +1166,191 @@ fn tls_exchange(addr: SocketAddr, ca: &std::path::Path, bytes: &[u8]) -> (Vec<u8
     })
 }
 
+/// A RESP request, encoded.
+fn request(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    out.into_bytes()
+}
+
 #[test]
 fn a_tls_cluster_with_a_password_serves_redis_cli_and_refuses_the_rest() {
-    if Command::new("redis-cli").arg("--version").output().is_err() {
-        println!(
-            "redis-cli is not installed (apt-get install redis-tools); skipping the TLS check"
-        );
-        return;
-    }
+    use raft_transport::tls::{anonymous_connector, pki::Pki, TlsIdentity};
     let tmp = tempfile::tempdir().unwrap();
     let (mut cluster, rx, base) = local_cluster(3, &["--tls", "--requirepass", "pw-1"], tmp.path());
-    // Connect exactly as the cluster says, with the password given on the command line
-    // instead of typed at --askpass's prompt.
     let how = wait_for_line(&rx, "connect with:");
-    let printed: Vec<String> = how
-        .split("connect with:")
-        .nth(1)
-        .unwrap()
-        .split("   (")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    assert_eq!(printed[0], "redis-cli", "{how}");
-    assert!(printed.contains(&"--tls".to_string()), "{how}");
     wait_for_line(&rx, "Type 'add'");
-    let ca = tmp.path().join("tls").join("ca.pem");
-    // The printed options but the port (each call picks a node) and --askpass.
-    let mut options = Vec::new();
-    let mut printed_args = printed[1..].iter();
-    while let Some(a) = printed_args.next() {
-        match a.as_str() {
-            "-p" => {
-                printed_args.next();
-            }
-            "--askpass" => {}
-            _ => options.push(a.clone()),
-        }
-    }
-    let cli = |port: u16, auth: Option<&str>, args: &[&str]| {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(&options)
-            .args(["-p", &port.to_string()])
-            .arg("--no-auth-warning");
-        if let Some(pw) = auth {
-            cmd.args(["-a", pw]);
-        }
-        let out = cmd.args(args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-            + String::from_utf8_lossy(&out.stderr).trim()
+    let tls_dir = tmp.path().join("tls");
+    let anonymous = anonymous_connector(&tls_dir.join("ca.pem")).unwrap();
+    let node = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + i));
+    let talk = |i: u16, bytes: &[u8]| {
+        let (reply, closed) = tls_exchange_with(node(i), anonymous.clone(), bytes);
+        (String::from_utf8_lossy(&reply).into_owned(), closed)
     };
-    // Retry until the cluster has a leader and answers.
+    let quit = request(&["QUIT"]);
+    let authed = |i: u16, cmd: &[&str]| {
+        let bytes = [request(&["AUTH", "pw-1"]), request(cmd), quit.clone()].concat();
+        talk(i, &bytes).0
+    };
+    // Writes through every node (followers forward over their own member links), once a
+    // leader is elected.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cli(base, Some("pw-1"), &["SET", "tls-key", "v1"]) != "OK" {
+    while !authed(0, &["SET", "tls-key", "v1"]).starts_with("+OK\r\n+OK") {
         assert!(
             Instant::now() < deadline,
             "the TLS cluster never accepted a write"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Every node serves, followers forwarding over their own member links.
     for i in 0..3 {
-        let port = base + i;
+        let key = format!("k{i}");
         assert_eq!(
-            cli(port, Some("pw-1"), &["SET", &format!("k{i}"), "x"]),
-            "OK",
+            authed(i, &["SET", &key, "x"]),
+            "+OK\r\n+OK\r\n+OK\r\n",
             "node {}",
             i + 1
         );
         assert_eq!(
-            cli(port, Some("pw-1"), &["GET", "tls-key"]),
-            "v1",
+            authed(i, &["GET", "tls-key"]),
+            "+OK\r\n$2\r\nv1\r\n+OK\r\n",
             "node {}",
             i + 1
         );
     }
-    // No password, a wrong one, HELLO without and with AUTH.
-    assert!(cli(base + 1, None, &["GET", "tls-key"]).starts_with("NOAUTH"));
-    assert!(cli(base + 1, Some("wrong"), &["GET", "tls-key"]).contains("WRONGPASS"));
-    assert!(cli(base, None, &["HELLO", "3"]).starts_with("NOAUTH HELLO"));
-    assert!(cli(base, None, &["HELLO", "3", "AUTH", "default", "pw-1"]).contains("proto"));
-    assert!(cli(base, None, &["HELLO", "3", "AUTH", "someone", "pw-1"]).contains("WRONGPASS"));
-    // A client may not pass its commands off as a member's forwarded ones.
+    // Before AUTH: refused, pipelines included; a wrong password; AUTH mid-pipeline counts
+    // from there on.
+    let (r, _) = talk(
+        1,
+        &[
+            request(&["GET", "tls-key"]),
+            request(&["MULTI"]),
+            request(&["AUTH", "nope"]),
+            request(&["AUTH", "someone", "pw-1"]),
+            request(&["AUTH", "pw-1"]),
+            request(&["GET", "tls-key"]),
+            quit.clone(),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        r,
+        "-NOAUTH Authentication required.\r\n-NOAUTH Authentication required.\r\n\
+         -WRONGPASS invalid username-password pair or user is disabled.\r\n\
+         -WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n$2\r\nv1\r\n+OK\r\n"
+    );
+    let (r, _) = talk(0, &[request(&["HELLO", "3"]), quit.clone()].concat());
+    assert!(r.starts_with("-NOAUTH HELLO"), "{r}");
+    let (r, _) = talk(
+        0,
+        &[
+            request(&["HELLO", "3", "AUTH", "default", "pw-1", "BOGUS"]),
+            request(&["GET", "tls-key"]),
+            quit.clone(),
+        ]
+        .concat(),
+    );
     assert!(
-        cli(base + 2, Some("pw-1"), &["FWD", "SET", "tls-key", "forged"]).starts_with("NOPERM")
+        r.starts_with("-ERR Syntax error") && r.contains("-NOAUTH"),
+        "a refused HELLO authenticated: {r}"
     );
+    // Before AUTH, a large request is refused outright (a small limit, as in Redis).
+    let big = "x".repeat(20_000);
+    let (r, closed) = talk(0, &request(&["AUTH", &big]));
+    assert!(closed && r.starts_with("-ERR Protocol error"), "{r}");
+    // A client may not pass its commands off as a member's forwarded ones: not with the
+    // password, and not with a certificate from the cluster's CA that names no member.
+    assert!(authed(2, &["FWD", "SET", "tls-key", "forged"]).contains("-NOPERM"));
+    assert!(authed(2, &["FWD", "RAFTKV.EXEC", "x"]).contains("-NOPERM"));
+    let pki = Pki::load(&tls_dir, raft_kv_example::runner::LOCAL_CA).unwrap();
+    let files = pki
+        .write_client(&tmp.path().join("client"), "stranger")
+        .unwrap();
+    let files = raft_transport::tls::TlsFiles {
+        ca: tls_dir.join("ca.pem"),
+        ..files
+    };
+    let stranger = TlsIdentity::load(files).unwrap().connector();
+    let forged = [
+        request(&["AUTH", "pw-1"]),
+        request(&["FWD", "SET", "tls-key", "forged"]),
+        quit.clone(),
+    ]
+    .concat();
+    let (r, _) = tls_exchange_with(node(2), stranger, &forged);
+    assert!(String::from_utf8_lossy(&r).contains("-NOPERM"), "{r:?}");
+    assert_eq!(authed(1, &["GET", "tls-key"]), "+OK\r\n$2\r\nv1\r\n+OK\r\n");
     // Plain TCP to the TLS port gets no answer, only a closed connection.
-    let plain = raw_exchange(
-        SocketAddr::from(([127, 0, 0, 1], base)),
-        b"*1\r\n$4\r\nPING\r\n",
-    );
+    let plain = raw_exchange(node(0), b"*1\r\n$4\r\nPING\r\n");
     assert!(
         !String::from_utf8_lossy(&plain).contains("PONG"),
         "{plain:?}"
     );
     // Garbage before AUTH, and after it: an error, the connection closed, nothing else.
-    let addr = SocketAddr::from(([127, 0, 0, 1], base + 1));
-    let (before, closed) = tls_exchange(addr, &ca, b"*1\r\n$999999999999\r\n");
-    assert!(closed && before.starts_with(b"-"), "{before:?}");
-    let (after, closed) = tls_exchange(
-        addr,
-        &ca,
+    let (before, closed) = talk(1, b"*1\r\n$999999999999\r\n");
+    assert!(closed && before.starts_with('-'), "{before:?}");
+    let (after, closed) = talk(
+        1,
         b"*2\r\n$4\r\nAUTH\r\n$4\r\npw-1\r\n\x00\x01\xff garbage\r\n*-7\r\n",
     );
-    assert!(
-        closed && after.starts_with(b"+OK\r\n-"),
-        "{}",
-        String::from_utf8_lossy(&after)
-    );
-    let (unauthenticated, _) = tls_exchange(
-        addr,
-        &ca,
-        b"*3\r\n$3\r\nSET\r\n$7\r\ntls-key\r\n$1\r\nz\r\n",
-    );
-    assert!(
-        unauthenticated.starts_with(b"-NOAUTH"),
-        "{unauthenticated:?}"
-    );
+    assert!(closed && after.starts_with("+OK\r\n-"), "{after}");
+    // redis-cli as the cluster says to use it (the password given on the command line
+    // instead of typed at --askpass's prompt).
+    if Command::new("redis-cli").arg("--version").output().is_ok() {
+        let printed: Vec<&str> = how
+            .split("connect with:")
+            .nth(1)
+            .unwrap()
+            .split("   (")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(printed[0], "redis-cli", "{how}");
+        let mut options: Vec<&str> = Vec::new();
+        let mut rest = printed[1..].iter();
+        while let Some(&a) = rest.next() {
+            match a {
+                "-p" => {
+                    rest.next();
+                }
+                "--askpass" => {}
+                _ => options.push(a),
+            }
+        }
+        assert!(options.contains(&"--tls"), "{how}");
+        let cli = |port: u16, args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .args(&options)
+                .args(["-p", &port.to_string(), "--no-auth-warning", "-a", "pw-1"])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        for i in 0..3 {
+            assert_eq!(cli(base + i, &["SET", "cli-key", "c"]), "OK");
+            assert_eq!(cli(base + i, &["GET", "tls-key"]), "v1");
+        }
+    } else {
+        println!("redis-cli is not installed (apt-get install redis-tools); skipping its part of the TLS check");
+    }
     // The cluster grows over TLS: the new node gets its certificate and joins.
     writeln!(cluster.stdin.as_mut().unwrap(), "add").unwrap();
     let joined = wait_for_line(&rx, "joined as a voter");
     assert!(joined.contains("node 4"), "{joined}");
-    assert_eq!(cli(base + 3, Some("pw-1"), &["GET", "tls-key"]), "v1");
-    assert_eq!(cli(base + 3, Some("pw-1"), &["SET", "after", "all"]), "OK");
+    // The new node may still be learning who leads: asked again until it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = authed(3, &["GET", "tls-key"]);
+        if got == "+OK\r\n$2\r\nv1\r\n+OK\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 answered {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(authed(3, &["SET", "after", "all"]), "+OK\r\n+OK\r\n+OK\r\n");
     cluster.kill().unwrap();
     cluster.wait().unwrap();
 }

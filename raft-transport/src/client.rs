@@ -428,9 +428,16 @@ impl RaftClient {
             Some(identity) => {
                 let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
                 let tls = identity.connector().connect(name, tcp).await;
-                // A certificate refused either way will be refused by every member.
                 Link::Dialed(Box::new(tls.map_err(|e| {
-                    Attempt::Refused(format!("{addr}: TLS handshake failed: {e}"))
+                    let why = format!("{addr}: TLS handshake failed: {e}");
+                    // A certificate refused (by either end) will be refused by every
+                    // member; a reset or a closed connection (a member restarting, or
+                    // shedding handshakes) is worth trying elsewhere.
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        Attempt::Refused(why)
+                    } else {
+                        Attempt::NotSent(why)
+                    }
                 })?))
             }
         };

@@ -102,7 +102,8 @@ pub struct TcpStats {
     pub oversized: AtomicU64,
     /// Write system calls (each carries one or more coalesced frames).
     pub writes: AtomicU64,
-    /// Connections closed on arrival because [`MAX_PENDING_HANDSHAKES`] were pending.
+    /// Connections closed on arrival because [`MAX_PENDING_HANDSHAKES`] were pending (or
+    /// [`MAX_PENDING_HANDSHAKES_PER_IP`] from their address).
     pub over_handshake_limit: AtomicU64,
 }
 
@@ -121,6 +122,9 @@ struct Shared {
     client_slots: Arc<tokio::sync::Semaphore>,
     /// Connections still in their handshake, at most [`MAX_PENDING_HANDSHAKES`].
     handshake_slots: Arc<tokio::sync::Semaphore>,
+    /// Of those, how many come from each address (at most
+    /// [`MAX_PENDING_HANDSHAKES_PER_IP`]), so one source cannot hold them all.
+    pending_by_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Whether anything serves this transport's listener (warned about once if not).
     served: std::sync::atomic::AtomicBool,
     warned_unserved: std::sync::atomic::AtomicBool,
@@ -168,6 +172,7 @@ impl TcpTransport {
                 node: Mutex::new(None),
                 client_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
                 handshake_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
+                pending_by_ip: Mutex::new(std::collections::HashMap::new()),
                 served: std::sync::atomic::AtomicBool::new(false),
                 warned_unserved: std::sync::atomic::AtomicBool::new(false),
                 addrs: Mutex::new(BTreeMap::new()),
@@ -335,7 +340,48 @@ pub const MAX_CLIENT_CONNECTIONS: usize = 1024;
 
 /// Most accepted connections still in their handshake (TLS and hello) at once; more are
 /// closed on arrival, so connections that never finish cannot pile up.
-pub const MAX_PENDING_HANDSHAKES: usize = 128;
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Most of those from one IP address: a flood from one source is shed while members (and
+/// clients) elsewhere still get in.
+pub const MAX_PENDING_HANDSHAKES_PER_IP: usize = 64;
+
+/// A connection's place among those still in their handshake, given back when dropped.
+struct Pending {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    ip: std::net::IpAddr,
+    shared: Arc<Shared>,
+}
+
+impl Pending {
+    /// A place for a connection from `ip`, if the global and per-address bounds allow.
+    fn admit(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Pending> {
+        let slot = shared.handshake_slots.clone().try_acquire_owned().ok()?;
+        let mut by_ip = lock(&shared.pending_by_ip);
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_HANDSHAKES_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(Pending {
+            _slot: slot,
+            ip,
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut by_ip = lock(&self.shared.pending_by_ip);
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Bytes a frame body adds to the message it carries (the enum tag, with room to spare).
 const FRAME_TAG_BYTES: usize = 16;
@@ -481,13 +527,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
-                let Ok(pending) = shared.handshake_slots.clone().try_acquire_owned() else {
+                let Some(pending) = Pending::admit(&shared, remote.ip()) else {
                     // Too many connections have not finished their handshake: this one is
                     // closed unread, so they cannot crowd out the members' links.
                     let stats = &shared.stats;
                     stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
                     stats.over_handshake_limit.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(node = %shared.id, %remote, "too many pending handshakes; closed");
+                    tracing::debug!(node = %shared.id, %remote, "too many pending handshakes (from this address or in all); closed");
                     continue;
                 };
                 let conn_shared = shared.clone();
@@ -578,7 +624,7 @@ async fn refuse(stream: &mut Link, reason: String) -> ConnError {
 
 async fn serve_connection(
     stream: TcpStream,
-    pending: tokio::sync::OwnedSemaphorePermit,
+    pending: Pending,
     shared: &Shared,
     inbox: &Inbox,
 ) -> Result<(), ConnError> {

@@ -101,6 +101,8 @@ struct Configs {
 /// [`reload`](TlsIdentity::reload) swaps in new files without a restart.
 pub struct TlsIdentity {
     files: TlsFiles,
+    /// The member the certificate must name, checked on every (re)load.
+    member: Option<NodeId>,
     configs: RwLock<Arc<Configs>>,
 }
 
@@ -153,8 +155,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Configs {
-    fn load(files: &TlsFiles) -> Result<Configs, TlsError> {
+    fn load(files: &TlsFiles, member: Option<NodeId>) -> Result<Configs, TlsError> {
         let certs = read_certs("certificate", &files.cert)?;
+        if let Some(id) = member.filter(|&id| !names(&certs[0], id)) {
+            return Err(TlsError::NotForNode {
+                path: files.cert.clone(),
+                id,
+                name: member_name(id),
+            });
+        }
         let key = read_key(&files.key)?;
         let roots = Arc::new(read_roots(&files.ca)?);
         let server = |verifier| {
@@ -184,31 +193,29 @@ impl Configs {
 }
 
 impl TlsIdentity {
-    /// Reads `files`.
+    /// Reads `files` (a client's, or any party's whose certificate names no member).
     pub fn load(files: TlsFiles) -> Result<Arc<TlsIdentity>, TlsError> {
-        let configs = Configs::load(&files)?;
-        Ok(Arc::new(TlsIdentity {
-            files,
-            configs: RwLock::new(Arc::new(configs)),
-        }))
+        Self::load_as(None, files)
     }
 
     /// Reads `files` for member `id`, refusing a certificate that does not name it.
     pub fn load_member(id: NodeId, files: TlsFiles) -> Result<Arc<TlsIdentity>, TlsError> {
-        let leaf = read_certs("certificate", &files.cert)?.remove(0);
-        if !names(&leaf, id) {
-            return Err(TlsError::NotForNode {
-                path: files.cert.clone(),
-                id,
-                name: member_name(id),
-            });
-        }
-        TlsIdentity::load(files)
+        Self::load_as(Some(id), files)
     }
 
-    /// Reads the files again; new connections use them. On error the old ones stay.
+    fn load_as(member: Option<NodeId>, files: TlsFiles) -> Result<Arc<TlsIdentity>, TlsError> {
+        let configs = Configs::load(&files, member)?;
+        Ok(Arc::new(TlsIdentity {
+            files,
+            member,
+            configs: RwLock::new(Arc::new(configs)),
+        }))
+    }
+
+    /// Reads the files again; new connections use them. On error (unreadable files, a
+    /// certificate that no longer names this member) the old ones stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Configs::load(&self.files)?;
+        let fresh = Configs::load(&self.files, self.member)?;
         *self.configs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(())
     }
@@ -300,6 +307,32 @@ pub mod pki {
             .map_err(|e| TlsError::Generate(format!("cannot write {}: {e}", path.display())))
     }
 
+    /// Writes a private key readable by its owner only (mode 0600): whoever reads the CA's
+    /// key can make member certificates.
+    fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let fail =
+            |e: std::io::Error| TlsError::Generate(format!("cannot write {}: {e}", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(fail)?;
+        file.write_all(contents.as_bytes()).map_err(fail)
+    }
+
+    /// What a certificate is for.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Party {
+        /// A member: serves (its peers, clients) and dials (its peers).
+        Member,
+        /// A client: dials only, so it can never pass for a server.
+        Client,
+    }
+
     fn ca_params(name: &str) -> Result<CertificateParams, TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -364,12 +397,17 @@ pub mod pki {
         /// Saves the CA certificate (`ca.pem`) and its key (`ca-key.pem`) in `dir`.
         pub fn write_ca(&self, dir: &Path) -> Result<(), TlsError> {
             write(&dir.join("ca.pem"), &self.ca_pem)?;
-            write(&dir.join("ca-key.pem"), &self.issuer.key().serialize_pem())
+            write_private(&dir.join("ca-key.pem"), &self.issuer.key().serialize_pem())
         }
 
-        /// Issues a certificate for `dns` names and `ips`, for both ends of a connection;
-        /// returns the certificate and key, PEM.
-        pub fn issue(&self, dns: &[String], ips: &[IpAddr]) -> Result<(String, String), TlsError> {
+        /// Issues a certificate for `dns` names and `ips`, for `party`; returns the
+        /// certificate and key, PEM.
+        pub fn issue(
+            &self,
+            dns: &[String],
+            ips: &[IpAddr],
+            party: Party,
+        ) -> Result<(String, String), TlsError> {
             let mut params = CertificateParams::new(dns.to_vec()).map_err(gen)?;
             if let Some(first) = dns.first() {
                 params.distinguished_name.push(DnType::CommonName, first);
@@ -377,10 +415,13 @@ pub mod pki {
             params
                 .subject_alt_names
                 .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
+            params.extended_key_usages = match party {
+                Party::Member => vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                Party::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            };
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             let key = KeyPair::generate().map_err(gen)?;
             let cert = params.signed_by(&key, &self.issuer).map_err(gen)?;
@@ -398,24 +439,28 @@ pub mod pki {
             ips: &[IpAddr],
         ) -> Result<TlsFiles, TlsError> {
             let name = member_name(id);
-            self.write_party(dir, &name, &[name.clone(), "localhost".into()], ips)
+            let dns = [name.clone(), "localhost".into()];
+            self.write_issued(dir, &name, self.issue(&dns, ips, Party::Member)?)
         }
 
-        /// Issues a certificate for `dns` and `ips` and writes it as `<name>.pem` and
-        /// `<name>-key.pem`, with `ca.pem`, into `dir`.
-        pub fn write_party(
+        /// Issues a client certificate naming `name` (for dialing only: it authenticates a
+        /// client of the Raft port, and cannot pass for a member or a server) and writes it
+        /// as `<name>.pem` and `<name>-key.pem`, with `ca.pem`, into `dir`.
+        pub fn write_client(&self, dir: &Path, name: &str) -> Result<TlsFiles, TlsError> {
+            self.write_issued(dir, name, self.issue(&[name.into()], &[], Party::Client)?)
+        }
+
+        fn write_issued(
             &self,
             dir: &Path,
             name: &str,
-            dns: &[String],
-            ips: &[IpAddr],
+            (cert, key): (String, String),
         ) -> Result<TlsFiles, TlsError> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| TlsError::Generate(format!("cannot create {}: {e}", dir.display())))?;
-            let (cert, key) = self.issue(dns, ips)?;
             let files = TlsFiles::in_dir(dir, name);
             write(&files.cert, &cert)?;
-            write(&files.key, &key)?;
+            write_private(&files.key, &key)?;
             write(&files.ca, &self.ca_pem)?;
             Ok(files)
         }

@@ -290,14 +290,24 @@ async fn an_app_client_with_a_certificate_from_the_ca_is_served_over_tls_and_one
         }
     })
     .await;
-    let client_files = pki
-        .write_party(dir.path(), "app-client", &["app-client".into()], &[])
-        .unwrap();
+    let client_files = pki.write_client(dir.path(), "app-client").unwrap();
     let identity = TlsIdentity::load(client_files).unwrap();
     let mut client = AppClient::<Counter>::new(addrs.clone(), 0).with_tls(identity);
     assert_eq!(client.propose(5).await.unwrap(), Ok(5));
     assert_eq!(client.propose(2).await.unwrap(), Ok(7));
     assert_eq!(client.query(&()).await.unwrap(), 7);
+    // A client certificate from another CA is refused by the members.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = Pki::generate("another CA").unwrap();
+    let mut files = stranger.write_client(other.path(), "app-client").unwrap();
+    files.ca = dir.path().join("ca.pem"); // it trusts the cluster, the cluster not it
+    let mut foreign =
+        AppClient::<Counter>::new(addrs.clone(), 0).with_tls(TlsIdentity::load(files).unwrap());
+    foreign.raw().timeout = Duration::from_secs(2);
+    assert!(
+        foreign.propose(1).await.is_err(),
+        "served with another CA's certificate"
+    );
     // Plain TCP to a TLS member is refused, not served.
     let mut plain = AppClient::<Counter>::new(addrs.clone(), 0);
     plain.raw().timeout = Duration::from_secs(2);

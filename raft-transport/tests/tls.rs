@@ -229,18 +229,26 @@ async fn tls_refuses_plain_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_unfinished_handshakes_is_bounded_and_the_cluster_keeps_committing() {
+async fn a_flood_of_unfinished_handshakes_is_bounded_and_members_still_reconnect() {
+    use raft_transport::tcp::MAX_PENDING_HANDSHAKES_PER_IP;
     let dir = tempfile::tempdir().unwrap();
     cluster_pki(dir.path(), 3);
-    let c = Cluster::tls(3, 7302, dir.path()).await;
+    let mut c = Cluster::tls(3, 7302, dir.path()).await;
     let leader = c.check_one_leader().await;
     let addr = c.tcp.as_ref().unwrap().addrs[&leader];
-    // Connections that say nothing, far more than the pending-handshake bound.
-    let flood = 3 * raft_transport::tcp::MAX_PENDING_HANDSHAKES;
+    // Connections that say nothing, from another loopback address than the members', far
+    // more than one address may hold.
+    let flood = 4 * MAX_PENDING_HANDSHAKES_PER_IP;
     let mut idle = Vec::new();
     for _ in 0..flood {
-        idle.push(TcpStream::connect(addr).await.unwrap());
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(addr).await.unwrap());
     }
+    // Members still get in: a follower restarts and must reconnect both ways.
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    c.crash(follower).await;
+    c.start(follower).await;
     for i in 0..5 {
         c.one(cmd(format!("during the flood {i}")), 3, true).await;
     }
@@ -260,13 +268,37 @@ async fn a_flood_of_unfinished_handshakes_is_bounded_and_the_cluster_keeps_commi
         "{} rejected of {flood}",
         rejected(t)
     );
-    // Most were turned away on arrival rather than held (the first MAX_PENDING_HANDSHAKES
-    // are held until their timeout; a few more may find a slot freed meanwhile).
+    // Most were turned away on arrival rather than held (the first ones are held until
+    // their timeout; a few more may find a place freed meanwhile).
     let over = t.stats().over_handshake_limit.load(Ordering::Relaxed);
     assert!(
-        over >= (flood - 2 * raft_transport::tcp::MAX_PENDING_HANDSHAKES) as u64,
+        over >= (flood - 2 * MAX_PENDING_HANDSHAKES_PER_IP) as u64,
         "{over} closed on arrival"
     );
     c.one(cmd("after the flood"), 3, true).await;
     c.shutdown().await;
+}
+
+#[test]
+fn a_reload_keeps_the_old_certificate_when_the_new_one_names_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = cluster_pki(dir.path(), 2);
+    let identity = member(dir.path(), 1);
+    identity.reload().expect("the same files load again");
+    // Node 2's certificate and key copied over node 1's files.
+    let (one, two) = (
+        TlsFiles::in_dir(dir.path(), "raft-node-1"),
+        TlsFiles::in_dir(dir.path(), "raft-node-2"),
+    );
+    std::fs::copy(&two.cert, &one.cert).unwrap();
+    std::fs::copy(&two.key, &one.key).unwrap();
+    let err = identity.reload().unwrap_err();
+    assert!(err.to_string().contains("raft-node-1"), "{err}");
+    // A fresh certificate for node 1 is taken.
+    pki.write_member(dir.path(), NodeId(1), &[]).unwrap();
+    identity.reload().expect("a new certificate for node 1");
+    // Keys are for their owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&one.key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
 }
