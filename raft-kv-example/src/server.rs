@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use raft_core::{NodeId, NotLeader, RaftError, RaftNode};
+use raft_transport::admission::HandshakeLimit;
 use raft_transport::link::Link;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -659,8 +660,9 @@ pub struct KvServer {
     security: Security,
     /// Client connections open at once, at most [`MAX_CLIENTS`].
     slots: Arc<tokio::sync::Semaphore>,
-    /// TLS handshakes under way, at most [`MAX_PENDING_HANDSHAKES`].
-    handshakes: Arc<tokio::sync::Semaphore>,
+    /// TLS handshakes under way: at most [`MAX_PENDING_HANDSHAKES`], and
+    /// [`MAX_PENDING_HANDSHAKES_PER_IP`] from one address.
+    handshakes: HandshakeLimit,
 }
 
 /// Most client connections served at once (Redis's `maxclients` default); more are told so
@@ -669,6 +671,9 @@ pub const MAX_CLIENTS: usize = 10_000;
 
 /// Most connections in their TLS handshake at once; more are closed on arrival.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Most connections in their TLS handshake from one address.
+pub const MAX_PENDING_HANDSHAKES_PER_IP: usize = 64;
 
 /// How long a client has to authenticate when a password is required.
 pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -761,7 +766,7 @@ impl KvServer {
             limits: Limits::default(),
             security,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS)),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            handshakes: HandshakeLimit::new(MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES_PER_IP),
         })
     }
 
@@ -796,7 +801,11 @@ impl KvServer {
             return self.connection(stream, false).await;
         };
         // Connections still in their TLS handshake are bounded and timed out.
-        let Ok(pending) = self.handshakes.clone().try_acquire_owned() else {
+        let Some(pending) = stream
+            .peer_addr()
+            .ok()
+            .and_then(|peer| self.handshakes.admit(peer.ip()))
+        else {
             return Ok(());
         };
         let tls = tokio::time::timeout(

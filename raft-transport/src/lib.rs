@@ -6,6 +6,7 @@
 //! - [`tcp`]: TCP on tokio, with length-prefixed checksummed postcard [`frame`]s, a
 //!   cluster-id handshake, bounded per-peer queues, write coalescing and reconnection
 //!   with backoff;
+//! - [`admission`]: bounds on connections still in their handshake, in all and per address;
 //! - [`link`]: one connection, plain TCP or TLS, as one stream type;
 //! - [`tls`]: mutual TLS for the TCP transport, each member's certificate naming its node id;
 //! - [`start`]: one call to run a node on TCP ([`TcpNode::start`]), its peers taken from
@@ -14,6 +15,7 @@
 //!   retries, [`client::AppClient`] speaks an application's types exactly once.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod frame;
 pub mod link;

@@ -43,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::admission::{HandshakeLimit, HandshakeSlot};
 use crate::frame::{self, Frame, FrameError, HEADER_LEN, MAGIC, VERSION};
 use crate::link::Link;
 use crate::tls::{self, TlsIdentity};
@@ -120,11 +121,9 @@ struct Shared {
     node: Mutex<Option<RaftNode>>,
     /// Client connections open at once, at most [`MAX_CLIENT_CONNECTIONS`].
     client_slots: Arc<tokio::sync::Semaphore>,
-    /// Connections still in their handshake, at most [`MAX_PENDING_HANDSHAKES`].
-    handshake_slots: Arc<tokio::sync::Semaphore>,
-    /// Of those, how many come from each address (at most
-    /// [`MAX_PENDING_HANDSHAKES_PER_IP`]), so one source cannot hold them all.
-    pending_by_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Connections still in their handshake: at most [`MAX_PENDING_HANDSHAKES`], and
+    /// [`MAX_PENDING_HANDSHAKES_PER_IP`] from one address.
+    handshakes: HandshakeLimit,
     /// Whether anything serves this transport's listener (warned about once if not).
     served: std::sync::atomic::AtomicBool,
     warned_unserved: std::sync::atomic::AtomicBool,
@@ -171,8 +170,10 @@ impl TcpTransport {
                 cfg,
                 node: Mutex::new(None),
                 client_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS)),
-                handshake_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES)),
-                pending_by_ip: Mutex::new(std::collections::HashMap::new()),
+                handshakes: HandshakeLimit::new(
+                    MAX_PENDING_HANDSHAKES,
+                    MAX_PENDING_HANDSHAKES_PER_IP,
+                ),
                 served: std::sync::atomic::AtomicBool::new(false),
                 warned_unserved: std::sync::atomic::AtomicBool::new(false),
                 addrs: Mutex::new(BTreeMap::new()),
@@ -346,43 +347,6 @@ pub const MAX_PENDING_HANDSHAKES: usize = 256;
 /// clients) elsewhere still get in.
 pub const MAX_PENDING_HANDSHAKES_PER_IP: usize = 64;
 
-/// A connection's place among those still in their handshake, given back when dropped.
-struct Pending {
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    ip: std::net::IpAddr,
-    shared: Arc<Shared>,
-}
-
-impl Pending {
-    /// A place for a connection from `ip`, if the global and per-address bounds allow.
-    fn admit(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Pending> {
-        let slot = shared.handshake_slots.clone().try_acquire_owned().ok()?;
-        let mut by_ip = lock(&shared.pending_by_ip);
-        let n = by_ip.entry(ip).or_insert(0);
-        if *n >= MAX_PENDING_HANDSHAKES_PER_IP {
-            return None;
-        }
-        *n += 1;
-        Some(Pending {
-            _slot: slot,
-            ip,
-            shared: shared.clone(),
-        })
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let mut by_ip = lock(&self.shared.pending_by_ip);
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Bytes a frame body adds to the message it carries (the enum tag, with room to spare).
 const FRAME_TAG_BYTES: usize = 16;
 
@@ -527,7 +491,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
-                let Some(pending) = Pending::admit(&shared, remote.ip()) else {
+                let Some(pending) = shared.handshakes.admit(remote.ip()) else {
                     // Too many connections have not finished their handshake: this one is
                     // closed unread, so they cannot crowd out the members' links.
                     let stats = &shared.stats;
@@ -624,7 +588,7 @@ async fn refuse(stream: &mut Link, reason: String) -> ConnError {
 
 async fn serve_connection(
     stream: TcpStream,
-    pending: Pending,
+    pending: HandshakeSlot,
     shared: &Shared,
     inbox: &Inbox,
 ) -> Result<(), ConnError> {
