@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 mod log;
 pub mod message;
+pub mod metrics;
 pub mod node;
 mod progress;
 mod quorum;

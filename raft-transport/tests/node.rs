@@ -102,6 +102,77 @@ async fn status_reports_role_term_leader_and_progress() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn metrics_count_proposals_commits_elections_and_traffic_and_follow_a_failover() {
+    use raft_core::metrics::MessageKind;
+    let mut c = Cluster::new(3, 15).await;
+    let leader = c.check_one_leader().await;
+    let node = c.node(leader).unwrap().clone();
+    for i in 0..10 {
+        within(10, node.propose(cmd(format!("m{i}"))))
+            .await
+            .unwrap();
+    }
+    // Published once per tick: the next snapshot holds everything above.
+    let mut watch = node.watch_metrics();
+    watch.borrow_and_update();
+    within(10, watch.changed()).await.unwrap();
+    let m = node.metrics();
+    assert_eq!(
+        (m.id, m.role, m.leader),
+        (leader, Role::Leader, Some(leader))
+    );
+    assert_eq!(m.counters.proposals, 10);
+    assert_eq!(m.counters.proposals_committed, 10);
+    assert_eq!(
+        m.commit_latency.count, 10,
+        "one commit latency per proposal"
+    );
+    assert!(m.fsync_latency.count >= 1 && m.apply_latency.count >= 1);
+    assert_eq!(m.counters.elections_won, 1);
+    assert!(m.counters.elections_started >= 1 && m.counters.leader_changes >= 1);
+    assert_eq!(m.commit_index, m.last_log_index);
+    assert_eq!(m.peers.len(), 2);
+    let sent = m.counters.sent[&MessageKind::AppendEntries];
+    assert!(
+        sent.messages >= 2 && sent.payload_bytes >= 10 * 2,
+        "{sent:?}"
+    );
+    assert!(m.counters.received[&MessageKind::AppendResponse].messages >= 2);
+    // Every follower caught up: no lag once the heartbeats carried the commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = node.metrics();
+    assert!(m.peers.values().all(|p| p.lag == 0), "{:?}", m.peers);
+    let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
+    let f = c.node(follower).unwrap().metrics();
+    assert_eq!(f.applied_index, m.applied_index);
+    assert!(f.counters.received[&MessageKind::AppendEntries].payload_bytes >= 20);
+    assert_eq!(f.counters.proposals, 0);
+    // A failover: someone else wins, and every survivor counts a new leader.
+    let before: Vec<u64> = c
+        .ids()
+        .iter()
+        .filter(|&&id| id != leader)
+        .map(|&id| c.node(id).unwrap().metrics().counters.leader_changes)
+        .collect();
+    c.crash(leader).await;
+    let new = c.check_one_leader().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let won = c.node(new).unwrap().metrics();
+    assert_eq!((won.role, won.counters.elections_won), (Role::Leader, 1));
+    let after: Vec<u64> = c
+        .ids()
+        .iter()
+        .filter(|&&id| id != leader)
+        .map(|&id| c.node(id).unwrap().metrics().counters.leader_changes)
+        .collect();
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a > b),
+        "{before:?} -> {after:?}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_restarted_cluster_resumes_from_its_stores() {
     let mut c = Cluster::new(3, 6).await;
     c.check_one_leader().await;

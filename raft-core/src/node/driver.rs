@@ -11,7 +11,8 @@ use tokio::time::MissedTickBehavior;
 use super::tasks::{self, ApplyJob, Responder};
 use super::Request;
 use crate::error::{FatalError, RaftError, StorageError};
-use crate::message::Message;
+use crate::message::{Message, MessageBody};
+use crate::metrics::{Counters, Histogram, Metrics, PeerMetrics};
 use crate::raft::{
     Action, ChangeError, MembershipChange, PersistOp, ProposeError, RaftCore, TransferError,
     WriteId,
@@ -36,8 +37,16 @@ pub(crate) struct Driver {
     applied: mpsc::UnboundedReceiver<Result<LogIndex, RaftError>>,
     tasks: Vec<JoinHandle<()>>,
     /// Proposals waiting to be applied, by index, with the term they were proposed in.
-    /// Each with the tick after which its caller gets `RaftError::Timeout`.
-    proposals: BTreeMap<LogIndex, (Term, Responder, u64)>,
+    /// Each with the tick after which its caller gets `RaftError::Timeout`, and when it
+    /// arrived (for the commit latency).
+    proposals: BTreeMap<LogIndex, (Term, Responder, u64, std::time::Instant)>,
+    /// Counters and the commit latency, published with the tasks' timings once per tick.
+    counters: Counters,
+    commit_latency: Histogram,
+    timings: tasks::SharedTimings,
+    /// The last leader seen (to count changes), and the tick metrics were last published.
+    last_leader: Option<NodeId>,
+    published_tick: Option<u64>,
     /// Reads waiting for leadership confirmation.
     /// Each with the tick after which its caller gets `RaftError::Timeout`.
     reads: HashMap<ReadId, (Bytes, Responder, u64)>,
@@ -101,12 +110,14 @@ impl Driver {
         let (built_tx, built) = mpsc::unbounded_channel();
         let (loaded_tx, loaded) = mpsc::unbounded_channel();
         let (read_tx, read) = mpsc::unbounded_channel();
+        let timings = tasks::SharedTimings::default();
         let tasks = vec![
             tokio::spawn(tasks::log_writer(
                 log.clone(),
                 snapshots.clone(),
                 writes_rx,
                 written_tx,
+                timings.clone(),
             )),
             tokio::spawn(tasks::applier(
                 state_machine,
@@ -114,6 +125,7 @@ impl Driver {
                 apply_rx,
                 applied_tx,
                 images_tx,
+                timings.clone(),
             )),
         ];
         Driver {
@@ -126,6 +138,11 @@ impl Driver {
             applied,
             tasks,
             proposals: BTreeMap::new(),
+            counters: Counters::default(),
+            commit_latency: Histogram::default(),
+            timings,
+            last_leader: None,
+            published_tick: None,
             reads: HashMap::new(),
             ticks: 0,
             timeout_ticks,
@@ -158,6 +175,7 @@ impl Driver {
         mut inbox: mpsc::Receiver<Message>,
         stopped: &tokio::sync::watch::Sender<Option<Option<FatalError>>>,
         leader: &tokio::sync::watch::Sender<super::LeaderView>,
+        metrics: &tokio::sync::watch::Sender<Arc<Metrics>>,
     ) -> Option<FatalError> {
         let mut ticker = tokio::time::interval(self.tick);
         // Ticks missed while the driver was busy or paused fire at once, and are caught up
@@ -230,6 +248,7 @@ impl Driver {
             self.execute().await;
             self.settle_waiters();
             self.publish_leader(leader);
+            self.publish_metrics(metrics);
             if let Some(fatal) = &self.fatal {
                 tracing::error!(node = %id, error = %fatal, "raft node stopping after a fatal error");
                 stopped.send_replace(Some(Some(fatal.clone())));
@@ -258,12 +277,82 @@ impl Driver {
         });
     }
 
+    /// Counts a change of leader, and publishes a metrics snapshot once per tick (a
+    /// snapshot costs a few allocations; the loop turns thousands of times per tick).
+    fn publish_metrics(&mut self, watch: &tokio::sync::watch::Sender<Arc<Metrics>>) {
+        let leader = self.core.leader();
+        if leader.is_some() && leader != self.last_leader {
+            self.counters.leader_changes += 1;
+            self.last_leader = leader;
+        }
+        if self.published_tick == Some(self.ticks) {
+            return;
+        }
+        self.published_tick = Some(self.ticks);
+        watch.send_replace(Arc::new(self.metrics()));
+    }
+
+    /// The node's metrics now.
+    fn metrics(&self) -> Metrics {
+        let s = self.core.status();
+        let mut counters = self.counters.clone();
+        counters.reads = s.reads;
+        (counters.elections_started, counters.elections_won) = self.core.elections();
+        let last = s.last_log_id.index;
+        let peers = s
+            .peers
+            .iter()
+            .map(|(&id, &(match_index, state))| {
+                let lag = last.0.saturating_sub(match_index.0);
+                (
+                    id,
+                    PeerMetrics {
+                        match_index,
+                        lag,
+                        state,
+                    },
+                )
+            })
+            .collect();
+        let (fsync_latency, apply_latency) = {
+            let t = self
+                .timings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (t.fsync.clone(), t.apply.clone())
+        };
+        Metrics {
+            id: s.id,
+            role: s.role,
+            term: s.term,
+            leader: s.leader,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            last_log_index: last,
+            first_log_index: s.first_log_index,
+            snapshot_index: s.snapshot_index,
+            snapshot_bytes: s.snapshot_bytes,
+            log_bytes: s.log_bytes as u64,
+            voters: s.membership.voters.iter().copied().collect(),
+            learners: s.membership.learners.iter().copied().collect(),
+            peers,
+            counters,
+            commit_latency: self.commit_latency.clone(),
+            fsync_latency,
+            apply_latency,
+        }
+    }
+
     /// Steps a received message and whatever else is already queued.
     fn on_messages(&mut self, first: Message, inbox: &mut mpsc::Receiver<Message>) {
+        self.counters.received(&first);
         self.core.step(first);
         for _ in 0..MAX_INPUT_BATCH {
             match inbox.try_recv() {
-                Ok(msg) => self.core.step(msg),
+                Ok(msg) => {
+                    self.counters.received(&msg);
+                    self.core.step(msg)
+                }
                 Err(_) => break,
             }
         }
@@ -325,14 +414,16 @@ impl Driver {
             return;
         }
         let n = batch.len() as u64;
+        self.counters.proposals += n;
         let (commands, replies): (Vec<Bytes>, Vec<Responder>) = batch.into_iter().unzip();
+        let arrived = std::time::Instant::now();
         match self.core.propose(commands) {
             Ok(last) => {
                 let first = last.index.0 + 1 - n;
                 for (i, reply) in replies.into_iter().enumerate() {
                     let deadline = self.ticks + self.timeout_ticks;
-                    self.proposals
-                        .insert(LogIndex(first + i as u64), (last.term, reply, deadline));
+                    let waiting = (last.term, reply, deadline, arrived);
+                    self.proposals.insert(LogIndex(first + i as u64), waiting);
                 }
             }
             Err(refused) => {
@@ -373,7 +464,7 @@ impl Driver {
             if entry.get().2 > now {
                 break;
             }
-            let (_, reply, _) = entry.remove();
+            let (_, reply, _, _) = entry.remove();
             let _ = reply.send(Err(timeout(after)));
         }
         // Reads also go once their caller is gone: the core may take long to answer them
@@ -453,7 +544,13 @@ impl Driver {
                 Action::Persist { id, op } => {
                     let _ = self.writes.send((id, op));
                 }
-                Action::Send(msg) => self.transport.send(msg).await,
+                Action::Send(msg) => {
+                    self.counters.sent(&msg);
+                    if matches!(&msg.body, MessageBody::InstallSnapshot(s) if s.done) {
+                        self.counters.snapshots_sent += 1;
+                    }
+                    self.transport.send(msg).await
+                }
                 Action::Apply(entries) => self.apply(entries),
                 Action::ReadReady { id, index } => {
                     if let Some((query, reply, _)) = self.reads.remove(&id) {
@@ -491,6 +588,7 @@ impl Driver {
                     });
                 }
                 Action::RestoreSnapshot { meta, data } => {
+                    self.counters.snapshots_installed += 1;
                     let _ = self.apply.send(ApplyJob::Restore { meta, data });
                 }
                 Action::Stop(e) => self.fatal = Some(e),
@@ -595,6 +693,7 @@ impl Driver {
         match built {
             Ok((meta, bytes)) => {
                 tracing::debug!(node = %self.core.id(), snapshot = %meta.last_log_id, bytes, "snapshot taken");
+                self.counters.snapshots_built += 1;
                 self.core.snapshot_built(&meta, bytes);
                 self.answer_snapshot_waiters(Ok(meta.last_log_id));
             }
@@ -620,12 +719,17 @@ impl Driver {
 
     /// Pairs committed entries with the clients waiting for them and hands them over.
     fn apply(&mut self, entries: Vec<Entry>) {
+        self.counters.entries_applied += entries.len() as u64;
         let batch = entries
             .into_iter()
             .map(|e| {
                 let reply = match self.proposals.remove(&e.index()) {
-                    Some((term, reply, _)) if term == e.term() => Some(reply),
-                    Some((term, reply, _)) => {
+                    Some((term, reply, _, arrived)) if term == e.term() => {
+                        self.counters.proposals_committed += 1;
+                        self.commit_latency.observe(arrived.elapsed());
+                        Some(reply)
+                    }
+                    Some((term, reply, _, _)) => {
                         // Another leader's entry took this index: ours was never committed.
                         let lost = LogId {
                             term,
@@ -645,7 +749,7 @@ impl Driver {
     /// Fails every waiting client (with the fatal error, if one stopped the node), stops
     /// the helper tasks and waits for them. Returns the fatal error.
     async fn stop(mut self, reply: Option<tokio::sync::oneshot::Sender<()>>) -> Option<FatalError> {
-        for (_, (_, r, _)) in std::mem::take(&mut self.proposals) {
+        for (_, (_, r, _, _)) in std::mem::take(&mut self.proposals) {
             let _ = r.send(Err(self.stopped_error()));
         }
         for (_, (_, r, _)) in std::mem::take(&mut self.reads) {

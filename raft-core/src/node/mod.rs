@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::error::{FatalError, RaftError, StorageError};
 use crate::log::EntryMeta;
+use crate::metrics::Metrics;
 use crate::raft::{CoreStatus, InitialState, MembershipChange, RaftCore};
 use crate::read::ReadPolicy;
 use crate::state_machine::StateMachine;
@@ -91,6 +92,8 @@ pub struct RaftNode {
     stopped: watch::Receiver<Option<Option<FatalError>>>,
     /// The leader as this node sees it.
     leader: watch::Receiver<LeaderView>,
+    /// The latest metrics, published once per tick.
+    metrics: watch::Receiver<Arc<Metrics>>,
     /// The tick interval, for waits that poll the core's status.
     tick: std::time::Duration,
     /// The default read policy (`Config::read_policy`).
@@ -157,9 +160,29 @@ impl RaftNode {
             leader: None,
             leader_address: None,
         });
+        let (metrics_tx, metrics) = watch::channel(Arc::new(Metrics {
+            id,
+            role: crate::types::Role::Follower,
+            term: crate::types::Term(0),
+            leader: None,
+            commit_index: LogIndex(0),
+            applied_index: applied,
+            last_log_index: LogIndex(0),
+            first_log_index: LogIndex(0),
+            snapshot_index: LogIndex(0),
+            snapshot_bytes: 0,
+            log_bytes: 0,
+            voters: Vec::new(),
+            learners: Vec::new(),
+            peers: Default::default(),
+            counters: Default::default(),
+            commit_latency: Default::default(),
+            fsync_latency: Default::default(),
+            apply_latency: Default::default(),
+        }));
         let handle = tokio::spawn(async move {
             let fatal = driver
-                .run(requests_rx, inbox_rx, &stopped_tx, &leader_tx)
+                .run(requests_rx, inbox_rx, &stopped_tx, &leader_tx, &metrics_tx)
                 .await;
             stopped_tx.send_replace(Some(fatal));
         });
@@ -170,6 +193,7 @@ impl RaftNode {
             driver: Arc::new(Mutex::new(Some(handle))),
             stopped,
             leader,
+            metrics,
             tick: config.tick_interval,
             read_policy: config.read_policy,
         })
@@ -187,6 +211,19 @@ impl RaftNode {
     /// error (check [`is_stopped`](RaftNode::is_stopped) before trusting `role`).
     pub fn watch_leader(&self) -> watch::Receiver<LeaderView> {
         self.leader.clone()
+    }
+
+    /// The node's latest metrics (published once per tick, so at most one tick old):
+    /// role, term, indexes, each follower's lag, counters and latency histograms (see
+    /// [`crate::metrics`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new metrics snapshot (once per tick while the node
+    /// runs).
+    pub fn watch_metrics(&self) -> watch::Receiver<Arc<Metrics>> {
+        self.metrics.clone()
     }
 
     /// Where a transport delivers the messages it receives for this node.

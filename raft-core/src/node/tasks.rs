@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{FatalError, RaftError, StateMachineError, StorageError};
+use crate::metrics::Histogram;
 use crate::raft::{PersistOp, WriteId};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, LogWrite, SnapshotStore};
@@ -35,11 +36,28 @@ pub(crate) type Responder = oneshot::Sender<Result<Bytes, RaftError>>;
 /// the next one, so concurrent proposals share an fsync (group commit). Reports the highest
 /// durable write id after each batch; stops at the first error, reporting the first write
 /// of the failed batch (nothing in it may be presumed durable).
+/// How long the tasks' work takes, for metrics: shared with the driver, which reads it once
+/// per tick.
+#[derive(Debug, Default)]
+pub(crate) struct Timings {
+    pub(crate) fsync: Histogram,
+    pub(crate) apply: Histogram,
+}
+
+pub(crate) type SharedTimings = Arc<std::sync::Mutex<Timings>>;
+
+fn record(timings: &SharedTimings, f: impl FnOnce(&mut Timings)) {
+    f(&mut timings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner));
+}
+
 pub(crate) async fn log_writer(
     log: Arc<dyn LogStore>,
     snapshots: Arc<dyn SnapshotStore>,
     mut writes: mpsc::UnboundedReceiver<(WriteId, PersistOp)>,
     done: mpsc::UnboundedSender<Result<WriteId, (WriteId, StorageError)>>,
+    timings: SharedTimings,
 ) {
     while let Some(first) = writes.recv().await {
         let first_id = first.0;
@@ -48,10 +66,12 @@ pub(crate) async fn log_writer(
             batch.push(more);
         }
         let last = batch.last().map(|(id, _)| *id).unwrap_or_default();
+        let started = std::time::Instant::now();
         let result = write_batch(&*log, &*snapshots, batch)
             .await
             .map(|()| last)
             .map_err(|e| (first_id, e));
+        record(&timings, |t| t.fsync.observe(started.elapsed()));
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
             return;
@@ -118,6 +138,7 @@ pub(crate) async fn applier(
     mut jobs: mpsc::UnboundedReceiver<ApplyJob>,
     progress: mpsc::UnboundedSender<Result<LogIndex, RaftError>>,
     images: mpsc::UnboundedSender<Image>,
+    timings: SharedTimings,
 ) {
     let mut parked: VecDeque<(LogIndex, Bytes, Responder)> = VecDeque::new();
     while let Some(job) = jobs.recv().await {
@@ -128,7 +149,10 @@ pub(crate) async fn applier(
                 };
                 let (entries, replies): (Vec<Entry>, Vec<Option<Responder>>) =
                     batch.into_iter().unzip();
-                let applied_now = state_machine.apply(&entries).await.and_then(|r| {
+                let started = std::time::Instant::now();
+                let applied_now = state_machine.apply(&entries).await;
+                record(&timings, |t| t.apply.observe(started.elapsed()));
+                let applied_now = applied_now.and_then(|r| {
                     if r.len() == entries.len() {
                         Ok(r)
                     } else {

@@ -114,6 +114,11 @@ impl RaftCore {
         }
     }
 
+    /// Elections this node started (PreVote rounds not counted), and how many it won.
+    pub fn elections(&self) -> (u64, u64) {
+        self.elections
+    }
+
     /// Starts a PreVote round, or an election in the next term.
     pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
         // A candidate knows no leader to ask for read indexes.
@@ -124,6 +129,7 @@ impl RaftCore {
             self.hard.term.next()
         } else {
             self.role = Role::Candidate;
+            self.elections.0 += 1;
             let term = self.hard.term.next();
             // Section 5.2: increment the term and vote for self, durably, before asking.
             self.save_hard_state(HardState {
@@ -227,6 +233,7 @@ impl RaftCore {
     fn become_leader(&mut self) {
         debug_assert_eq!(self.role, Role::Candidate);
         self.role = Role::Leader;
+        self.elections.1 += 1;
         self.leader = Some(self.id);
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;

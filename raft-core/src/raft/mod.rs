@@ -280,6 +280,8 @@ pub struct RaftCore {
     reads: ReadQueue,
     follower_reads: FollowerReads,
     read_counts: ReadCounts,
+    /// Elections started (not PreVote rounds) and won, for metrics.
+    elections: (u64, u64),
     apply_sent: LogIndex,
     applied: LogIndex,
     last_write: WriteId,
@@ -374,6 +376,7 @@ impl RaftCore {
             reads: ReadQueue::default(),
             follower_reads: FollowerReads::default(),
             read_counts: ReadCounts::default(),
+            elections: (0, 0),
             apply_sent: applied,
             applied,
             last_write: 0,
