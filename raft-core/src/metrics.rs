@@ -186,26 +186,47 @@ pub struct Counters {
     /// Snapshots it installed from a leader.
     pub snapshots_installed: u64,
     /// Messages sent, by kind.
-    pub sent: BTreeMap<MessageKind, Traffic>,
+    pub sent: TrafficByKind,
     /// Messages received, by kind.
-    pub received: BTreeMap<MessageKind, Traffic>,
+    pub received: TrafficByKind,
+    /// Messages sent, by destination (what a picture of the cluster draws as traffic), in
+    /// the order destinations were first sent to.
+    pub sent_to: Vec<(NodeId, u64)>,
+}
+
+/// Traffic of each [`MessageKind`]: a fixed table, so counting a message costs an index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficByKind([Traffic; MessageKind::ALL.len()]);
+
+impl TrafficByKind {
+    /// The traffic of `kind`.
+    pub fn get(&self, kind: MessageKind) -> Traffic {
+        self.0[kind as usize]
+    }
+
+    /// Every kind with its traffic.
+    pub fn iter(&self) -> impl Iterator<Item = (MessageKind, Traffic)> + '_ {
+        MessageKind::ALL.iter().map(|&k| (k, self.0[k as usize]))
+    }
+
+    fn count(&mut self, msg: &Message) {
+        self.0[MessageKind::of(&msg.body) as usize].count(msg);
+    }
 }
 
 impl Counters {
     /// Counts a message sent.
     pub fn sent(&mut self, msg: &Message) {
-        self.sent
-            .entry(MessageKind::of(&msg.body))
-            .or_default()
-            .count(msg);
+        self.sent.count(msg);
+        match self.sent_to.iter_mut().find(|(to, _)| *to == msg.to) {
+            Some((_, n)) => *n += 1,
+            None => self.sent_to.push((msg.to, 1)),
+        }
     }
 
     /// Counts a message received.
     pub fn received(&mut self, msg: &Message) {
-        self.received
-            .entry(MessageKind::of(&msg.body))
-            .or_default()
-            .count(msg);
+        self.received.count(msg);
     }
 }
 

@@ -97,12 +97,13 @@ async fn run_in(dir: &Path) -> Result<(), RunError> {
         context: "cannot find the raft-kv executable".into(),
         source,
     })?;
-    let ports = free_ports(6)?;
+    let ports = free_ports(9)?;
     let layout: Vec<LocalNode> = (0..3)
         .map(|i| LocalNode {
             id: raft_core::NodeId(i as u64 + 1),
             client: SocketAddr::from(([127, 0, 0, 1], ports[i])),
             raft: SocketAddr::from(([127, 0, 0, 1], ports[3 + i])),
+            http: SocketAddr::from(([127, 0, 0, 1], ports[6 + i])),
             dir: dir.join(format!("node-{}", i + 1)),
         })
         .collect();

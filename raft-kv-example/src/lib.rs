@@ -21,12 +21,14 @@ pub mod admin;
 pub mod client;
 pub mod commands;
 pub mod db;
+pub mod http;
 pub mod identity;
 pub mod kv;
 pub mod resp;
 pub mod runner;
 pub mod security;
 pub mod server;
+pub mod view;
 
 pub use client::KvClient;
 pub use kv::KvStateMachine;

@@ -12,7 +12,9 @@ use raft_kv_example::admin::{AdminCommand, MemberAddr};
 use raft_kv_example::identity;
 use raft_kv_example::runner::{self, LocalSecurity, NodeOptions, RunError, Tuning};
 use raft_kv_example::security::ClientAuth;
+use raft_kv_example::view::{self, LocalCluster, SharedCluster};
 use raft_transport::tls::TlsFiles;
+use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
@@ -123,6 +125,10 @@ enum Cmd {
         /// Clients must AUTH with this password (Redis's requirepass).
         #[arg(long, env = runner::PASSWORD_ENV, hide_env_values = true)]
         requirepass: Option<String>,
+        /// Serve /metrics (Prometheus text format) and /status (JSON) over HTTP here, e.g.
+        /// 127.0.0.1:9100.
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
     },
     /// Change a running cluster's membership through any of its nodes (sent as the RESP
     /// commands RAFT.ADDLEARNER, RAFT.PROMOTE, RAFT.REMOVE and RAFT.TRANSFER).
@@ -166,6 +172,10 @@ enum Cmd {
         /// Clients must AUTH with this password.
         #[arg(long, env = runner::PASSWORD_ENV, hide_env_values = true)]
         requirepass: Option<String>,
+        /// Port of the live web view on 127.0.0.1 (default: base port + 3000). Each node
+        /// also serves /metrics and /status on base port + 2000 + N - 1.
+        #[arg(long)]
+        view_port: Option<u16>,
     },
     /// Start a 3-node cluster in a temporary directory, write, kill the leader, show the
     /// failover and the old leader catching up, and explain each step.
@@ -206,6 +216,7 @@ async fn main() -> ExitCode {
             tls_key,
             tls_ca,
             requirepass,
+            http_addr,
         } => {
             let raft = Config {
                 tick_interval: Duration::from_millis(tick_ms),
@@ -237,6 +248,7 @@ async fn main() -> ExitCode {
                             _ => None,
                         },
                         password: requirepass,
+                        http_addr,
                     };
                     run_node(opts).await
                 }
@@ -252,6 +264,7 @@ async fn main() -> ExitCode {
             read_policy,
             tls,
             requirepass,
+            view_port,
         } => {
             let tuning = Tuning {
                 threshold: snapshot_threshold,
@@ -262,7 +275,8 @@ async fn main() -> ExitCode {
                 tls_dir: tls.then(|| data_dir.join("tls")),
                 password: requirepass,
             };
-            run_cluster(nodes, data_dir, base_port, (tuning, security)).await
+            let view_port = view_port.unwrap_or(base_port.saturating_add(3000));
+            run_cluster(nodes, data_dir, (base_port, view_port), (tuning, security)).await
         }
         Cmd::Demo => demo::run().await,
         Cmd::Admin {
@@ -348,7 +362,7 @@ async fn run_node(opts: NodeOptions) -> Result<(), RunError> {
 async fn run_cluster(
     nodes: u64,
     data_dir: PathBuf,
-    base_port: u16,
+    (base_port, view_port): (u16, u16),
     (tuning, security): (Tuning, LocalSecurity),
 ) -> Result<(), RunError> {
     if nodes == 0 {
@@ -375,10 +389,11 @@ async fn run_cluster(
     );
     for n in &layout {
         println!(
-            "  node {}: clients {}  raft {}  data {}",
+            "  node {}: clients {}  raft {}  metrics http://{}/metrics  data {}",
             n.id.0,
             n.client,
             n.raft,
+            n.http,
             n.dir.display()
         );
     }
@@ -397,9 +412,24 @@ async fn run_cluster(
             .replacen("redis-cli", "redis-benchmark", 1)
             .replace(" --askpass", " -a PASSWORD")
     );
+    let cluster: SharedCluster = Arc::new(tokio::sync::Mutex::new(LocalCluster {
+        exe: exe.clone(),
+        layout,
+        children: children.into_iter().map(Some).collect(),
+        tuning,
+        security: security.clone(),
+    }));
+    match tokio::net::TcpListener::bind(("127.0.0.1", view_port)).await {
+        Ok(listener) => {
+            println!("live view:     http://127.0.0.1:{view_port}/   (every node, elections, traffic; kill, partition, load)");
+            tokio::spawn(view::serve(listener, cluster.clone()));
+        }
+        Err(e) => {
+            println!("live view:     not served: cannot listen on 127.0.0.1:{view_port}: {e}")
+        }
+    }
     println!("Type 'add' and Enter to grow the cluster by one node (it joins, catches up and becomes a voter).");
     println!("Ctrl-C stops the cluster; the data stays for the next run.");
-    let mut layout = layout;
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut reading = true;
     loop {
@@ -408,14 +438,15 @@ async fn run_cluster(
             line = stdin.next_line(), if reading => match line {
                 Ok(Some(l)) if l.trim() == "add" => {
                     let started = std::time::Instant::now();
-                    match runner::grow(&exe, &layout, base_port, &data_dir, (tuning, &security)).await {
+                    let mut c = cluster.lock().await;
+                    match runner::grow(&exe, &c.layout, base_port, &data_dir, (tuning, &security)).await {
                         Ok((n, child)) => {
                             println!(
                                 "  node {} joined as a voter in {:.1} s: clients {}  raft {}  data {}",
                                 n.id.0, started.elapsed().as_secs_f64(), n.client, n.raft, n.dir.display()
                             );
-                            layout.push(n);
-                            children.push(child);
+                            c.layout.push(n);
+                            c.children.push(Some(child));
                         }
                         Err(e) => println!("  could not add a node: {e}"),
                     }
@@ -428,8 +459,9 @@ async fn run_cluster(
         }
     }
     println!("stopping...");
-    for c in &mut children {
-        runner::stop_child(c, Duration::from_secs(5)).await;
+    let mut c = cluster.lock().await;
+    for child in c.children.iter_mut().flatten() {
+        runner::stop_child(child, Duration::from_secs(5)).await;
     }
     Ok(())
 }

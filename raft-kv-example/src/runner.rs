@@ -98,6 +98,8 @@ pub struct NodeOptions {
     pub tls: Option<TlsFiles>,
     /// Clients must `AUTH` with this password (Redis's `requirepass`).
     pub password: Option<String>,
+    /// Where to serve `/metrics` (Prometheus) and `/status` (JSON), if anywhere.
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// A node running in this process.
@@ -106,6 +108,7 @@ pub struct RunningNode {
     pub node: RaftNode,
     transport: TcpTransport,
     server: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
     /// The client address actually bound.
     pub client_addr: SocketAddr,
 }
@@ -114,6 +117,9 @@ impl RunningNode {
     /// Stops serving clients, stops the node and closes its connections.
     pub async fn shutdown(self) {
         self.server.abort();
+        if let Some(http) = self.http {
+            http.abort();
+        }
         self.node.shutdown().await;
         self.transport.shutdown();
     }
@@ -187,12 +193,30 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
     if let Some(identity) = security.tls.clone() {
         tokio::spawn(reload_on_hangup(identity));
     }
+    let http = match opts.http_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen for HTTP on {addr}")))?;
+            let state = crate::http::HttpNode {
+                node: node.clone(),
+                transport: transport.clone(),
+            };
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::http::serve(listener, state).await {
+                    tracing::warn!(error = %e, "the HTTP endpoint stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let server = KvServer::with_security(node.clone(), clients, security);
     let server = tokio::spawn(server.serve(listener));
     Ok(RunningNode {
         node,
         transport,
         server,
+        http,
         client_addr,
     })
 }
@@ -265,18 +289,21 @@ pub struct LocalNode {
     pub raft: SocketAddr,
     /// Client (Redis) address.
     pub client: SocketAddr,
+    /// HTTP address (`/metrics`, `/status`).
+    pub http: SocketAddr,
     /// Data directory.
     pub dir: PathBuf,
 }
 
 /// The layout of a local cluster on 127.0.0.1: client ports from `base_port`, raft ports
-/// from `base_port + 1000`.
+/// from `base_port + 1000`, HTTP ports from `base_port + 2000`.
 pub fn local_layout(nodes: u64, base_port: u16, data_dir: &Path) -> Vec<LocalNode> {
     (1..=nodes)
         .map(|i| LocalNode {
             id: NodeId(i),
             client: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16 - 1)),
             raft: SocketAddr::from(([127, 0, 0, 1], base_port + 1000 + i as u16 - 1)),
+            http: SocketAddr::from(([127, 0, 0, 1], base_port + 2000 + i as u16 - 1)),
             dir: data_dir.join(format!("node-{i}")),
         })
         .collect()
@@ -454,6 +481,8 @@ fn node_command(
         .arg(tuning.trailing.to_string())
         .arg("--read-policy")
         .arg(read_policy_arg(tuning.read_policy))
+        .arg("--http-addr")
+        .arg(node.http.to_string())
         .kill_on_drop(true);
     security.apply(node.id, &mut cmd);
     Ok(cmd)

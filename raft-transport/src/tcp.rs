@@ -124,6 +124,8 @@ struct Shared {
     /// Connections still in their handshake: at most [`MAX_PENDING_HANDSHAKES`], and
     /// [`MAX_PENDING_HANDSHAKES_PER_IP`] from one address.
     handshakes: HandshakeLimit,
+    /// Cut off from every peer (see [`TcpTransport::set_isolated`]).
+    isolated: std::sync::atomic::AtomicBool,
     /// Whether anything serves this transport's listener (warned about once if not).
     served: std::sync::atomic::AtomicBool,
     warned_unserved: std::sync::atomic::AtomicBool,
@@ -174,6 +176,7 @@ impl TcpTransport {
                     MAX_PENDING_HANDSHAKES,
                     MAX_PENDING_HANDSHAKES_PER_IP,
                 ),
+                isolated: std::sync::atomic::AtomicBool::new(false),
                 served: std::sync::atomic::AtomicBool::new(false),
                 warned_unserved: std::sync::atomic::AtomicBool::new(false),
                 addrs: Mutex::new(BTreeMap::new()),
@@ -262,6 +265,19 @@ impl TcpTransport {
         self.serve(node.inbox());
     }
 
+    /// Cuts this node off from every peer (`true`) or reconnects it (`false`): while
+    /// isolated, nothing is sent and everything received is dropped, as if the network
+    /// were partitioned around it. For demonstrations and fault drills; connections stay
+    /// up, so healing takes effect at once.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.shared.isolated.store(isolated, Ordering::Relaxed);
+    }
+
+    /// Whether [`set_isolated`](TcpTransport::set_isolated) cut this node off.
+    pub fn is_isolated(&self) -> bool {
+        self.shared.isolated.load(Ordering::Relaxed)
+    }
+
     /// The transport's counters.
     pub fn stats(&self) -> &TcpStats {
         &self.shared.stats
@@ -314,6 +330,10 @@ impl Transport for TcpTransport {
             && !self.shared.warned_unserved.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(node = %self.shared.id, "sending, but nothing serves this transport: call TcpTransport::serve(node.inbox()) (or start with TcpNode::start), or the node never hears its peers");
+        }
+        if self.is_isolated() {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         let Some(tx) = self.peer_sender(msg.to) else {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -626,6 +646,9 @@ async fn serve_connection(
                 "message from {} to {} on {from}'s connection to {}",
                 msg.from, msg.to, shared.id
             )));
+        }
+        if shared.isolated.load(Ordering::Relaxed) {
+            continue; // cut off: as if it never arrived
         }
         let delivered = if matches!(msg.body, MessageBody::InstallSnapshot(_)) {
             inbox.deliver_wait(msg).await

@@ -132,12 +132,18 @@ async fn metrics_count_proposals_commits_elections_and_traffic_and_follow_a_fail
     assert!(m.counters.elections_started >= 1 && m.counters.leader_changes >= 1);
     assert_eq!(m.commit_index, m.last_log_index);
     assert_eq!(m.peers.len(), 2);
-    let sent = m.counters.sent[&MessageKind::AppendEntries];
+    let sent = m.counters.sent.get(MessageKind::AppendEntries);
     assert!(
         sent.messages >= 2 && sent.payload_bytes >= 10 * 2,
         "{sent:?}"
     );
-    assert!(m.counters.received[&MessageKind::AppendResponse].messages >= 2);
+    assert!(
+        m.counters
+            .received
+            .get(MessageKind::AppendResponse)
+            .messages
+            >= 2
+    );
     // Every follower caught up: no lag once the heartbeats carried the commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = node.metrics();
@@ -145,7 +151,13 @@ async fn metrics_count_proposals_commits_elections_and_traffic_and_follow_a_fail
     let follower = c.ids().into_iter().find(|&id| id != leader).unwrap();
     let f = c.node(follower).unwrap().metrics();
     assert_eq!(f.applied_index, m.applied_index);
-    assert!(f.counters.received[&MessageKind::AppendEntries].payload_bytes >= 20);
+    assert!(
+        f.counters
+            .received
+            .get(MessageKind::AppendEntries)
+            .payload_bytes
+            >= 20
+    );
     assert_eq!(f.counters.proposals, 0);
     // A failover: someone else wins, and every survivor counts a new leader.
     let before: Vec<u64> = c
