@@ -852,8 +852,7 @@ fn a_local_cluster_grows_by_one_node_on_a_typed_command() {
         .unwrap();
     let v: Option<String> = c2.get("grown").unwrap();
     assert_eq!(v.as_deref(), Some("yes"));
-    cluster.kill().unwrap();
-    cluster.wait().unwrap();
+    stop_local_cluster(&mut cluster);
 }
 
 /// A connection to node `i` speaking RESP3 (`HELLO 3`), as redis-py 8 does by default.
@@ -1022,17 +1021,22 @@ fn a_lock_with_nx_px_is_exclusive_and_expires() {
 
 /// The Python with redis-py that `.ci/run` prepares (`target/pyvenv`), or `RAFT_KV_PYTHON`.
 fn python_with_redis_py() -> Result<PathBuf, String> {
+    python_with("redis")
+}
+
+/// The project's Python (`target/pyvenv`, or `RAFT_KV_PYTHON`), if it can import `module`.
+fn python_with(module: &str) -> Result<PathBuf, String> {
     let python = std::env::var_os("RAFT_KV_PYTHON").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python"),
         PathBuf::from,
     );
     let probe = Command::new(&python)
-        .args(["-c", "import redis; print(redis.__version__)"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .map_err(|e| format!("{}: {e}", python.display()))?;
     if !probe.status.success() {
         return Err(format!(
-            "{} cannot import redis: {}",
+            "{} cannot import {module}: {}",
             python.display(),
             String::from_utf8_lossy(&probe.stderr).trim()
         ));
@@ -1086,13 +1090,14 @@ fn local_cluster(
 ) -> (Child, std::sync::mpsc::Receiver<String>, u16) {
     use std::io::BufRead;
     // Client ports base.., raft ports base+1000..: pick a base whose ports are all free.
-    // Client ports from a block of their own; raft ports 1,000 above it (the shared
-    // counter reaches those only after a thousand more ports, more than a run takes).
+    // Client ports from a block of their own; raft ports 1,000 above it, HTTP 2,000 and the
+    // view 3,000 (the shared counter reaches those only after a thousand more ports, more
+    // than a run takes).
     let n = nodes as u16 + 1; // room for one added node
     let base = loop {
         let p = free_ports(n);
         let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
-        if (0..n).all(|i| free(p + 1000 + i)) {
+        if (0..n).all(|i| free(p + 1000 + i) && free(p + 2000 + i) && free(p + 3000)) {
             break p;
         }
     };
@@ -1120,6 +1125,23 @@ fn local_cluster(
         }
     });
     (cluster, rx, base)
+}
+
+/// Stops a `raft-kv cluster` as Ctrl-C would (SIGTERM), so it stops its nodes too; kills
+/// it if it has not exited within 20 s.
+fn stop_local_cluster(cluster: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &cluster.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = cluster.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = cluster.kill();
+    let _ = cluster.wait();
 }
 
 /// The next line from a local cluster's output that contains `what` (60 s at most).
@@ -1351,8 +1373,7 @@ fn a_tls_cluster_with_a_password_serves_redis_cli_and_refuses_the_rest() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(authed(3, &["SET", "after", "all"]), "+OK\r\n+OK\r\n+OK\r\n");
-    cluster.kill().unwrap();
-    cluster.wait().unwrap();
+    stop_local_cluster(&mut cluster);
 }
 
 #[test]
@@ -1401,5 +1422,227 @@ fn a_password_cluster_refuses_strangers_and_forwards_with_its_own_credentials() 
         stranger.starts_with(b"-NOAUTH"),
         "{}",
         String::from_utf8_lossy(&stranger)
+    );
+}
+
+/// `GET path` on `addr` over HTTP/1.1: the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// Parses the Prometheus text format strictly: every sample's family has `# TYPE`, names
+/// and labels are well formed, values are numbers. Returns each sample as
+/// (name with labels, value).
+fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest
+                .split_once(' ')
+                .ok_or(format!("bad TYPE line {line:?}"))?;
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(format!("unknown type in {line:?}"));
+            }
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or(format!("no value in {line:?}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().map_err(|_| format!("bad value in {line:?}"))?,
+        };
+        let name = series.split('{').next().unwrap();
+        if !name.starts_with("raft_")
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(format!("bad metric name in {line:?}"));
+        }
+        let labels = &series[name.len()..];
+        let well_formed = labels.starts_with('{')
+            && labels.ends_with('}')
+            && labels.matches('"').count() % 2 == 0;
+        if !labels.is_empty() && !well_formed {
+            return Err(format!("bad labels in {line:?}"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        if !typed.contains(name) && !typed.contains(family) {
+            return Err(format!("{name} has no # TYPE"));
+        }
+        samples.push((series.to_string(), value));
+    }
+    Ok(samples)
+}
+
+#[test]
+fn every_node_serves_metrics_that_parse_and_status_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, rx, base) = local_cluster(3, &[], tmp.path());
+    wait_for_line(&rx, "Type 'add'");
+    let node = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + i));
+    let http = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + 2000 + i));
+    // Writes through node 1, leader or not.
+    let mut conn = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = redis::Client::open(format!("redis://{}/", node(0)))
+                .and_then(|c| c.get_connection())
+            {
+                if c.set::<_, _, ()>("m-0", 0).is_ok() {
+                    break c;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never accepted a write"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for i in 1..20 {
+        let _: () = conn.set(format!("m-{i}"), i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300)); // a tick or more: metrics are published per tick
+    let mut leaders = Vec::new();
+    for i in 0..3 {
+        let (code, text) = http_get(http(i), "/metrics");
+        assert_eq!(code, 200, "{text}");
+        let samples =
+            parse_prometheus(&text).unwrap_or_else(|e| panic!("node {}: {e}\n{text}", i + 1));
+        let get = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
+        for name in [
+            "raft_term",
+            "raft_commit_index",
+            "raft_applied_index",
+            "raft_proposals_total",
+            "raft_elections_won_total",
+            "raft_messages_sent_total{kind=\"append_entries\"}",
+            "raft_fsync_latency_seconds_count",
+        ] {
+            assert!(get(name).is_some(), "node {}: no {name}", i + 1);
+        }
+        assert!(get("raft_applied_index").unwrap() >= 21.0, "node {}", i + 1);
+        let inf = get("raft_fsync_latency_seconds_bucket{le=\"+Inf\"}").unwrap();
+        assert_eq!(Some(inf), get("raft_fsync_latency_seconds_count"));
+        if get("raft_role{role=\"leader\"}") == Some(1.0) {
+            leaders.push(i);
+            assert!(get("raft_proposals_committed_total").unwrap() >= 20.0);
+            assert!(get("raft_commit_latency_seconds_count").unwrap() >= 20.0);
+            assert_eq!(
+                samples
+                    .iter()
+                    .filter(|(s, _)| s.starts_with("raft_peer_lag_entries{"))
+                    .count(),
+                2
+            );
+        }
+        let (code, status) = http_get(http(i), "/status");
+        assert_eq!(code, 200);
+        assert!(
+            status.starts_with('{') && status.contains(&format!("\"id\":{}", i + 1)),
+            "{status}"
+        );
+        // The official Prometheus parser agrees, where Python has it.
+        if let Ok(python) = python_with("prometheus_client") {
+            let parse = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nprint(len(list(p(sys.stdin.read()))))";
+            let mut child = Command::new(python)
+                .args(["-c", parse])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "prometheus_client could not parse node {}'s metrics",
+                i + 1
+            );
+            let families: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            assert!(families >= 30, "{families} families");
+        }
+    }
+    assert_eq!(
+        leaders.len(),
+        1,
+        "exactly one node reports itself leader: {leaders:?}"
+    );
+    stop_local_cluster(&mut cluster);
+}
+
+#[test]
+fn the_live_view_shows_a_failover_in_a_real_browser() {
+    let missing: Vec<&str> = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .into_iter()
+        .filter(|p| !std::path::Path::new(p).exists())
+        .collect();
+    let python = python_with("selenium");
+    if !missing.is_empty() || python.is_err() {
+        println!(
+            "browser test skipped: missing {missing:?} {:?} (apt-get install chromium chromium-driver; target/pyvenv/bin/pip install selenium)",
+            python.err()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, rx, _) = local_cluster(3, &[], tmp.path());
+    let line = wait_for_line(&rx, "live view:");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a URL")
+        .to_string();
+    wait_for_line(&rx, "Type 'add'");
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let screenshot = target.join("raft-kv-view.png");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/view_check.py");
+    let out = Command::new(python.unwrap())
+        .arg(&script)
+        .arg(&url)
+        .arg(&screenshot)
+        .output()
+        .expect("run the browser check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines() {
+        println!("{l}");
+    }
+    stop_local_cluster(&mut cluster);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("view check passed"));
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot at {}",
+        screenshot.display()
     );
 }
