@@ -7,14 +7,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use raft_core::metrics::{Histogram, Metrics};
+use raft_core::metrics::{Histogram, Metrics, LATENCY_BUCKETS};
 use raft_core::{RaftNode, ReplicationState, Role};
 use raft_transport::TcpTransport;
 use serde_json::json;
@@ -26,17 +26,27 @@ pub struct HttpNode {
     pub node: RaftNode,
     /// Its transport (byte counters; isolation for the drill).
     pub transport: TcpTransport,
+    /// Whether the fault drill (`/admin/...`) is served: only for local clusters
+    /// (`raft-kv node --http-admin`, which `raft-kv cluster` passes).
+    pub admin: bool,
 }
+
+/// The header every `/admin` request must carry. A web page on another origin cannot set
+/// it without the browser asking first (a CORS preflight, never granted here), so no page
+/// the user visits can drive the drill; the live view asks through its own server.
+pub const ADMIN_HEADER: &str = "x-raft-admin";
 
 /// Serves the endpoint on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, state: HttpNode) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .route("/admin/isolate", post(isolate))
-        .route("/admin/heal", post(heal))
-        .with_state(Arc::new(state));
-    axum::serve(listener, app).await
+        .route("/status", get(status));
+    if state.admin {
+        app = app
+            .route("/admin/isolate", post(isolate))
+            .route("/admin/heal", post(heal));
+    }
+    axum::serve(listener, app.with_state(Arc::new(state))).await
 }
 
 /// Any page may read a node's status (the cluster view polls every node from one page).
@@ -60,16 +70,34 @@ async fn status(State(s): State<Arc<HttpNode>>) -> impl IntoResponse {
     ([ANYONE], Json(status_json(&s.node.metrics(), &s.transport)))
 }
 
-async fn isolate(State(s): State<Arc<HttpNode>>) -> impl IntoResponse {
-    s.transport.set_isolated(true);
-    tracing::warn!(node = %s.node.id(), "isolated from every peer (fault drill)");
-    ([ANYONE], "isolated\n")
+async fn isolate(State(s): State<Arc<HttpNode>>, h: axum::http::HeaderMap) -> impl IntoResponse {
+    drill(&s, &h, true)
 }
 
-async fn heal(State(s): State<Arc<HttpNode>>) -> impl IntoResponse {
-    s.transport.set_isolated(false);
-    tracing::warn!(node = %s.node.id(), "reconnected to its peers (fault drill)");
-    ([ANYONE], "healed\n")
+async fn heal(State(s): State<Arc<HttpNode>>, h: axum::http::HeaderMap) -> impl IntoResponse {
+    drill(&s, &h, false)
+}
+
+fn drill(
+    s: &HttpNode,
+    headers: &axum::http::HeaderMap,
+    isolated: bool,
+) -> (StatusCode, &'static str) {
+    if !headers.contains_key(ADMIN_HEADER) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the x-raft-admin header is required\n",
+        );
+    }
+    s.transport.set_isolated(isolated);
+    match isolated {
+        true => tracing::warn!(node = %s.node.id(), "isolated from every peer (fault drill)"),
+        false => tracing::warn!(node = %s.node.id(), "reconnected to its peers (fault drill)"),
+    }
+    (
+        StatusCode::OK,
+        if isolated { "isolated\n" } else { "healed\n" },
+    )
 }
 
 /// A role's name, as labels and JSON show it.
@@ -132,8 +160,9 @@ pub fn status_json(m: &Metrics, transport: &TcpTransport) -> serde_json::Value {
             "snapshots_installed": c.snapshots_installed,
             "sent_to": sent_to,
         },
-        "commit_latency_p50_ms": m.commit_latency.quantile(0.5).map(|s| s * 1000.0),
-        "commit_latency_p99_ms": m.commit_latency.quantile(0.99).map(|s| s * 1000.0),
+        // Above the last bucket (10 s) reads as that bound: JSON has no infinity.
+        "commit_latency_p50_ms": m.commit_latency.quantile(0.5).map(|s| s.min(10.0) * 1000.0),
+        "commit_latency_p99_ms": m.commit_latency.quantile(0.99).map(|s| s.min(10.0) * 1000.0),
     })
 }
 
@@ -193,7 +222,8 @@ fn labelled_counter<'v>(
 }
 
 fn histogram(e: &mut Enc, name: &str, help: &str, h: &Histogram) -> std::fmt::Result {
-    let buckets: Vec<(f64, u64)> = h.cumulative().collect();
+    // Per-bucket counts: the encoder accumulates them (and adds `+Inf` as the count).
+    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().copied().zip(h.counts).collect();
     e.encode_descriptor(name, help, None, MetricType::Histogram)?
         .encode_histogram::<NoLabelSet>(h.sum_secs, h.count, &buckets, None)
 }
@@ -298,7 +328,7 @@ impl Collector for NodeCollector {
         }
         let mut state = e.encode_descriptor("raft_peer_replicating", "On the leader: 1 for each follower in the pipelined state, 0 while probing or sending a snapshot.", None, MetricType::Gauge)?;
         for (id, p) in &m.peers {
-            let labels = [("peer", id.0.to_string()), ("state", state_name(p.state))];
+            let labels = [("peer", id.0.to_string())];
             let replicating = i64::from(p.state == ReplicationState::Replicate);
             state.encode_family(&labels)?.encode_gauge(&replicating)?;
         }
@@ -397,7 +427,7 @@ impl Collector for NodeCollector {
         labelled_counter(
             &mut e,
             (
-                "raft_payload_bytes_sent",
+                "raft_payload_sent_bytes",
                 "Payload bytes sent (entries' commands, snapshot data), by kind.",
                 "kind",
             ),
@@ -406,7 +436,7 @@ impl Collector for NodeCollector {
         labelled_counter(
             &mut e,
             (
-                "raft_payload_bytes_received",
+                "raft_payload_received_bytes",
                 "Payload bytes received, by kind.",
                 "kind",
             ),
@@ -423,7 +453,7 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
-            "raft_transport_bytes_sent",
+            "raft_transport_sent_bytes",
             "Bytes the TCP transport wrote (frames included).",
             self.transport_bytes_sent,
         )?;

@@ -129,6 +129,10 @@ enum Cmd {
         /// 127.0.0.1:9100.
         #[arg(long)]
         http_addr: Option<std::net::SocketAddr>,
+        /// Also serve a fault drill on --http-addr (POST /admin/isolate and /admin/heal,
+        /// with the header `x-raft-admin`): for local clusters and their live view.
+        #[arg(long, requires = "http_addr")]
+        http_admin: bool,
     },
     /// Change a running cluster's membership through any of its nodes (sent as the RESP
     /// commands RAFT.ADDLEARNER, RAFT.PROMOTE, RAFT.REMOVE and RAFT.TRANSFER).
@@ -217,6 +221,7 @@ async fn main() -> ExitCode {
             tls_ca,
             requirepass,
             http_addr,
+            http_admin,
         } => {
             let raft = Config {
                 tick_interval: Duration::from_millis(tick_ms),
@@ -249,6 +254,7 @@ async fn main() -> ExitCode {
                         },
                         password: requirepass,
                         http_addr,
+                        http_admin,
                     };
                     run_node(opts).await
                 }
@@ -438,13 +444,16 @@ async fn run_cluster(
             line = stdin.next_line(), if reading => match line {
                 Ok(Some(l)) if l.trim() == "add" => {
                     let started = std::time::Instant::now();
-                    let mut c = cluster.lock().await;
-                    match runner::grow(&exe, &c.layout, base_port, &data_dir, (tuning, &security)).await {
+                    // The view keeps working while the new node catches up (it may take
+                    // a while, and a node killed from the view may be what it waits for).
+                    let layout = cluster.lock().await.layout.clone();
+                    match runner::grow(&exe, &layout, base_port, &data_dir, (tuning, &security)).await {
                         Ok((n, child)) => {
                             println!(
                                 "  node {} joined as a voter in {:.1} s: clients {}  raft {}  data {}",
                                 n.id.0, started.elapsed().as_secs_f64(), n.client, n.raft, n.dir.display()
                             );
+                            let mut c = cluster.lock().await;
                             c.layout.push(n);
                             c.children.push(Some(child));
                         }

@@ -100,6 +100,8 @@ pub struct NodeOptions {
     pub password: Option<String>,
     /// Where to serve `/metrics` (Prometheus) and `/status` (JSON), if anywhere.
     pub http_addr: Option<SocketAddr>,
+    /// Also serve the fault drill there (`/admin/isolate`, `/admin/heal`): local clusters.
+    pub http_admin: bool,
 }
 
 /// A node running in this process.
@@ -201,6 +203,7 @@ pub async fn start_node(opts: NodeOptions) -> Result<RunningNode, RunError> {
             let state = crate::http::HttpNode {
                 node: node.clone(),
                 transport: transport.clone(),
+                admin: opts.http_admin,
             };
             Some(tokio::spawn(async move {
                 if let Err(e) = crate::http::serve(listener, state).await {
@@ -483,6 +486,7 @@ fn node_command(
         .arg(read_policy_arg(tuning.read_policy))
         .arg("--http-addr")
         .arg(node.http.to_string())
+        .arg("--http-admin")
         .kill_on_drop(true);
     security.apply(node.id, &mut cmd);
     Ok(cmd)

@@ -1,5 +1,5 @@
 //! The live view of a local cluster (`raft-kv cluster` serves it): one page, embedded in the
-//! binary, that polls every node's `/status` twice a second and draws the cluster, and acts
+//! binary, that polls every node's `/status` every 400 ms and draws the cluster, and acts
 //! on it: kill and restart a node (this process owns them), isolate and heal one (through
 //! the node's own `/admin` endpoint), start and stop a write load.
 
@@ -67,10 +67,80 @@ pub async fn serve(
         .route("/api/cluster", get(cluster_json))
         .route("/api/nodes/{id}/kill", post(kill))
         .route("/api/nodes/{id}/restart", post(restart))
+        .route("/api/nodes/{id}/isolate", post(isolate))
+        .route("/api/nodes/{id}/heal", post(heal))
         .route("/api/load/start", post(load_start))
         .route("/api/load/stop", post(load_stop))
+        .layer(axum::middleware::from_fn(from_the_page))
         .with_state(state);
     axum::serve(listener, app).await
+}
+
+/// The header the page sends with every action. Another site's page cannot send it
+/// without a CORS preflight (never granted), so only this page can act on the cluster.
+const VIEW_HEADER: &str = "x-raft-view";
+
+/// Refuses actions (`POST`) that do not come from the view's own page.
+async fn from_the_page(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() == axum::http::Method::POST && !request.headers().contains_key(VIEW_HEADER)
+    {
+        return (StatusCode::FORBIDDEN, "actions come from the view's page\n").into_response();
+    }
+    next.run(request).await
+}
+
+async fn isolate(State(s): State<ViewState>, Path(id): Path<u64>) -> impl IntoResponse {
+    drill(&s, id, "isolate").await
+}
+
+async fn heal(State(s): State<ViewState>, Path(id): Path<u64>) -> impl IntoResponse {
+    drill(&s, id, "heal").await
+}
+
+/// Asks node `id`'s own endpoint to isolate or heal it (its `/admin` drill).
+async fn drill(s: &ViewState, id: u64, what: &str) -> (StatusCode, String) {
+    let addr = {
+        let c = s.cluster.lock().await;
+        match index_of(&c, id) {
+            Some(i) => c.layout[i].http,
+            None => return (StatusCode::NOT_FOUND, format!("no node {id}\n")),
+        }
+    };
+    match post_admin(addr, what).await {
+        Ok(()) => {
+            println!("  view: node {id}: {what}");
+            (StatusCode::OK, format!("node {id}: {what}\n"))
+        }
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("node {id} did not answer: {e}\n"),
+        ),
+    }
+}
+
+/// `POST /admin/<what>` to a node's HTTP endpoint on loopback, with the admin header.
+async fn post_admin(addr: std::net::SocketAddr, what: &str) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let talk = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "POST /admin/{what} HTTP/1.1\r\nHost: {addr}\r\n{}: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            crate::http::ADMIN_HEADER
+        );
+        s.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        match answer.split_whitespace().nth(1) {
+            Some("200") => Ok(()),
+            other => Err(std::io::Error::other(format!("answered {other:?}"))),
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), talk)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 2 s"))?
 }
 
 async fn cluster_json(State(s): State<ViewState>) -> impl IntoResponse {

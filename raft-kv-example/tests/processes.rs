@@ -1427,13 +1427,15 @@ fn a_password_cluster_refuses_strangers_and_forwards_with_its_own_credentials() 
 
 /// `GET path` on `addr` over HTTP/1.1: the status code and the body.
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+/// `method path` with extra `headers` (each ending in CRLF): the status code and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}");
+    write!(s, "{head}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
@@ -1502,7 +1504,7 @@ fn every_node_serves_metrics_that_parse_and_status_as_json() {
     let (mut cluster, rx, base) = local_cluster(3, &[], tmp.path());
     wait_for_line(&rx, "Type 'add'");
     let node = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + i));
-    let http = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + 2000 + i));
+    let http_addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + 2000 + i));
     // Writes through node 1, leader or not.
     let mut conn = {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1527,7 +1529,7 @@ fn every_node_serves_metrics_that_parse_and_status_as_json() {
     std::thread::sleep(Duration::from_millis(300)); // a tick or more: metrics are published per tick
     let mut leaders = Vec::new();
     for i in 0..3 {
-        let (code, text) = http_get(http(i), "/metrics");
+        let (code, text) = http_get(http_addr(i), "/metrics");
         assert_eq!(code, 200, "{text}");
         let samples =
             parse_prometheus(&text).unwrap_or_else(|e| panic!("node {}: {e}\n{text}", i + 1));
@@ -1544,8 +1546,20 @@ fn every_node_serves_metrics_that_parse_and_status_as_json() {
             assert!(get(name).is_some(), "node {}: no {name}", i + 1);
         }
         assert!(get("raft_applied_index").unwrap() >= 21.0, "node {}", i + 1);
-        let inf = get("raft_fsync_latency_seconds_bucket{le=\"+Inf\"}").unwrap();
-        assert_eq!(Some(inf), get("raft_fsync_latency_seconds_count"));
+        // Buckets are cumulative: they never decrease, and +Inf holds every observation.
+        let buckets: Vec<f64> = samples
+            .iter()
+            .filter(|(s, _)| s.starts_with("raft_fsync_latency_seconds_bucket{"))
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(
+            buckets.len() >= 10 && buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().copied(),
+            get("raft_fsync_latency_seconds_count")
+        );
         if get("raft_role{role=\"leader\"}") == Some(1.0) {
             leaders.push(i);
             assert!(get("raft_proposals_committed_total").unwrap() >= 20.0);
@@ -1558,7 +1572,7 @@ fn every_node_serves_metrics_that_parse_and_status_as_json() {
                 2
             );
         }
-        let (code, status) = http_get(http(i), "/status");
+        let (code, status) = http_get(http_addr(i), "/status");
         assert_eq!(code, 200);
         assert!(
             status.starts_with('{') && status.contains(&format!("\"id\":{}", i + 1)),
@@ -1594,6 +1608,46 @@ fn every_node_serves_metrics_that_parse_and_status_as_json() {
         1,
         "exactly one node reports itself leader: {leaders:?}"
     );
+    // The fault drill through the view: only from the view's page (its header), and a node's
+    // own drill only with the admin header.
+    let view = SocketAddr::from(([127, 0, 0, 1], base + 3000));
+    let leader = leaders[0];
+    let path = format!("/api/nodes/{}/isolate", leader + 1);
+    assert_eq!(
+        http(view, "POST", &path, "").0,
+        403,
+        "an action without the page's header"
+    );
+    assert_eq!(http(http_addr(leader), "POST", "/admin/isolate", "").0, 403);
+    assert_eq!(http(view, "POST", &path, "x-raft-view: 1\r\n").0, 200);
+    // Cut off, the old leader is replaced; healed, it follows the new one.
+    let role_of = |i: u16| http_get(http_addr(i), "/status").1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let others: Vec<u16> = (0..3).filter(|&i| i != leader).collect();
+    while !others
+        .iter()
+        .any(|&i| role_of(i).contains("\"role\":\"leader\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while node {} was isolated",
+            leader + 1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(role_of(leader).contains("\"isolated\":true"));
+    let path = format!("/api/nodes/{}/heal", leader + 1);
+    assert_eq!(http(view, "POST", &path, "x-raft-view: 1\r\n").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !role_of(leader).contains("\"role\":\"follower\"") {
+        assert!(
+            Instant::now() < deadline,
+            "node {} did not rejoin: {}",
+            leader + 1,
+            role_of(leader)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop_local_cluster(&mut cluster);
 }
 

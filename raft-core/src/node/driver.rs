@@ -44,8 +44,9 @@ pub(crate) struct Driver {
     counters: Counters,
     commit_latency: Histogram,
     timings: tasks::SharedTimings,
-    /// The last leader seen (to count changes), and the tick metrics were last published.
-    last_leader: Option<NodeId>,
+    /// The last leader seen with its term (to count changes, re-elections included), and
+    /// the tick metrics were last published.
+    last_leader: Option<(Term, NodeId)>,
     published_tick: Option<u64>,
     /// Reads waiting for leadership confirmation.
     /// Each with the tick after which its caller gets `RaftError::Timeout`.
@@ -280,7 +281,7 @@ impl Driver {
     /// Counts a change of leader, and publishes a metrics snapshot once per tick (a
     /// snapshot costs a few allocations; the loop turns thousands of times per tick).
     fn publish_metrics(&mut self, watch: &tokio::sync::watch::Sender<Arc<Metrics>>) {
-        let leader = self.core.leader();
+        let leader = self.core.leader().map(|l| (self.core.term(), l));
         if leader.is_some() && leader != self.last_leader {
             self.counters.leader_changes += 1;
             self.last_leader = leader;

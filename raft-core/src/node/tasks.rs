@@ -32,10 +32,6 @@ pub(crate) async fn write_snapshot(
 /// Where a client waits for its answer.
 pub(crate) type Responder = oneshot::Sender<Result<Bytes, RaftError>>;
 
-/// Makes writes durable in order. Everything queued while a write is in flight goes into
-/// the next one, so concurrent proposals share an fsync (group commit). Reports the highest
-/// durable write id after each batch; stops at the first error, reporting the first write
-/// of the failed batch (nothing in it may be presumed durable).
 /// How long the tasks' work takes, for metrics: shared with the driver, which reads it once
 /// per tick.
 #[derive(Debug, Default)]
@@ -52,6 +48,10 @@ fn record(timings: &SharedTimings, f: impl FnOnce(&mut Timings)) {
         .unwrap_or_else(std::sync::PoisonError::into_inner));
 }
 
+/// Makes writes durable in order. Everything queued while a write is in flight goes into
+/// the next one, so concurrent proposals share an fsync (group commit). Reports the highest
+/// durable write id after each batch; stops at the first error, reporting the first write
+/// of the failed batch (nothing in it may be presumed durable).
 pub(crate) async fn log_writer(
     log: Arc<dyn LogStore>,
     snapshots: Arc<dyn SnapshotStore>,
@@ -66,12 +66,10 @@ pub(crate) async fn log_writer(
             batch.push(more);
         }
         let last = batch.last().map(|(id, _)| *id).unwrap_or_default();
-        let started = std::time::Instant::now();
-        let result = write_batch(&*log, &*snapshots, batch)
+        let result = write_batch(&*log, &*snapshots, batch, &timings)
             .await
             .map(|()| last)
             .map_err(|e| (first_id, e));
-        record(&timings, |t| t.fsync.observe(started.elapsed()));
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
             return;
@@ -87,7 +85,16 @@ async fn write_batch(
     log: &dyn LogStore,
     snapshots: &dyn SnapshotStore,
     batch: Vec<(WriteId, PersistOp)>,
+    timings: &SharedTimings,
 ) -> Result<(), StorageError> {
+    // Times the log's durable writes only (a snapshot file written on the way is not an
+    // fsync of the log).
+    let durable = |ops: Vec<LogWrite>| async move {
+        let started = std::time::Instant::now();
+        let written = log.write_batch(ops).await;
+        record(timings, |t| t.fsync.observe(started.elapsed()));
+        written
+    };
     let mut ops: Vec<LogWrite> = Vec::new();
     for (_, op) in batch {
         match op {
@@ -100,14 +107,14 @@ async fn write_batch(
             PersistOp::Purge(upto) => ops.push(LogWrite::Purge(upto)),
             PersistOp::Snapshot { meta, data } => {
                 if !ops.is_empty() {
-                    log.write_batch(std::mem::take(&mut ops)).await?;
+                    durable(std::mem::take(&mut ops)).await?;
                 }
                 write_snapshot(snapshots, &meta, &data).await?;
             }
         }
     }
     if !ops.is_empty() {
-        log.write_batch(ops).await?;
+        durable(ops).await?;
     }
     Ok(())
 }
