@@ -71,6 +71,41 @@ impl Histogram {
     }
 }
 
+/// A [`Histogram`] that tasks record into without a lock (relaxed atomic counters), and
+/// the driver reads once per tick.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicHistogram {
+    counts: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: std::sync::atomic::AtomicU64,
+    sum_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub(crate) fn observe(&self, d: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let secs = d.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[slot].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// What was recorded so far (each counter read on its own: a snapshot taken while a
+    /// task records may be one observation apart between buckets and count).
+    pub(crate) fn snapshot(&self) -> Histogram {
+        use std::sync::atomic::Ordering::Relaxed;
+        Histogram {
+            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            count: self.count.load(Relaxed),
+            sum_secs: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
 /// The kinds of Raft message, for counting traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MessageKind {

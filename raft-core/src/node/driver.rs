@@ -315,13 +315,8 @@ impl Driver {
                 )
             })
             .collect();
-        let (fsync_latency, apply_latency) = {
-            let t = self
-                .timings
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (t.fsync.clone(), t.apply.clone())
-        };
+        let (fsync_latency, apply_latency) =
+            (self.timings.fsync.snapshot(), self.timings.apply.snapshot());
         Metrics {
             id: s.id,
             role: s.role,
@@ -721,13 +716,14 @@ impl Driver {
     /// Pairs committed entries with the clients waiting for them and hands them over.
     fn apply(&mut self, entries: Vec<Entry>) {
         self.counters.entries_applied += entries.len() as u64;
+        let now = std::time::Instant::now();
         let batch = entries
             .into_iter()
             .map(|e| {
                 let reply = match self.proposals.remove(&e.index()) {
                     Some((term, reply, _, arrived)) if term == e.term() => {
                         self.counters.proposals_committed += 1;
-                        self.commit_latency.observe(arrived.elapsed());
+                        self.commit_latency.observe(now.duration_since(arrived));
                         Some(reply)
                     }
                     Some((term, reply, _, _)) => {
