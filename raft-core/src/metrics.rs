@@ -20,6 +20,16 @@ pub const LATENCY_BUCKETS: [f64; 17] = [
     1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The slot of `d` in a histogram's counts: the first bound it does not exceed, or the
+/// last slot (above every bound).
+fn bucket_of(d: Duration) -> usize {
+    let secs = d.as_secs_f64();
+    LATENCY_BUCKETS
+        .iter()
+        .position(|&le| secs <= le)
+        .unwrap_or(LATENCY_BUCKETS.len())
+}
+
 /// A latency histogram over [`LATENCY_BUCKETS`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Histogram {
@@ -35,14 +45,9 @@ pub struct Histogram {
 impl Histogram {
     /// Records one duration.
     pub fn observe(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = LATENCY_BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.counts[slot] += 1;
+        self.counts[bucket_of(d)] += 1;
         self.count += 1;
-        self.sum_secs += secs;
+        self.sum_secs += d.as_secs_f64();
     }
 
     /// `(upper bound, observations at or below it)` for each bound, cumulative, as
@@ -83,12 +88,7 @@ pub(crate) struct AtomicHistogram {
 impl AtomicHistogram {
     pub(crate) fn observe(&self, d: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
-        let secs = d.as_secs_f64();
-        let slot = LATENCY_BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.counts[slot].fetch_add(1, Relaxed);
+        self.counts[bucket_of(d)].fetch_add(1, Relaxed);
         self.count.fetch_add(1, Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Relaxed);
