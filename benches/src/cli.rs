@@ -35,7 +35,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::{
-    bench_dir, disk_baseline, run_load, BenchCluster, StorageFactory, TransportKind, STORAGES,
+    bench_dir, disk_baseline, run_load, store_baseline, BenchCluster, StorageFactory,
+    TransportKind, STORAGES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -210,6 +211,38 @@ async fn run_single(a: &Args, storages: &Storages<'_>) -> Result<Row, String> {
     })
 }
 
+/// The storage choice `s` alone, `n` writers at once, each writing `c` entries per write
+/// (see [`store_baseline`]): the row "`s` / alone", the ceiling of the cluster rows with
+/// `n` nodes and `c` clients on the same storage.
+fn store_row(a: &Args, storages: &Storages<'_>, s: &str, n: u64, c: usize) -> Option<Row> {
+    eprintln!(
+        "[baseline] {n} writers appending {c} entries of {} B per write to {s} for {:?} ...",
+        a.payload, a.duration
+    );
+    let open = storages.find(s)?;
+    let dir = bench_dir().join(format!("store-baseline-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("    baseline failed: {e}"))
+        .ok()?;
+    let measured = rt.block_on(store_baseline(
+        open, &dir, n as usize, c, a.payload, a.duration,
+    ));
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+    match measured {
+        Ok(r) => Some(Row {
+            leader_entries_per_write: c as f64,
+            ..Row::measured(s, "alone", n, c, a.payload, &r)
+        }),
+        Err(e) => {
+            eprintln!("    baseline failed: {e}");
+            None
+        }
+    }
+}
+
 fn run_child(a: &Args, s: &str, t: &str, n: u64, c: usize) -> Result<Row, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(exe)
@@ -318,6 +351,13 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 }
                 Err(e) => eprintln!("    baseline failed: {e}"),
             }
+            for s in a.storage.iter().filter(|s| *s != "mem") {
+                for &c in &a.clients {
+                    if let Some(row) = store_row(&a, &storages, s, n, c) {
+                        rows.push(row);
+                    }
+                }
+            }
         }
     }
     for (i, (s, t, n, c)) in combos.iter().enumerate() {
@@ -383,7 +423,7 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 vs_disk,
                 // The whole process (every node and the load generator) per committed
                 // entry, shared out over the nodes.
-                if r.ops == 0 || r.storage == "disk" {
+                if r.ops == 0 || r.cpu_seconds == 0.0 {
                     0.0
                 } else {
                     r.cpu_seconds * 1e6 / r.ops as f64 / r.nodes as f64

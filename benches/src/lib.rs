@@ -33,6 +33,7 @@ use raft_core::{
 use raft_storage::{MemLogStore, MemSnapshotStore};
 use raft_transport::tls::{pki::Pki, TlsIdentity};
 use raft_transport::{MemNetwork, TcpConfig, TcpTransport};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A node's stores.
@@ -418,30 +419,36 @@ pub async fn run_load(
     let budget = Arc::new(std::sync::atomic::AtomicU64::new(
         max_ops.unwrap_or(u64::MAX),
     ));
-    let data = Bytes::from(vec![0xab; payload]);
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let node = leader.clone();
-            let data = data.clone();
+            // Each client its own buffer, as commands from real clients are: one buffer
+            // shared by every client would make its reference count a cache line that
+            // every core fights over, a cost of the harness, not of Raft.
+            let data = Bytes::from(vec![0xab; payload]);
             let budget = budget.clone();
+            let limited = max_ops.is_some();
             tokio::spawn(async move {
                 let mut lat = latency_histogram();
                 let mut errors = 0u64;
-                while Instant::now() < deadline {
-                    let left = budget.fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |b| b.checked_sub(1),
-                    );
-                    if left.is_err() {
+                // One clock read per proposal: its end is the next one's start.
+                let mut now = Instant::now();
+                while now < deadline {
+                    if limited
+                        && budget
+                            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(1))
+                            .is_err()
+                    {
                         break;
                     }
-                    let t = Instant::now();
-                    match node.propose(data.clone()).await {
-                        Ok(_) => lat.saturating_record(t.elapsed().as_micros() as u64),
+                    let outcome = node.propose(data.clone()).await;
+                    let end = Instant::now();
+                    match outcome {
+                        Ok(_) => lat.saturating_record(end.duration_since(now).as_micros() as u64),
                         Err(RaftError::ShuttingDown) => break,
                         Err(_) => errors += 1,
                     }
+                    now = end;
                 }
                 (lat, errors)
             })
@@ -521,6 +528,61 @@ pub fn disk_baseline(
         total.ops += r.ops;
         let _ = total.latencies_us.add(&r.latencies_us);
     }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// A storage choice alone, without Raft: one writer per node, each appending `batch`
+/// entries of `payload` bytes per durable write to its own stores, all at once. `ops` is
+/// entries per writer, and latencies are per write.
+///
+/// It bounds a cluster on the same store: with `clients` closed-loop proposers a node's
+/// group commit gathers at most `clients` entries per write, and every node writes every
+/// entry, so a cluster row cannot commit more entries per second than this row with
+/// `batch = clients`, nor (at one client) commit faster than its p50.
+pub async fn store_baseline(
+    open: StorageFactory,
+    dir: &std::path::Path,
+    writers: usize,
+    batch: usize,
+    payload: usize,
+    duration: Duration,
+) -> Result<LoadResult, StorageError> {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for i in 0..writers {
+        let stores = open(dir.join(format!("store-{i}"))).await?;
+        tasks.push(tokio::spawn(async move {
+            let data = Bytes::from(vec![0x5a_u8; payload]);
+            let mut next = stores.log.log_state().await?.last.index.0 + 1;
+            let mut r = LoadResult::default();
+            let begun = Instant::now();
+            while begun.elapsed() < duration {
+                let entries: Vec<Entry> = (next..next + batch as u64)
+                    .map(|i| Entry {
+                        log_id: LogId::new(1, i),
+                        payload: raft_core::EntryPayload::Command(data.clone()),
+                    })
+                    .collect();
+                let t = Instant::now();
+                stores.log.append(&entries).await?;
+                r.latencies_us
+                    .saturating_record(t.elapsed().as_micros() as u64);
+                r.ops += batch as u64;
+                next += batch as u64;
+            }
+            Ok::<_, StorageError>(r)
+        }));
+    }
+    let mut total = LoadResult::default();
+    for t in tasks {
+        let r = t
+            .await
+            .map_err(|e| StorageError::Backend(format!("a store writer failed: {e}")))??;
+        total.ops += r.ops;
+        let _ = total.latencies_us.add(&r.latencies_us);
+    }
+    total.ops /= writers.max(1) as u64;
     total.elapsed = start.elapsed();
     Ok(total)
 }

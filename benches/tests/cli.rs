@@ -23,10 +23,19 @@ fn raft_bench_prints_valid_json_for_every_combination() {
     );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     let rows = rows.as_array().expect("an array of rows");
-    // The disk baseline (redb is durable), then the four combinations.
-    assert_eq!(rows.len(), 5);
+    // The disk baseline and redb alone at each client count (redb is durable), then the
+    // four combinations.
+    assert_eq!(rows.len(), 7);
     assert_eq!(rows[0]["storage"], "disk", "{}", rows[0]);
     assert_eq!(rows[0]["nodes"], 3, "one writer per node");
+    for (r, clients) in rows[1..3].iter().zip([1, 8]) {
+        assert_eq!((&r["storage"], &r["transport"]), (&"redb".into(), &"alone".into()));
+        assert_eq!(r["nodes"], 3, "one writer per node: {r}");
+        // As many entries per write as there are clients: the most a node's group
+        // commit could gather.
+        assert_eq!(r["clients"], clients, "{r}");
+        assert_eq!(r["leader_entries_per_write"], clients as f64, "{r}");
+    }
     for r in rows {
         assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
         assert!(
@@ -34,7 +43,7 @@ fn raft_bench_prints_valid_json_for_every_combination() {
             "{r}"
         );
     }
-    for r in &rows[1..] {
+    for r in &rows[3..] {
         assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
         // Entries went through the leader's log writes (a purge writes none, so the mean
         // can dip just below 1 at one client).
@@ -86,8 +95,9 @@ fn an_outside_binary_benchmarks_its_own_store_beside_the_built_in_ones() {
         .iter()
         .map(|r| r["storage"].as_str().expect("storage"))
         .collect();
-    // `mystore` counts as durable, so the run starts with the disk baseline.
-    assert_eq!(names, ["disk", "mystore", "mem"]);
+    // `mystore` counts as durable, so the run starts with the disk baseline and the
+    // store alone.
+    assert_eq!(names, ["disk", "mystore", "mystore", "mem"]);
     let refused = std::process::Command::new(&bench)
         .args(["--storage", "nosuch", "--duration", "100ms"])
         .output()
