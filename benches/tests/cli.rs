@@ -29,7 +29,10 @@ fn raft_bench_prints_valid_json_for_every_combination() {
     assert_eq!(rows[0]["storage"], "disk", "{}", rows[0]);
     assert_eq!(rows[0]["nodes"], 3, "one writer per node");
     for (r, clients) in rows[1..3].iter().zip([1, 8]) {
-        assert_eq!((&r["storage"], &r["transport"]), (&"redb".into(), &"alone".into()));
+        assert_eq!(
+            (&r["storage"], &r["transport"]),
+            (&"redb".into(), &"alone".into())
+        );
         assert_eq!(r["nodes"], 3, "one writer per node: {r}");
         // As many entries per write as there are clients: the most a node's group
         // commit could gather.
