@@ -28,8 +28,9 @@
 //!    stores, declares whether they are durable, and (for a durable store) reopens them.
 //!    A failed case names the rule and lists the operations that led to it.
 //! 3. Run the crash harness, [`conformance::crash`]: your store in a child process, killed
-//!    with SIGKILL at seeded moments, every acknowledged write checked after reopening;
-//!    and its sync audit ([`conformance::crash::audit_syncs`]), which catches a durable
+//!    with SIGKILL at seeded moments, every acknowledged write checked after reopening
+//!    (and, with [`conformance::crash::Plan::atomic_batches`], every `write_batch` all or
+//!    nothing); and its sync audit ([`conformance::crash::audit_syncs`]), which catches a durable
 //!    call that returned without an `fsync`.
 //! 4. Compare it with `mem` and `redb` in `raft-bench`, from your own crate:
 //!    `raft_benches::cli::main_with(&[("mystore", factory)])`.

@@ -7,6 +7,7 @@
 //! `RAFT_CRASH_SEED` the seed.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -40,7 +41,8 @@ fn acknowledged_entries_survive_sigkill() {
     if crash::is_child() {
         return;
     }
-    let plan = crash::Plan::from_env();
+    // redb writes a batch in one transaction: all or nothing.
+    let plan = crash::Plan::from_env().atomic_batches();
     println!(
         "crash test seed {} ({} rounds; RAFT_CRASH_SEED to replay)",
         plan.seed, plan.rounds
@@ -151,36 +153,61 @@ async fn opening_a_file_that_is_not_a_database_names_the_file() {
     assert!(err.to_string().contains("garbage.redb"), "{err}");
 }
 
-/// A planted bug for the crash harness: appends are acknowledged from a buffer and written
-/// only every tenth entry (a "write-behind" cache), so a kill loses acknowledged entries.
-struct WriteBehind {
+/// A redb store with a planted bug the crash harness must catch. Neither overrides
+/// `write_batch`, so batches take the trait's default, one durable call per op.
+struct Planted {
     inner: RedbLogStore,
-    buffer: tokio::sync::Mutex<Vec<Entry>>,
+    bug: Bug,
+}
+
+enum Bug {
+    /// Appends are acknowledged from a buffer and written only every tenth entry (a
+    /// "write-behind" cache), so a kill loses acknowledged entries.
+    WriteBehind(tokio::sync::Mutex<Vec<Entry>>),
+    /// The process dies between a batch's hard state (the harness marks it with a vote)
+    /// and its entries: the worst moment for a power cut. The flag says a batch began.
+    TornBatches(std::sync::atomic::AtomicBool),
 }
 
 #[async_trait::async_trait]
-impl LogStore for WriteBehind {
+impl LogStore for Planted {
     async fn hard_state(&self) -> Result<raft_core::HardState, StorageError> {
         self.inner.hard_state().await
     }
     async fn save_hard_state(&self, hs: &raft_core::HardState) -> Result<(), StorageError> {
-        self.inner.save_hard_state(hs).await
+        self.inner.save_hard_state(hs).await?;
+        if let Bug::TornBatches(mid_batch) = &self.bug {
+            mid_batch.store(hs.voted_for.is_some(), Ordering::SeqCst);
+        }
+        Ok(())
     }
     async fn log_state(&self) -> Result<raft_core::LogState, StorageError> {
         let mut st = self.inner.log_state().await?;
-        if let Some(last) = self.buffer.lock().await.last() {
-            st.last = last.log_id;
+        if let Bug::WriteBehind(buffer) = &self.bug {
+            if let Some(last) = buffer.lock().await.last() {
+                st.last = last.log_id;
+            }
         }
         Ok(st)
     }
     async fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
-        let mut buffer = self.buffer.lock().await;
-        buffer.extend_from_slice(entries);
-        if buffer.len() >= 10 {
-            self.inner.append(&buffer).await?;
-            buffer.clear();
+        match &self.bug {
+            Bug::WriteBehind(buffer) => {
+                let mut buffer = buffer.lock().await;
+                buffer.extend_from_slice(entries);
+                if buffer.len() >= 10 {
+                    self.inner.append(&buffer).await?;
+                    buffer.clear();
+                }
+                Ok(())
+            }
+            Bug::TornBatches(mid_batch) => {
+                if mid_batch.load(Ordering::SeqCst) {
+                    std::process::abort();
+                }
+                self.inner.append(entries).await
+            }
         }
-        Ok(())
     }
     async fn truncate(&self, from: LogIndex) -> Result<(), StorageError> {
         self.inner.truncate(from).await
@@ -203,8 +230,8 @@ impl LogStore for WriteBehind {
 const OPEN_WRITE_BEHIND: Opener = |dir: PathBuf| {
     Box::pin(async move {
         let inner = RedbLogStore::open(dir.join("write-behind.redb")).await?;
-        let buffer = tokio::sync::Mutex::new(Vec::new());
-        Ok(Arc::new(WriteBehind { inner, buffer }) as Arc<dyn LogStore>)
+        let bug = Bug::WriteBehind(tokio::sync::Mutex::new(Vec::new()));
+        Ok(Arc::new(Planted { inner, bug }) as Arc<dyn LogStore>)
     })
 };
 
@@ -222,6 +249,7 @@ fn the_crash_harness_catches_a_store_that_acknowledges_before_writing() {
     let plan = crash::Plan {
         rounds: 6,
         seed: 11,
+        atomic_batches: false,
     };
     let lost = crash::run(
         "crash_child_with_a_write_behind_cache",
@@ -266,4 +294,37 @@ fn audit_possible() -> bool {
         println!("sync audit skipped: strace is not installed or may not trace here");
     }
     ok
+}
+
+const OPEN_TORN: Opener = |dir: PathBuf| {
+    Box::pin(async move {
+        let inner = RedbLogStore::open(dir.join("torn.redb")).await?;
+        let bug = Bug::TornBatches(AtomicBool::new(false));
+        Ok(Arc::new(Planted { inner, bug }) as Arc<dyn LogStore>)
+    })
+};
+
+/// Child mode of the planted torn-batch crash test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_with_torn_batches() {
+    crash::child(OPEN_TORN).await;
+}
+
+#[test]
+fn the_crash_harness_catches_a_batch_left_in_part() {
+    if crash::is_child() {
+        return;
+    }
+    let plan = crash::Plan {
+        rounds: 2,
+        seed: 5,
+        atomic_batches: true,
+    };
+    let torn = crash::run("crash_child_with_torn_batches", OPEN_TORN, plan)
+        .expect_err("a batch's hard state without its entries, and the harness must say so");
+    assert!(
+        torn.contains("the hard state of the write_batch of term")
+            && torn.contains("without its entries"),
+        "{torn}"
+    );
 }

@@ -1,8 +1,10 @@
 //! A crash harness for any `LogStore`: the store runs in a child process (the caller's own
 //! test binary, run again) that appends entries, saves hard states and writes both in one
-//! `write_batch`, printing each one its store acknowledged; the parent kills it with SIGKILL at seeded random moments,
-//! reopens the store and checks that everything acknowledged is there, intact, the log
-//! contiguous, and the hard state at least the last one acknowledged.
+//! `write_batch`, printing each one its store acknowledged; the parent kills it with
+//! SIGKILL at seeded random moments, reopens the store and checks that everything
+//! acknowledged is there, intact, the log contiguous, and the hard state at least the last
+//! one acknowledged. With [`Plan::atomic_batches`], half the kills land in a `write_batch`
+//! and the check adds that a batch cut by a kill left all of itself or nothing.
 //!
 //! Two tests in the author's crate, one for each side:
 //!
@@ -50,7 +52,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use raft_core::{
-    Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, LogWrite, StorageError, Term,
+    Entry, EntryPayload, HardState, LogId, LogIndex, LogStore, LogWrite, NodeId, StorageError, Term,
 };
 
 /// Opens the store under test in a directory; called in the child before each run and in
@@ -62,6 +64,10 @@ const CHILD_ENV: &str = "RAFT_CRASH_CHILD_DIR";
 /// Set by [`audit_syncs`]: the child returns after this many durable calls.
 const LIMIT_ENV: &str = "RAFT_CRASH_CHILD_CALLS";
 
+/// A batch's hard state votes for this node: how the check tells a hard state written by a
+/// `write_batch` (whose entries must then be there too) from one saved alone.
+const BATCH_VOTE: NodeId = NodeId(1);
+
 /// How many kills, from which seed.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
@@ -69,6 +75,10 @@ pub struct Plan {
     pub rounds: u64,
     /// Seed of the kill moments (printed in the report to replay a failure).
     pub seed: u64,
+    /// Also check that `write_batch` is all or nothing across a crash, and aim every
+    /// other kill into one. Stores that override `write_batch` with one transaction
+    /// promise this; the trait's default (one durable call per op) does not.
+    pub atomic_batches: bool,
 }
 
 impl Plan {
@@ -83,6 +93,15 @@ impl Plan {
         Plan {
             rounds: var("RAFT_CRASH_ROUNDS", 12),
             seed: var("RAFT_CRASH_SEED", 7),
+            atomic_batches: false,
+        }
+    }
+
+    /// The same plan, also checking that batches are all or nothing.
+    pub fn atomic_batches(self) -> Plan {
+        Plan {
+            atomic_batches: true,
+            ..self
         }
     }
 }
@@ -96,6 +115,8 @@ pub struct Report {
     pub acknowledged: u64,
     /// The highest term saved with `save_hard_state` that the store acknowledged.
     pub hard_state_term: u64,
+    /// Kills aimed into a `write_batch` (with [`Plan::atomic_batches`]).
+    pub kills_in_batches: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -104,13 +125,36 @@ impl std::fmt::Display for Report {
             f,
             "crash test: {} SIGKILLs (seed {}), {} acknowledged entries and hard state up to term {}, none lost",
             self.plan.rounds, self.plan.seed, self.acknowledged, self.hard_state_term
-        )
+        )?;
+        if self.plan.atomic_batches {
+            write!(
+                f,
+                "; {} kills aimed into a write_batch, none left part of one",
+                self.kills_in_batches
+            )?;
+        }
+        Ok(())
     }
 }
 
-/// The payload of entry `index`: varied sizes, checkable after reopening.
-fn payload(index: u64) -> Bytes {
-    Bytes::from(format!("entry {index} ").repeat(1 + (index % 7) as usize))
+/// The payload of entry `index`, written by the `write_batch` of term `batch` (0 when
+/// appended alone): varied sizes, checkable after reopening.
+fn payload(index: u64, batch: u64) -> Bytes {
+    Bytes::from(format!("entry {index} b{batch} ").repeat(1 + (index % 7) as usize))
+}
+
+/// The batch term a stored payload names, if it is one [`payload`] wrote for `index`.
+fn batch_of(index: u64, stored: &[u8]) -> Option<u64> {
+    let rest = std::str::from_utf8(stored)
+        .ok()?
+        .strip_prefix(&format!("entry {index} b"))?;
+    let batch = rest.split(' ').next()?.parse().ok()?;
+    (Bytes::copy_from_slice(stored) == payload(index, batch)).then_some(batch)
+}
+
+/// How many entries the child puts in the batch (or append) that starts at `first`.
+fn batch_len(first: u64) -> u64 {
+    1 + first % 5
 }
 
 /// Child side: when this process is the crash harness's child, opens the store and
@@ -128,21 +172,26 @@ pub async fn child(open: Opener) {
     let limit: Option<u64> = std::env::var(LIMIT_ENV).ok().and_then(|v| v.parse().ok());
     let mut calls = 0u64;
     while limit.is_none_or(|l| calls < l) {
-        let batch: Vec<Entry> = (next..next + 1 + next % 5)
+        let first = next;
+        next += batch_len(first);
+        let in_batch = next % 4 == 1;
+        let tag = if in_batch { term + 1 } else { 0 };
+        let batch: Vec<Entry> = (first..next)
             .map(|i| Entry {
                 log_id: LogId::new(1, i),
-                payload: EntryPayload::Command(payload(i)),
+                payload: EntryPayload::Command(payload(i, tag)),
             })
             .collect();
-        next += batch.len() as u64;
-        if next % 4 == 1 {
+        if in_batch {
             // A group commit as the node writes one: a term change and entries together.
             term += 1;
             let hs = HardState {
                 term: Term(term),
-                voted_for: None,
+                voted_for: Some(BATCH_VOTE),
             };
             let ops = vec![LogWrite::HardState(hs), LogWrite::Append(batch)];
+            // Where the parent may aim a kill.
+            println!("BEGIN");
             log.write_batch(ops).await.expect("write_batch");
             // One durable call: one line (the sync audit counts lines against syncs).
             println!("BATCH {} {term}", next - 1);
@@ -183,7 +232,7 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let (mut acked, mut term) = (0u64, 0u64);
+    let (mut acked, mut term, mut kills_in_batches) = (0u64, 0u64, 0u64);
     let replay = format!("(replay: RAFT_CRASH_SEED={})", plan.seed);
     for round in 0..plan.rounds {
         let mut child = Command::new(&exe)
@@ -195,13 +244,22 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
             .map_err(|e| format!("spawning the child: {e}"))?;
         let stdout = child.stdout.take().ok_or("no child stdout")?;
         let kill_after = 1 + next_rand() % 40;
+        // Every other round, with atomic batches checked, the kill goes into the first
+        // batch after that many acknowledgements, up to a millisecond after it began.
+        let into_batch = plan.atomic_batches && round % 2 == 1;
+        let delay = std::time::Duration::from_micros(next_rand() % 1000);
         let mut seen = 0;
         for line in BufReader::new(stdout).lines() {
             let line = line.map_err(|e| e.to_string())?;
+            if line == "BEGIN" && into_batch && seen >= kill_after {
+                std::thread::sleep(delay);
+                kills_in_batches += 1;
+                break;
+            }
             if let Some(n) = line.strip_prefix("ACK ") {
                 acked = acked.max(n.trim().parse().map_err(|_| "bad ACK line")?);
                 seen += 1;
-                if seen >= kill_after {
+                if seen >= kill_after && !into_batch {
                     break;
                 }
             } else if let Some(t) = line.strip_prefix("TERM ") {
@@ -212,14 +270,14 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
                 acked = acked.max(n.parse().map_err(|_| bad())?);
                 term = term.max(t.parse().map_err(|_| bad())?);
                 seen += 1;
-                if seen >= kill_after {
+                if seen >= kill_after && !into_batch {
                     break;
                 }
             }
         }
         child.kill().map_err(|e| format!("SIGKILL: {e}"))?;
         let _ = child.wait();
-        rt.block_on(check(open, &dir, acked, term))
+        rt.block_on(check(open, &dir, acked, term, plan.atomic_batches))
             .map_err(|why| format!("round {round}: {why} {replay}"))?;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -232,6 +290,7 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
         plan,
         acknowledged: acked,
         hard_state_term: term,
+        kills_in_batches,
     })
 }
 
@@ -321,8 +380,14 @@ pub fn audit_syncs(
 }
 
 /// Every acknowledged entry is present, intact and contiguous; the hard state is at least
-/// the last one acknowledged.
-async fn check(open: Opener, dir: &std::path::Path, acked: u64, term: u64) -> Result<(), String> {
+/// the last one acknowledged; with `atomic`, no batch was left in part.
+async fn check(
+    open: Opener,
+    dir: &std::path::Path,
+    acked: u64,
+    term: u64,
+    atomic: bool,
+) -> Result<(), String> {
     let log = open(dir.to_path_buf())
         .await
         .map_err(|e| format!("reopening after SIGKILL failed: {e}"))?;
@@ -344,14 +409,53 @@ async fn check(open: Opener, dir: &std::path::Path, acked: u64, term: u64) -> Re
         .entries(LogIndex(1)..st.last.index.next(), usize::MAX)
         .await
         .map_err(|e| e.to_string())?;
+    let mut batches = Vec::with_capacity(all.len());
     for (i, e) in all.iter().enumerate() {
         let index = i as u64 + 1;
         if e.index() != LogIndex(index) {
             return Err(format!("the log is not contiguous at {index}"));
         }
-        if e.payload != EntryPayload::Command(payload(index)) {
-            return Err(format!("entry {index} is damaged"));
+        let batch = match &e.payload {
+            EntryPayload::Command(stored) => batch_of(index, stored),
+            _ => None,
+        };
+        batches.push(batch.ok_or_else(|| format!("entry {index} is damaged"))?);
+    }
+    if atomic {
+        check_batches_whole(&batches, &hs)?;
+    }
+    Ok(())
+}
+
+/// `batches[i]` is the batch term entry `i + 1` was written with (0: appended alone). Each
+/// batch's entries are all there, with its hard state or a later one; a batch's hard state
+/// is there only with its entries.
+fn check_batches_whole(batches: &[u64], hs: &HardState) -> Result<(), String> {
+    // A batch is a run of entries of one term (consecutive batches differ in term); the
+    // log is contiguous, so a run starts where its batch did.
+    let mut at = 0;
+    while at < batches.len() {
+        let tag = batches[at];
+        let run = batches[at..].iter().take_while(|&&t| t == tag).count();
+        let (first, len) = (at as u64 + 1, batch_len(at as u64 + 1));
+        if tag > 0 && run as u64 != len {
+            return Err(format!(
+                "the write_batch of term {tag} was left in part: {run} of its {len} entries from {first}"
+            ));
         }
+        if tag > hs.term.0 {
+            return Err(format!(
+                "the entries of the write_batch of term {tag} (from {first}) are there without its hard state (the store holds term {})",
+                hs.term.0
+            ));
+        }
+        at += run;
+    }
+    if hs.voted_for == Some(BATCH_VOTE) && !batches.contains(&hs.term.0) {
+        return Err(format!(
+            "the hard state of the write_batch of term {} is there without its entries",
+            hs.term.0
+        ));
     }
     Ok(())
 }
