@@ -406,8 +406,15 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 }
                 _ => "-".into(),
             };
+            // The baselines run in this process, beside others: they have no CPU, memory
+            // or follower columns of their own.
+            let cluster = r.cpu_seconds > 0.0;
+            let shown = |v: f64, decimals: usize| match cluster {
+                true => format!("{v:.decimals$}"),
+                false => "-".into(),
+            };
             println!(
-                "{:<8} {:<9} {:>5} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8} {:>14.1}",
+                "{:<8} {:<9} {:>5} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>9} {:>8.1} {:>8} {:>8} {:>14}",
                 r.storage,
                 r.transport,
                 r.nodes,
@@ -416,18 +423,14 @@ pub fn main_with(extra: &[(&'static str, StorageFactory)]) -> ExitCode {
                 r.p50_ms,
                 r.p99_ms,
                 r.p999_ms,
-                r.cpu_seconds,
-                r.peak_rss_mb,
+                shown(r.cpu_seconds, 2),
+                shown(r.peak_rss_mb, 1),
                 r.leader_entries_per_write,
-                r.follower_entries_per_write,
+                shown(r.follower_entries_per_write, 1),
                 vs_disk,
                 // The whole process (every node and the load generator) per committed
                 // entry, shared out over the nodes.
-                if r.ops == 0 || r.cpu_seconds == 0.0 {
-                    0.0
-                } else {
-                    r.cpu_seconds * 1e6 / r.ops as f64 / r.nodes as f64
-                }
+                shown(r.cpu_seconds * 1e6 / r.ops.max(1) as f64 / r.nodes as f64, 1)
             );
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! The crash test is the suite's crash harness (`raft_storage::conformance::crash`, usable
 //! by any backend): this test binary runs again as a child process that appends entries and
-//! saves hard states, printing each acknowledgement; the parent kills it with SIGKILL at
-//! random moments and checks, after every reopen, that everything acknowledged is there. `RAFT_CRASH_ROUNDS` sets the number of kills (default 12) and
+//! saves hard states, alone and together in a `write_batch`, printing each
+//! acknowledgement; the parent kills it with SIGKILL at random moments, half of them aimed
+//! at a batch, and checks, after every reopen, that everything acknowledged is there and no
+//! batch was left in part. `RAFT_CRASH_ROUNDS` sets the number of kills (default 12) and
 //! `RAFT_CRASH_SEED` the seed.
 
 use std::path::PathBuf;
@@ -153,7 +155,7 @@ async fn opening_a_file_that_is_not_a_database_names_the_file() {
     assert!(err.to_string().contains("garbage.redb"), "{err}");
 }
 
-/// A redb store with a planted bug the crash harness must catch. Neither overrides
+/// A redb store with a planted bug the crash harness must catch. It does not override
 /// `write_batch`, so batches take the trait's default, one durable call per op.
 struct Planted {
     inner: RedbLogStore,
@@ -164,8 +166,9 @@ enum Bug {
     /// Appends are acknowledged from a buffer and written only every tenth entry (a
     /// "write-behind" cache), so a kill loses acknowledged entries.
     WriteBehind(tokio::sync::Mutex<Vec<Entry>>),
-    /// The process dies between a batch's hard state (the harness marks it with a vote)
-    /// and its entries: the worst moment for a power cut. The flag says a batch began.
+    /// The process dies between a batch's hard state and its entries, the worst moment
+    /// for a crash. The flag is set while the last hard state saved carries the vote the
+    /// harness marks a batch's hard state with.
     TornBatches(std::sync::atomic::AtomicBool),
 }
 
@@ -203,7 +206,8 @@ impl LogStore for Planted {
             }
             Bug::TornBatches(mid_batch) => {
                 if mid_batch.load(Ordering::SeqCst) {
-                    std::process::abort();
+                    // Dies at once, no destructor run, as a kill would leave it.
+                    std::process::exit(1);
                 }
                 self.inner.append(entries).await
             }

@@ -3,8 +3,9 @@
 //! `write_batch`, printing each one its store acknowledged; the parent kills it with
 //! SIGKILL at seeded random moments, reopens the store and checks that everything
 //! acknowledged is there, intact, the log contiguous, and the hard state at least the last
-//! one acknowledged. With [`Plan::atomic_batches`], half the kills land in a `write_batch`
-//! and the check adds that a batch cut by a kill left all of itself or nothing.
+//! one acknowledged. With [`Plan::atomic_batches`], half the kills are aimed at a
+//! `write_batch` as it begins, and the check adds that a batch cut by a kill left all of
+//! itself or nothing.
 //!
 //! Two tests in the author's crate, one for each side:
 //!
@@ -76,7 +77,7 @@ pub struct Plan {
     /// Seed of the kill moments (printed in the report to replay a failure).
     pub seed: u64,
     /// Also check that `write_batch` is all or nothing across a crash, and aim every
-    /// other kill into one. Stores that override `write_batch` with one transaction
+    /// other kill at one. Stores that override `write_batch` with one transaction
     /// promise this; the trait's default (one durable call per op) does not.
     pub atomic_batches: bool,
 }
@@ -113,10 +114,13 @@ pub struct Report {
     pub plan: Plan,
     /// Entries the child's store acknowledged, in all.
     pub acknowledged: u64,
-    /// The highest term saved with `save_hard_state` that the store acknowledged.
+    /// The highest term the store acknowledged in a hard state (saved alone or in a batch).
     pub hard_state_term: u64,
-    /// Kills aimed into a `write_batch` (with [`Plan::atomic_batches`]).
-    pub kills_in_batches: u64,
+    /// Kills aimed at a `write_batch` (with [`Plan::atomic_batches`]).
+    pub kills_aimed_at_batches: u64,
+    /// Of those, the kills that landed before the batch was durable (the reopened store
+    /// holds an older hard state): the ones that tested all or nothing.
+    pub kills_before_batch_durable: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -129,8 +133,8 @@ impl std::fmt::Display for Report {
         if self.plan.atomic_batches {
             write!(
                 f,
-                "; {} kills aimed into a write_batch, none left part of one",
-                self.kills_in_batches
+                "; {} kills aimed at a write_batch ({} before it was durable), none left part of one",
+                self.kills_aimed_at_batches, self.kills_before_batch_durable
             )?;
         }
         Ok(())
@@ -191,7 +195,7 @@ pub async fn child(open: Opener) {
             };
             let ops = vec![LogWrite::HardState(hs), LogWrite::Append(batch)];
             // Where the parent may aim a kill.
-            println!("BEGIN");
+            println!("BEGIN {term}");
             log.write_batch(ops).await.expect("write_batch");
             // One durable call: one line (the sync audit counts lines against syncs).
             println!("BATCH {} {term}", next - 1);
@@ -221,6 +225,25 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
     if std::env::var_os(CHILD_ENV).is_some() {
         return Err("crash::run called inside the child".into());
     }
+    // Named after the child test too: two tests of one binary may run the same seed.
+    let dir = std::env::temp_dir().join(format!(
+        "raft-crash-{}-{}-{}",
+        std::process::id(),
+        child_test,
+        plan.seed
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let outcome = run_rounds(child_test, open, plan, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn run_rounds(
+    child_test: &str,
+    open: Opener,
+    plan: Plan,
+    dir: &std::path::Path,
+) -> Result<Report, String> {
     let mut rng = plan.seed.max(1);
     let mut next_rand = move || {
         rng ^= rng << 13;
@@ -228,38 +251,52 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
         rng ^= rng << 17;
         rng
     };
-    let dir = std::env::temp_dir().join(format!("raft-crash-{}-{}", std::process::id(), plan.seed));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let (mut acked, mut term, mut kills_in_batches) = (0u64, 0u64, 0u64);
+    let (mut acked, mut term) = (0u64, 0u64);
+    let (mut aimed, mut before_durable) = (0u64, 0u64);
     let replay = format!("(replay: RAFT_CRASH_SEED={})", plan.seed);
     for round in 0..plan.rounds {
         let mut child = Command::new(&exe)
             .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &dir)
+            .env(CHILD_ENV, dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("spawning the child: {e}"))?;
         let stdout = child.stdout.take().ok_or("no child stdout")?;
         let kill_after = 1 + next_rand() % 40;
-        // Every other round, with atomic batches checked, the kill goes into the first
-        // batch after that many acknowledgements, up to a millisecond after it began.
+        // Every other round, with atomic batches checked, the kill goes at the first batch
+        // after that many acknowledgements: at once when the child says it begins, or (half
+        // of those rounds) up to 400 µs later (a sleep is never shorter than the timer's
+        // slack, so the immediate kills are what reach a batch early in its write).
         let into_batch = plan.atomic_batches && round % 2 == 1;
-        let delay = std::time::Duration::from_micros(next_rand() % 1000);
+        // Drawn only then, so seeds replay as before in plans without atomic batches.
+        let delay = match into_batch.then(|| next_rand() % 800) {
+            Some(us) if us >= 400 => Some(std::time::Duration::from_micros(us - 400)),
+            _ => None,
+        };
         let mut seen = 0;
+        // Set when the kill was aimed at the batch of this term.
+        let mut aimed_at = None;
+        // Whether the child ended before the kill (it must not: it runs until killed).
+        let mut ended_alone = true;
         for line in BufReader::new(stdout).lines() {
             let line = line.map_err(|e| e.to_string())?;
-            if line == "BEGIN" && into_batch && seen >= kill_after {
-                std::thread::sleep(delay);
-                kills_in_batches += 1;
-                break;
-            }
-            if let Some(n) = line.strip_prefix("ACK ") {
+            if let Some(t) = line.strip_prefix("BEGIN ") {
+                if into_batch && seen >= kill_after {
+                    if let Some(delay) = delay {
+                        std::thread::sleep(delay);
+                    }
+                    aimed_at = Some(t.trim().parse::<u64>().map_err(|_| "bad BEGIN line")?);
+                    ended_alone = false;
+                    break;
+                }
+            } else if let Some(n) = line.strip_prefix("ACK ") {
                 acked = acked.max(n.trim().parse().map_err(|_| "bad ACK line")?);
                 seen += 1;
                 if seen >= kill_after && !into_batch {
+                    ended_alone = false;
                     break;
                 }
             } else if let Some(t) = line.strip_prefix("TERM ") {
@@ -271,16 +308,29 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
                 term = term.max(t.parse().map_err(|_| bad())?);
                 seen += 1;
                 if seen >= kill_after && !into_batch {
+                    ended_alone = false;
                     break;
                 }
             }
         }
+        // An ended child is reaped but not yet waited for, so the kill still succeeds.
         child.kill().map_err(|e| format!("SIGKILL: {e}"))?;
-        let _ = child.wait();
-        rt.block_on(check(open, &dir, acked, term, plan.atomic_batches))
+        let status = child.wait();
+        let stored_term = rt
+            .block_on(check(open, dir, acked, term, plan.atomic_batches))
             .map_err(|why| format!("round {round}: {why} {replay}"))?;
+        if ended_alone {
+            return Err(format!(
+                "round {round}: the child ended by itself ({status:?}) instead of running until killed {replay}"
+            ));
+        }
+        if let Some(batch_term) = aimed_at {
+            aimed += 1;
+            if stored_term < batch_term {
+                before_durable += 1;
+            }
+        }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     if acked == 0 {
         return Err(format!(
             "the child acknowledged nothing: does the test {child_test:?} call crash::child?"
@@ -290,7 +340,8 @@ pub fn run(child_test: &str, open: Opener, plan: Plan) -> Result<Report, String>
         plan,
         acknowledged: acked,
         hard_state_term: term,
-        kills_in_batches,
+        kills_aimed_at_batches: aimed,
+        kills_before_batch_durable: before_durable,
     })
 }
 
@@ -380,14 +431,15 @@ pub fn audit_syncs(
 }
 
 /// Every acknowledged entry is present, intact and contiguous; the hard state is at least
-/// the last one acknowledged; with `atomic`, no batch was left in part.
+/// the last one acknowledged; with `atomic`, no batch was left in part. Returns the term of
+/// the stored hard state.
 async fn check(
     open: Opener,
     dir: &std::path::Path,
     acked: u64,
     term: u64,
     atomic: bool,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let log = open(dir.to_path_buf())
         .await
         .map_err(|e| format!("reopening after SIGKILL failed: {e}"))?;
@@ -424,7 +476,7 @@ async fn check(
     if atomic {
         check_batches_whole(&batches, &hs)?;
     }
-    Ok(())
+    Ok(hs.term.0)
 }
 
 /// `batches[i]` is the batch term entry `i + 1` was written with (0: appended alone). Each
@@ -458,4 +510,69 @@ fn check_batches_whole(batches: &[u64], hs: &HardState) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(term: u64, batch: bool) -> HardState {
+        HardState {
+            term: Term(term),
+            voted_for: batch.then_some(BATCH_VOTE),
+        }
+    }
+
+    /// Batch terms of entries 1.. as the child writes them: `(len, tag)` runs, each run's
+    /// length `batch_len` of its first index.
+    fn log(runs: &[u64]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for &tag in runs {
+            let first = out.len() as u64 + 1;
+            out.extend(std::iter::repeat_n(tag, batch_len(first) as usize));
+        }
+        out
+    }
+
+    #[test]
+    fn whole_batches_pass_next_to_appends_and_each_other() {
+        // 1..=2 appended, 3..=6 a batch of term 4, 7..=9 a batch of term 5 right after it.
+        let batches = log(&[0, 4, 5, 0]);
+        assert_eq!(check_batches_whole(&batches, &hs(5, true)), Ok(()));
+        assert_eq!(check_batches_whole(&batches, &hs(6, false)), Ok(()));
+    }
+
+    #[test]
+    fn part_of_a_batch_fails() {
+        let mut batches = log(&[0, 4]);
+        batches.pop();
+        let why = check_batches_whole(&batches, &hs(4, true)).unwrap_err();
+        assert!(why.contains("left in part"), "{why}");
+    }
+
+    #[test]
+    fn a_batchs_entries_without_its_hard_state_fail() {
+        let why = check_batches_whole(&log(&[0, 4]), &hs(3, false)).unwrap_err();
+        assert!(why.contains("without its hard state"), "{why}");
+    }
+
+    #[test]
+    fn a_batchs_hard_state_without_its_entries_fails() {
+        let why = check_batches_whole(&log(&[0, 4]), &hs(5, true)).unwrap_err();
+        assert!(why.contains("without its entries"), "{why}");
+        // Saved alone, a newer hard state needs no entries.
+        assert_eq!(check_batches_whole(&log(&[0, 4]), &hs(5, false)), Ok(()));
+    }
+
+    #[test]
+    fn payloads_name_their_batch_and_damage_is_caught() {
+        assert_eq!(batch_of(7, &payload(7, 3)), Some(3));
+        assert_eq!(batch_of(7, &payload(7, 0)), Some(0));
+        assert_eq!(batch_of(8, &payload(7, 3)), None);
+        // Entry 9's text comes three times; a flipped bit in the last is still damage.
+        let mut damaged = payload(9, 3).to_vec();
+        let last = damaged.len() - 2;
+        damaged[last] ^= 1;
+        assert_eq!(batch_of(9, &damaged), None);
+    }
 }
