@@ -205,6 +205,21 @@ fn counter(e: &mut Enc, name: &str, help: &str, v: u64) -> std::fmt::Result {
         .encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
+/// A gauge with a sample per peer (labelled `peer`), its value read from the peer's metrics.
+fn peer_gauge(
+    e: &mut Enc,
+    (name, help): (&str, &str),
+    m: &Metrics,
+    value: impl Fn(&raft_core::metrics::PeerMetrics) -> i64,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (id, p) in &m.peers {
+        let labels = [("peer", id.0.to_string())];
+        family.encode_family(&labels)?.encode_gauge(&value(p))?;
+    }
+    Ok(())
+}
+
 /// A counter with one label, one sample per value.
 fn labelled_counter<'v>(
     e: &mut Enc,
@@ -304,34 +319,33 @@ impl Collector for NodeCollector {
             "Voters in the effective configuration.",
             m.voters.len() as i64,
         )?;
-        let mut matched = e.encode_descriptor(
-            "raft_peer_match_index",
-            "On the leader: the highest index known replicated on each follower.",
-            None,
-            MetricType::Gauge,
+        peer_gauge(
+            &mut e,
+            (
+                "raft_peer_match_index",
+                "On the leader: the highest index known replicated on each follower.",
+            ),
+            m,
+            |p| i(p.match_index.0),
         )?;
-        for (id, p) in &m.peers {
-            let labels = [("peer", id.0.to_string())];
-            matched
-                .encode_family(&labels)?
-                .encode_gauge(&i(p.match_index.0))?;
-        }
-        let mut lag = e.encode_descriptor(
-            "raft_peer_lag_entries",
-            "On the leader: how many entries each follower is behind.",
-            None,
-            MetricType::Gauge,
+        peer_gauge(
+            &mut e,
+            (
+                "raft_peer_lag_entries",
+                "On the leader: how many entries each follower is behind.",
+            ),
+            m,
+            |p| i(p.lag),
         )?;
-        for (id, p) in &m.peers {
-            let labels = [("peer", id.0.to_string())];
-            lag.encode_family(&labels)?.encode_gauge(&i(p.lag))?;
-        }
-        let mut state = e.encode_descriptor("raft_peer_replicating", "On the leader: 1 for each follower in the pipelined state, 0 while probing or sending a snapshot.", None, MetricType::Gauge)?;
-        for (id, p) in &m.peers {
-            let labels = [("peer", id.0.to_string())];
-            let replicating = i64::from(p.state == ReplicationState::Replicate);
-            state.encode_family(&labels)?.encode_gauge(&replicating)?;
-        }
+        peer_gauge(
+            &mut e,
+            (
+                "raft_peer_replicating",
+                "On the leader: 1 for each follower in the pipelined state, 0 while probing or sending a snapshot.",
+            ),
+            m,
+            |p| i64::from(p.state == ReplicationState::Replicate),
+        )?;
         let c = &m.counters;
         counter(
             &mut e,
